@@ -1,0 +1,275 @@
+"""Experts: a diffusers denoiser with its latent space, text encoder(s) and schedule.
+
+Every expert exposes one sampler-facing call, ``denoise(x, sigma, cond) -> x0``, on the
+shared noise axis of :mod:`pangudraw.noise`. An ``Expert`` holds only loaded models;
+everything that belongs to one generation (prompt, guidance, window, weight) lives in
+the caller's locals or in :class:`pangudraw.coop.Participant`, so one loaded expert can
+serve concurrent requests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from .errors import UserError
+from .latents import LatentSpace
+from .noise import DiscreteVPSchedule, Schedule, to_x0
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts for one expert, ready for its network.
+
+    ``embeds`` is (2B, L, D) with the unconditional half first when ``guided``, else (B, L, D).
+    ``added`` holds SDXL's ``text_embeds`` (pooled) and ``time_ids`` with the same batch layout.
+    """
+
+    embeds: torch.Tensor
+    guided: bool
+    added: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class SDText:
+    """One tokenizer and text encoder whose last hidden state conditions the UNet (SD 1.x/2.x)."""
+
+    tokenizer: object
+    encoder: torch.nn.Module
+
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        mask = (
+            tokens.attention_mask
+            if getattr(self.encoder.config, "use_attention_mask", False)
+            else None
+        )
+        return self.encoder(tokens.input_ids, attention_mask=mask)[0]
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        embeds = self._embed(prompts)
+        if guided:
+            uncond = self._embed(negatives or [""] * len(prompts))
+            embeds = torch.cat([uncond, embeds])
+        return Conditioning(embeds, guided)
+
+
+@dataclass
+class SDXLText:
+    """SDXL's two text encoders: penultimate hidden states concatenated, pooled output, time ids."""
+
+    tokenizers: list
+    encoders: list[torch.nn.Module]
+    force_zeros_for_empty_prompt: bool = True
+    aesthetic_score: float | None = None  # refiner-style time ids when set
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            out = encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:  # the projection model's pooled output
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), pooled
+
+    def _time_ids(self, size: tuple[int, int], score: float) -> torch.Tensor:
+        if self.aesthetic_score is None:
+            return torch.tensor([list(size) + [0, 0] + list(size)], dtype=torch.float32)
+        return torch.tensor([list(size) + [0, 0] + [score]], dtype=torch.float32)
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        embeds, pooled = self._embed(prompts)
+        time_ids = self._time_ids(size, self.aesthetic_score or 0.0).repeat(len(prompts), 1)
+        if guided:
+            if negatives is None and self.force_zeros_for_empty_prompt:
+                uncond, uncond_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+            else:
+                uncond, uncond_pooled = self._embed(negatives or [""] * len(prompts))
+            negative_score = 2.5 if self.aesthetic_score is not None else 0.0
+            uncond_ids = self._time_ids(size, negative_score).repeat(len(prompts), 1)
+            embeds = torch.cat([uncond, embeds])
+            pooled = torch.cat([uncond_pooled, pooled])
+            time_ids = torch.cat([uncond_ids, time_ids])
+        return Conditioning(embeds, guided, {"text_embeds": pooled, "time_ids": time_ids})
+
+
+TextStack = SDText | SDXLText
+
+
+@dataclass
+class Expert:
+    """A loaded denoiser on the shared noise axis.
+
+    Attributes:
+        name: a label for messages and metadata (usually the model folder).
+        unet: the diffusers denoiser.
+        space: its latent space.
+        text: its tokenizer(s) and text encoder(s).
+        schedule: the training noise schedule (maps sigma to the network's timestep).
+        prediction_type: what the network outputs (epsilon, v_prediction, sample, flow).
+        scheduler_config: the training scheduler config; samplers are built from it.
+        sample_size: native resolution in pixels, (height, width).
+    """
+
+    name: str
+    unet: UNet2DConditionModel
+    space: LatentSpace
+    text: TextStack
+    schedule: Schedule
+    prediction_type: str
+    scheduler_config: dict = field(repr=False)
+    sample_size: tuple[int, int] = (512, 512)
+
+    def encode_prompt(
+        self,
+        prompts: list[str],
+        negatives: list[str] | None = None,
+        guidance_scale: float = 1.0,
+        size: tuple[int, int] | None = None,
+    ) -> Conditioning:
+        """Encode prompts (and negatives when guidance is on) for this expert.
+
+        ``size`` is the (height, width) in pixels that SDXL's time ids announce.
+        """
+        return self.text.encode(prompts, negatives, guidance_scale > 1.0, size or self.sample_size)
+
+    @torch.no_grad()
+    def denoise(
+        self, x: torch.Tensor, sigma: float, cond: Conditioning, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Denoised estimate for ``x = x0 + sigma * n``.
+
+        Args:
+            x: (B, C, h, w) noisy latents in this expert's space, variance-exploding scaling.
+            sigma: noise level on the shared axis.
+            cond: this expert's encoded prompts; guided ones get classifier-free guidance.
+            guidance_scale: classifier-free guidance scale.
+
+        Returns:
+            x0: (B, C, h, w), float32.
+        """
+        alpha, s = self.schedule.coefficients(sigma)
+        z = alpha * x
+        t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32)
+        z_in = torch.cat([z, z]) if cond.guided else z
+        out = self.unet(
+            z_in.to(self.unet.dtype),
+            t,
+            encoder_hidden_states=cond.embeds.to(self.unet.dtype),
+            added_cond_kwargs=cond.added,
+            return_dict=False,
+        )[0].float()
+        if cond.guided:
+            # Guidance on the raw output equals guidance on x0 (the conversion is affine in the
+            # output with coefficients shared by both halves) and rounds like diffusers does.
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+        return to_x0(out, z, alpha, s, self.prediction_type)
+
+
+def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
+    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL).
+
+    Weights load from safetensors only unless ``allow_pickle`` is set.
+    Raises :class:`UserError` with a one-line message for anything a user can fix.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise UserError(f"model folder {folder} does not exist")
+    index_file = folder / "model_index.json"
+    if not folder.is_dir() or not index_file.is_file():
+        raise UserError(
+            f"{folder} is not a diffusers model folder (no model_index.json); "
+            "save one with pipeline.save_pretrained()"
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{index_file} is not valid JSON: {exc}") from exc
+
+    def component(name: str):
+        spec = index.get(name)
+        if not spec or spec[0] is None:
+            return None
+        library, class_name = spec
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs = {} if "Tokenizer" in class_name else {"use_safetensors": not allow_pickle}
+        try:
+            return cls.from_pretrained(folder / name, **kwargs)
+        except (OSError, ValueError) as exc:
+            if not allow_pickle and not any((folder / name).glob("*.safetensors")):
+                raise UserError(
+                    f"{folder / name} has no safetensors weights; pickle checkpoints are refused "
+                    "unless you pass --allow-pickle"
+                ) from exc
+            raise UserError(f"cannot load {folder / name}: {str(exc).splitlines()[0]}") from exc
+
+    for required in (
+        "unet",
+        "vae",
+        "scheduler",
+        "tokenizer" if "tokenizer" in index else "tokenizer_2",
+    ):
+        if required not in index:
+            raise UserError(
+                f"{folder} has no {required}; only UNet + VAE text-to-image models load"
+            )
+    unet = component("unet")
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UserError(f"{folder}: unsupported denoiser {type(unet).__name__}")
+    vae = component("vae")
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file():
+        raise UserError(f"{folder} has no scheduler/scheduler_config.json")
+    scheduler_config = json.loads(scheduler_file.read_text())
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+
+    if "text_encoder_2" in index or unet.config.addition_embed_type == "text_time":
+        pairs = [(component(f"tokenizer{k}"), component(f"text_encoder{k}")) for k in ("", "_2")]
+        pairs = [(tok, enc) for tok, enc in pairs if enc is not None]
+        text: TextStack = SDXLText(
+            [tok for tok, _ in pairs],
+            [enc for _, enc in pairs],
+            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+            aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
+        )
+    else:
+        text = SDText(component("tokenizer"), component("text_encoder"))
+
+    space = LatentSpace(vae)
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return Expert(
+        name=str(folder),
+        unet=unet.eval(),
+        space=space,
+        text=text,
+        schedule=DiscreteVPSchedule.from_config(scheduler_config),
+        prediction_type=prediction_type,
+        scheduler_config=scheduler_config,
+        sample_size=(height * space.factor, width * space.factor),
+    )

@@ -1,0 +1,98 @@
+"""Latent spaces: the codec between pixel images in [-1, 1] and an expert's scaled latents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL
+
+
+def _public(config) -> dict:
+    """A model config without bookkeeping keys such as ``_name_or_path``."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """A VAE with its latent normalisation, or pixel space when ``vae`` is None.
+
+    Scaled latents are ``z = (raw - mean) * scaling_factor / std`` where ``mean`` and
+    ``std`` are the VAE's ``latents_mean`` / ``latents_std`` when it has them, else
+    ``shift_factor`` and 1 (SD3 / Flux), else 0 and 1 (SD 1.x / SDXL).
+    """
+
+    vae: AutoencoderKL | None
+    pixel_channels: int = 3
+
+    @property
+    def channels(self) -> int:
+        return self.pixel_channels if self.vae is None else self.vae.config.latent_channels
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Latent shape for ``height`` x ``width`` pixel images (each divisible by ``factor``)."""
+        for name, size in (("height", height), ("width", width)):
+            if size % self.factor:
+                raise ValueError(
+                    f"{name} {size} is not divisible by the VAE factor {self.factor}; "
+                    f"use a multiple of {self.factor}"
+                )
+        return (batch, self.channels, height // self.factor, width // self.factor)
+
+    def _normalisation(
+        self, like: torch.Tensor
+    ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        config = self.vae.config
+        if getattr(config, "latents_mean", None) is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(config.latents_mean).view(shape).to(like)
+            std = torch.tensor(config.latents_std).view(shape).to(like)
+            return mean, std
+        return getattr(config, "shift_factor", None) or 0.0, 1.0
+
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f).
+
+        Deterministic (the posterior mode) unless a generator is given, then a sample.
+        """
+        if self.vae is None:
+            return images
+        images = images.to(self.vae.dtype)
+        posterior = self.vae.encode(images).latent_dist
+        raw = posterior.mode() if generator is None else posterior.sample(generator)
+        mean, std = self._normalisation(raw)
+        return (raw - mean) * self.vae.config.scaling_factor / std
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in about [-1, 1] (not clamped)."""
+        if self.vae is None:
+            return latents
+        latents = latents.to(self.vae.dtype)
+        mean, std = self._normalisation(latents)
+        raw = latents * std / self.vae.config.scaling_factor + mean
+        return self.vae.decode(raw).sample
+
+    def same_as(self, other: LatentSpace) -> bool:
+        """True when both spaces encode every image to the same latents."""
+        if self.vae is None or other.vae is None:
+            return self.vae is None and other.vae is None and self.channels == other.channels
+        if self.vae is other.vae:
+            return True
+        if _public(self.vae.config) != _public(other.vae.config):
+            return False
+        theirs = other.vae.state_dict()
+        return all(torch.equal(v, theirs[k]) for k, v in self.vae.state_dict().items())
+
+    def describe(self) -> str:
+        if self.vae is None:
+            return f"pixel space, {self.channels} channels"
+        return f"{self.channels} channels at 1/{self.factor}"

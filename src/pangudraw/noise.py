@@ -1,0 +1,159 @@
+"""One noise axis for every expert.
+
+All experts meet on the variance-exploding axis of k-diffusion: a noisy input at
+noise level ``sigma`` is ``x = x0 + sigma * n`` with ``n ~ N(0, I)``. Each
+expert's own network sees ``z = alpha(sigma) * x0 + s(sigma) * n = alpha * x``:
+
+- discrete VP schedules (DDPM family): ``sigma(t) = sqrt((1 - abar_t) / abar_t)``,
+  ``alpha = 1 / sqrt(1 + sigma^2)``, ``s = sigma / sqrt(1 + sigma^2)``;
+- rectified flow: ``z = (1 - u) x0 + u n`` so ``sigma = u / (1 - u)``,
+  ``alpha = 1 / (1 + sigma)``, ``s = sigma / (1 + sigma)``.
+
+Prediction types (epsilon, v, sample, flow velocity) are converted to and from
+the denoised estimate ``x0`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample", "flow")
+
+
+def to_x0(
+    output: torch.Tensor, z: torch.Tensor, alpha: float, s: float, prediction_type: str
+) -> torch.Tensor:
+    """Denoised estimate from a network output.
+
+    Args:
+        output: network output, same shape as ``z``.
+        z: the network's input ``alpha * x0 + s * n``.
+        alpha, s: signal and noise coefficients at this noise level.
+        prediction_type: one of ``PREDICTION_TYPES``.
+    """
+    if prediction_type == "epsilon":
+        return (z - s * output) / alpha
+    if prediction_type == "v_prediction":  # v = alpha n - s x0, with alpha^2 + s^2 = 1
+        return alpha * z - s * output
+    if prediction_type == "sample":
+        return output
+    if prediction_type == "flow":  # u = n - x0, with alpha + s = 1
+        return z - s * output
+    raise ValueError(f"unknown prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+
+
+def from_x0(
+    x0: torch.Tensor, z: torch.Tensor, alpha: float, s: float, prediction_type: str
+) -> torch.Tensor:
+    """Inverse of :func:`to_x0`: the network output that would give ``x0``."""
+    if prediction_type == "epsilon":
+        return (z - alpha * x0) / s
+    if prediction_type == "v_prediction":
+        return (alpha * z - x0) / s
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "flow":
+        return (z - x0) / s
+    raise ValueError(f"unknown prediction type {prediction_type!r}; use one of {PREDICTION_TYPES}")
+
+
+@dataclass(frozen=True)
+class DiscreteVPSchedule:
+    """A DDPM-family training schedule on ``num_train_timesteps`` integer steps.
+
+    ``t <-> sigma`` interpolates ``log sigma`` linearly in ``t`` (as k-diffusion and
+    diffusers' ``_sigma_to_t`` do), so integer timesteps and Karras-style
+    fractional ones both round-trip exactly.
+    """
+
+    alphas_cumprod: torch.Tensor  # (T,) float64
+    kind: str = field(default="vp", init=False)
+
+    @classmethod
+    def from_config(cls, config: dict) -> DiscreteVPSchedule:
+        """Build from a diffusers scheduler config (beta_schedule, beta_start, ...)."""
+        from diffusers import DDPMScheduler
+
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        kwargs = {k: config[k] for k in keys if config.get(k) is not None}
+        if config.get("rescale_betas_zero_snr"):
+            raise ValueError("zero-terminal-SNR schedules (sigma_max = inf) are not supported yet")
+        return cls(DDPMScheduler(**kwargs).alphas_cumprod.to(torch.float64))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    @property
+    def log_sigmas(self) -> torch.Tensor:
+        return 0.5 * torch.log((1 - self.alphas_cumprod) / self.alphas_cumprod)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def t_to_sigma(self, t: float) -> float:
+        """Noise level at (possibly fractional) training timestep ``t`` in [0, T-1]."""
+        if not 0 <= t <= self.num_train_timesteps - 1:
+            raise ValueError(f"timestep {t} outside [0, {self.num_train_timesteps - 1}]")
+        lo = min(int(math.floor(t)), self.num_train_timesteps - 2)
+        w = t - lo
+        log_sigmas = self.log_sigmas
+        return math.exp((1 - w) * float(log_sigmas[lo]) + w * float(log_sigmas[lo + 1]))
+
+    def sigma_to_t(self, sigma: float) -> float:
+        """Fractional training timestep whose noise level is ``sigma`` (clamped to the table)."""
+        log_sigmas = self.log_sigmas
+        log_sigma = math.log(sigma) if sigma > 0 else float("-inf")
+        lo = int(torch.searchsorted(log_sigmas, torch.tensor(log_sigma, dtype=torch.float64)))
+        lo = min(max(lo - 1, 0), self.num_train_timesteps - 2)
+        w = (log_sigma - float(log_sigmas[lo])) / float(log_sigmas[lo + 1] - log_sigmas[lo])
+        return lo + min(max(w, 0.0), 1.0)
+
+    def coefficients(self, sigma: float) -> tuple[float, float]:
+        """``(alpha, s)`` with ``z = alpha * x0 + s * n`` at noise level ``sigma``."""
+        norm = math.sqrt(1.0 + sigma * sigma)
+        return 1.0 / norm, sigma / norm
+
+
+@dataclass(frozen=True)
+class RectifiedFlowSchedule:
+    """Rectified flow ``z = (1 - u) x0 + u n`` with model time ``t = u * num_train_timesteps``."""
+
+    num_train_timesteps: int = 1000
+    kind: str = field(default="flow", init=False)
+    sigma_min: float = 0.0
+    sigma_max: float = float("inf")
+
+    def t_to_sigma(self, t: float) -> float:
+        u = t / self.num_train_timesteps
+        if not 0 <= u < 1:
+            raise ValueError(f"flow time {t} outside [0, {self.num_train_timesteps})")
+        return u / (1.0 - u)
+
+    def sigma_to_t(self, sigma: float) -> float:
+        return self.num_train_timesteps * sigma / (1.0 + sigma)
+
+    def coefficients(self, sigma: float) -> tuple[float, float]:
+        return 1.0 / (1.0 + sigma), sigma / (1.0 + sigma)
+
+
+Schedule = DiscreteVPSchedule | RectifiedFlowSchedule
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    """True when two schedules map every timestep to the same noise level."""
+    if isinstance(a, DiscreteVPSchedule) and isinstance(b, DiscreteVPSchedule):
+        return a.alphas_cumprod.shape == b.alphas_cumprod.shape and bool(
+            torch.equal(a.alphas_cumprod, b.alphas_cumprod)
+        )
+    return a == b

@@ -1,0 +1,156 @@
+"""Tiny seeded diffusers models, built offline, for tests, benchmarks and the no-zoo demo.
+
+They have random weights: they exercise every code path in seconds but draw nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
+
+TRAINING_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+}
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values (the base alphabet of CLIP's BPE)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    shifted = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(shifted)}
+    return [table[b] for b in range(256)]
+
+
+def byte_tokenizer(folder: Path, max_length: int = 16) -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols (no merges): offline, tiny."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+    )
+
+
+def _text_config(hidden: int, projection: int = 0) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=514,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_dim=projection or hidden,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+
+
+def tiny_vae(latent_channels: int = 4, blocks: int = 2, seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(8, 16, 16, 16)[:blocks],
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+
+
+def tiny_sd(
+    folder: Path,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    sample_size: int = 8,
+    vae_seed: int = 0,
+) -> StableDiffusionPipeline:
+    """An SD 1.x/2.x-style pipeline saved to ``folder`` (SD2-like with ``"v_prediction"``).
+
+    Models built with the same ``vae_seed`` share one latent space, as the SD 1.x family does.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    text_encoder = CLIPTextModel(_text_config(32))
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(seed=vae_seed),
+        text_encoder=text_encoder,
+        tokenizer=byte_tokenizer(folder / "_tok"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**TRAINING_SCHEDULE, prediction_type=prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffusionXLPipeline:
+    """An SDXL-style pipeline (two text encoders, pooled embeddings, time ids)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        norm_num_groups=8,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(seed=seed),
+        text_encoder=CLIPTextModel(_text_config(32)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(32, projection=32)),
+        tokenizer=byte_tokenizer(folder / "_tok"),
+        tokenizer_2=byte_tokenizer(folder / "_tok2"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**TRAINING_SCHEDULE),
+    )
+    pipe.save_pretrained(folder)
+    return pipe
