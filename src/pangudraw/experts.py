@@ -133,6 +133,8 @@ class Expert:
         prediction_type: what the network outputs (epsilon, v_prediction, sample, flow).
         scheduler_config: the training scheduler config; samplers are built from it.
         sample_size: native resolution in pixels, (height, width).
+        dtype: the network's parameter dtype (read once: diffusers' ``unet.dtype`` walks
+            every parameter on each call).
     """
 
     name: str
@@ -143,6 +145,7 @@ class Expert:
     prediction_type: str
     scheduler_config: dict = field(repr=False)
     sample_size: tuple[int, int] = (512, 512)
+    dtype: torch.dtype = torch.float32
 
     def encode_prompt(
         self,
@@ -177,9 +180,9 @@ class Expert:
         t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32)
         z_in = torch.cat([z, z]) if cond.guided else z
         out = self.unet(
-            z_in.to(self.unet.dtype),
+            z_in.to(self.dtype),
             t,
-            encoder_hidden_states=cond.embeds.to(self.unet.dtype),
+            encoder_hidden_states=cond.embeds.to(self.dtype),
             added_cond_kwargs=cond.added,
             return_dict=False,
         )[0].float()
@@ -217,7 +220,10 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             return None
         library, class_name = spec
         cls = getattr(importlib.import_module(library), class_name)
-        kwargs = {} if "Tokenizer" in class_name else {"use_safetensors": not allow_pickle}
+        # None: safetensors when present, pickle allowed as a fallback.
+        kwargs = (
+            {} if "Tokenizer" in class_name else {"use_safetensors": None if allow_pickle else True}
+        )
         try:
             return cls.from_pretrained(folder / name, **kwargs)
         except (OSError, ValueError) as exc:
@@ -272,4 +278,5 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
         prediction_type=prediction_type,
         scheduler_config=scheduler_config,
         sample_size=(height * space.factor, width * space.factor),
+        dtype=next(unet.parameters()).dtype,
     )

@@ -46,7 +46,7 @@ def split_sigma(expert: Expert, t_split: float) -> float:
     return expert.schedule.t_to_sigma(t_split)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     structure: Expert,
     texture: Expert | None,

@@ -1,0 +1,99 @@
+"""Time-decoupled generation vs the diffusers SDXL base + refiner pair, same components.
+
+Both sides run the same tiny SDXL-style model as structure and texture, 25 Euler steps,
+split at t = 500, guidance 5, batch 1, alternating runs; reported as the ratio of medians
+(ours / diffusers). Writes benchmarks/results/time_decoupled.json.
+
+    .venv/bin/python benchmarks/bench_time_decoupled.py [--runs 9] [--sizes 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+from pangudraw.cli.progress import quiet_libraries
+from pangudraw.experts import load_expert
+from pangudraw.pipelines import generate
+from pangudraw.testing import tiny_sdxl
+
+PROMPT = "a red apple on a white background"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[8, 32], help="latent sides (image side = 2x)"
+    )
+    parser.add_argument("--steps", type=int, default=25)
+    args = parser.parse_args()
+    quiet_libraries()
+    results = [measure(size, args.runs, args.steps) for size in args.sizes]
+    out = Path(__file__).parent / "results" / "time_decoupled.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for r in results:
+        print(
+            f"{r['image_size']}px: ours {r['median_s']['ours']:.3f}s, diffusers "
+            f"{r['median_s']['diffusers']:.3f}s, ratio {r['ratio_ours_over_diffusers']:.3f}, "
+            f"max |diff| {r['max_abs_image_difference']:.1e}"
+        )
+
+
+def measure(size: int, runs: int, steps: int) -> dict:
+    folder = Path(tempfile.mkdtemp()) / "sdxl"
+    base = tiny_sdxl(folder, sample_size=size)
+    base.set_progress_bar_config(disable=True)
+    refiner = StableDiffusionXLImg2ImgPipeline(**base.components)
+    refiner.set_progress_bar_config(disable=True)
+    expert = load_expert(folder)
+
+    def ours() -> torch.Tensor:
+        return generate(expert, expert, PROMPT, None, steps, 5.0, 0, t_split=500).images
+
+    def theirs() -> torch.Tensor:
+        base.scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
+        refiner.scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
+        common = dict(
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        latents = base(PROMPT, denoising_end=0.5, output_type="latent", **common).images
+        return refiner(
+            PROMPT, image=latents, denoising_start=0.5, output_type="pt", **common
+        ).images
+
+    diff = (ours() - theirs()).abs().max().item()  # also a warm-up of both
+    times: dict[str, list[float]] = {"ours": [], "diffusers": []}
+    for _ in range(runs):
+        for name, fn in (("ours", ours), ("diffusers", theirs)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "benchmark": "time_decoupled_vs_diffusers_base_refiner",
+        "steps": steps,
+        "image_size": size * 2,
+        "runs": runs,
+        "median_s": medians,
+        "times_s": times,
+        "ratio_ours_over_diffusers": medians["ours"] / medians["diffusers"],
+        "max_abs_image_difference": diff,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    main()

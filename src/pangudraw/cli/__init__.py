@@ -1,0 +1,1 @@
+"""The ``pangu-draw`` command line: one module per subcommand."""

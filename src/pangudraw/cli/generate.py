@@ -1,0 +1,146 @@
+"""``pangu-draw generate``: text to image with one model or a structure + texture pair."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import click
+
+SAMPLER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")  # pangudraw.coop.SAMPLERS
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    """``out.png`` for one image, ``out-0.png``, ``out-1.png``, ... for several."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("-n", "--negative-prompt", default=None, help="What the image should not show.")
+@click.option(
+    "--structure",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Diffusers model folder for the high-noise part (or the only model).",
+)
+@click.option(
+    "--texture",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Diffusers model folder for the low-noise part; omit for one model.",
+)
+@click.option(
+    "--split",
+    "t_split",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Hand-off timestep on the structure model's training schedule, in (0, T).",
+)
+@click.option("--steps", type=int, default=25, show_default=True, help="Sampler steps.")
+@click.option(
+    "-g",
+    "--guidance-scale",
+    type=float,
+    default=7.0,
+    show_default=True,
+    help="Classifier-free guidance scale (1 turns guidance off).",
+)
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="euler", show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the first image; random if omitted.")
+@click.option("--width", type=int, default=None, help="Pixels; the structure model's by default.")
+@click.option("--height", type=int, default=None, help="Pixels; the structure model's by default.")
+@click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("pangu-draw.png"),
+    show_default=True,
+    help="PNG path; several images get -0, -1, ... before the suffix.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Also load pickle (.bin/.ckpt) weights. Only for files you trust.",
+)
+def command(
+    prompt,
+    negative_prompt,
+    structure,
+    texture,
+    t_split,
+    steps,
+    guidance_scale,
+    sampler,
+    seed,
+    width,
+    height,
+    num_images,
+    output,
+    allow_pickle,
+) -> None:
+    """Generate images for PROMPT and save them as PNGs with their parameters."""
+    from .. import __version__
+    from ..experts import load_expert
+    from ..imageio import a1111_parameters, save_png
+    from ..pipelines import generate
+    from .progress import quiet_libraries, step_bar
+
+    quiet_libraries()
+    seed = random.randrange(2**31) if seed is None else seed
+    structure_expert = load_expert(structure, allow_pickle)
+    texture_expert = None
+    if texture is not None:
+        same = texture.resolve() == structure.resolve()
+        texture_expert = structure_expert if same else load_expert(texture, allow_pickle)
+    with step_bar() as callback:
+        result = generate(
+            structure_expert,
+            texture_expert,
+            prompt,
+            negative_prompt,
+            steps,
+            guidance_scale,
+            seed,
+            width,
+            height,
+            sampler,
+            t_split,
+            num_images,
+            callback,
+        )
+    height, width = result.images.shape[-2:]
+    for path, image, image_seed in zip(
+        output_paths(output, num_images), result.to_pil(), result.seeds
+    ):
+        record = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "sampler": sampler,
+            "seed": image_seed,
+            "width": width,
+            "height": height,
+            "structure": str(structure),
+            "texture": None if texture is None else str(texture),
+            "split": t_split if texture is not None else None,
+            "version": __version__,
+        }
+        settings = {
+            "Steps": steps,
+            "Sampler": sampler,
+            "CFG scale": guidance_scale,
+            "Seed": image_seed,
+            "Size": f"{width}x{height}",
+            "Model": structure.name,
+        }
+        if texture is not None:
+            settings |= {"Texture model": texture.name, "Split": f"{t_split:g}"}
+        settings["Version"] = f"pangu-draw {__version__}"
+        save_png(image, path, a1111_parameters(prompt, negative_prompt, settings), record)
+        click.echo(str(path))

@@ -1,0 +1,37 @@
+"""Entry point: a click group whose errors are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from . import env, generate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pangu-draw")
+def cli() -> None:
+    """pangu-draw: time-decoupled text-to-image generation and Coop-Diffusion on diffusers."""
+
+
+cli.add_command(generate.command)
+cli.add_command(env.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; bad input prints ``error: ...`` on one line and exits with code 2."""
+    from ..errors import UserError
+
+    try:
+        cli.main(args=argv, prog_name="pangu-draw", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except (click.ClickException, UserError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"error: {' '.join(message.split())}", err=True)
+        sys.exit(2)

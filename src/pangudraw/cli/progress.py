@@ -1,0 +1,40 @@
+"""Progress display shared by the subcommands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+def quiet_libraries() -> None:
+    """Silence the weight-loading bars and advisory warnings of diffusers and transformers."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@contextmanager
+def step_bar() -> Iterator[Callable]:
+    """A tqdm bar on stderr advanced by the denoising loop's per-step callback.
+
+    The bar appears at the first step, so input rejected before sampling prints only its error.
+    """
+    from tqdm import tqdm
+
+    bars = []
+
+    def callback(step) -> None:
+        if not bars:
+            bars.append(tqdm(total=step.total, desc="denoising", unit="step", leave=False))
+        bars[0].set_postfix(sigma=f"{step.sigma:.3g}", refresh=False)
+        bars[0].update(1)
+
+    try:
+        yield callback
+    finally:
+        for bar in bars:
+            bar.close()

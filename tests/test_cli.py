@@ -1,0 +1,200 @@
+"""The CLI through its entry point: outputs, metadata, and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from pangudraw.cli.generate import SAMPLER_NAMES
+from pangudraw.cli.main import main
+from pangudraw.coop import SAMPLERS
+from pangudraw.imageio import read_record
+from pangudraw.testing import tiny_vae
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_sampler_names_are_the_library_samplers():
+    assert set(SAMPLER_NAMES) == set(SAMPLERS)
+
+
+def test_generate_writes_pngs_with_reproducible_parameters(models, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    argv = [
+        "generate",
+        "a red apple",
+        "--structure",
+        str(models["sd"]),
+        "--texture",
+        str(models["sd_other"]),
+        "--steps",
+        "4",
+        "--seed",
+        "5",
+        "--num-images",
+        "2",
+        "-o",
+        str(out),
+        "-g",
+        "2",
+    ]
+    main(argv)
+    paths = [tmp_path / "img-0.png", tmp_path / "img-1.png"]
+    assert capsys.readouterr().out.split() == [str(p) for p in paths]
+    with Image.open(paths[1]) as image:
+        assert image.size == (16, 16)
+        parameters = image.text["parameters"]
+    assert parameters.startswith("a red apple\nSteps: 4, Sampler: euler, CFG scale: 2.0, Seed: 6")
+    assert "Split: 500" in parameters
+    record = read_record(paths[1])
+    assert record["seed"] == 6 and record["texture"] == str(models["sd_other"])
+
+    # The record alone reproduces the second image.
+    again = tmp_path / "again.png"
+    main(
+        [
+            "generate",
+            record["prompt"],
+            "--structure",
+            record["structure"],
+            "--texture",
+            record["texture"],
+            "--steps",
+            str(record["steps"]),
+            "--seed",
+            str(record["seed"]),
+            "-g",
+            str(record["guidance_scale"]),
+            "-o",
+            str(again),
+        ]
+    )
+    with Image.open(paths[1]) as a, Image.open(again) as b:
+        assert a.tobytes() == b.tobytes()
+
+
+def test_random_seed_is_recorded(models, tmp_path):
+    out = tmp_path / "r.png"
+    main(["generate", "x", "--structure", str(models["sd"]), "--steps", "2", "-o", str(out)])
+    assert isinstance(read_record(out)["seed"], int)
+
+
+def test_help_lists_every_option(capsys):
+    code, out, _ = run(["generate", "--help"], capsys)
+    assert code == 0
+    for option in (
+        "--structure",
+        "--texture",
+        "--split",
+        "--steps",
+        "--guidance-scale",
+        "--sampler",
+        "--seed",
+        "--width",
+        "--height",
+        "--num-images",
+        "--output",
+    ):
+        assert option in out
+
+
+def test_env_reports_versions(capsys):
+    main(["env"])
+    out = capsys.readouterr().out
+    assert "torch" in out and "diffusers" in out and "pangu-draw" in out
+
+
+@pytest.fixture
+def other_space_model(models, tmp_path):
+    """A copy of the tiny SD model with another VAE: another latent space."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"])
+    pipe.vae = tiny_vae(seed=9)
+    pipe.save_pretrained(tmp_path / "other_space")
+    return tmp_path / "other_space"
+
+
+@pytest.fixture
+def pickle_model(models, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"])
+    pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    return tmp_path / "pickled"
+
+
+BAD_INPUT = {
+    "missing model": (["--structure", "{tmp}/nowhere"], "does not exist"),
+    "not a diffusers folder": (["--structure", "{tmp}"], "not a diffusers model folder"),
+    "width not divisible": (["--structure", "{sd}", "--width", "15"], "not divisible by the VAE"),
+    "steps below one": (["--structure", "{sd}", "--steps", "0"], "steps must be at least 1"),
+    "split at T": (
+        ["--structure", "{sd}", "--texture", "{sd}", "--split", "1000"],
+        r"split 1000 is outside \(0, 1000\)",
+    ),
+    "split at zero": (
+        ["--structure", "{sd}", "--texture", "{sd}", "--split", "0"],
+        r"outside \(0, 1000\)",
+    ),
+    "unknown sampler": (
+        ["--structure", "{sd}", "--sampler", "plms"],
+        "Invalid value for '--sampler'",
+    ),
+    "different latent spaces": (
+        ["--structure", "{sd}", "--texture", "{other}"],
+        "bridging between latent spaces is not available yet",
+    ),
+    "pickle weights": (["--structure", "{pickled}"], "pickle checkpoints are refused"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_exit_2_and_no_file(
+    case, models, tmp_path, capsys, other_space_model, pickle_model
+):
+    args, message = BAD_INPUT[case]
+    fill = {
+        "tmp": tmp_path,
+        "sd": models["sd"],
+        "other": other_space_model,
+        "pickled": pickle_model,
+    }
+    out = tmp_path / "out.png"
+    argv = ["generate", "x", *[a.format(**fill) for a in args], "-o", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert __import__("re").search(message, err)
+    assert not out.exists()
+    assert list(tmp_path.glob("*.png")) == []
+
+
+def test_pickle_weights_load_when_allowed(pickle_model, tmp_path, capsys):
+    out = tmp_path / "p.png"
+    main(
+        [
+            "generate",
+            "x",
+            "--structure",
+            str(pickle_model),
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--allow-pickle",
+            "-o",
+            str(out),
+        ]
+    )
+    assert out.exists()
+    assert json.loads(Image.open(out).text["pangu-draw"])["steps"] == 2

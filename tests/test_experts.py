@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+from pangudraw.errors import UserError
+from pangudraw.experts import SDText, SDXLText, load_expert
+from pangudraw.noise import from_x0
+
+
+def test_sd_and_sdxl_families_load_with_their_schedules(models):
+    sd, sd_v, sdxl = (load_expert(models[k]) for k in ("sd", "sd_v", "sdxl"))
+    assert isinstance(sd.text, SDText) and isinstance(sdxl.text, SDXLText)
+    assert (sd.prediction_type, sd_v.prediction_type) == ("epsilon", "v_prediction")
+    assert sd.sample_size == (16, 16)
+    assert sd.schedule.num_train_timesteps == 1000
+    assert sd.space.same_as(sd_v.space)
+
+
+def test_sdxl_conditioning_layout(models):
+    expert = load_expert(models["sdxl"])
+    cond = expert.encode_prompt(["apple", "pear"], None, guidance_scale=3.0, size=(24, 16))
+    assert cond.embeds.shape == (4, 16, 64)
+    assert cond.added["text_embeds"].shape == (4, 32)
+    assert cond.added["time_ids"].tolist()[0] == [24, 16, 0, 0, 24, 16]
+    # Empty negative prompt: zeros, as diffusers' force_zeros_for_empty_prompt.
+    assert torch.count_nonzero(cond.embeds[:2]) == 0
+    unguided = expert.encode_prompt(["apple"], None, guidance_scale=1.0)
+    assert not unguided.guided and unguided.embeds.shape[0] == 1
+
+
+def test_denoise_matches_the_network_through_the_noise_axis(models):
+    """x0 from denoise, turned back into the network's own output type, is that output."""
+    expert = load_expert(models["sd_v"])
+    cond = expert.encode_prompt(["apple"])
+    sigma = 3.0
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    alpha, s = expert.schedule.coefficients(sigma)
+    t = expert.schedule.sigma_to_t(sigma)
+    out = expert.unet(alpha * x, torch.tensor(t), encoder_hidden_states=cond.embeds).sample
+    x0 = expert.denoise(x, sigma, cond)
+    torch.testing.assert_close(from_x0(x0, alpha * x, alpha, s, "v_prediction"), out)
+
+
+def test_guidance_one_and_unguided_agree(models):
+    expert = load_expert(models["sd"])
+    x = torch.randn(1, 4, 8, 8)
+    guided = expert.encode_prompt(["apple"], ["pear"], guidance_scale=2.0)
+    plain = expert.encode_prompt(["apple"])
+    torch.testing.assert_close(expert.denoise(x, 1.0, guided, 1.0), expert.denoise(x, 1.0, plain))
+    assert not torch.allclose(expert.denoise(x, 1.0, guided, 2.0), expert.denoise(x, 1.0, plain))
+
+
+def test_broken_model_index_is_a_user_error(tmp_path):
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_expert(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "X", "vae": []}))
+    with pytest.raises(UserError, match="has no unet"):
+        load_expert(tmp_path)
