@@ -149,25 +149,14 @@ BAD_INPUT = {
         ["--structure", "{sd}", "--sampler", "plms"],
         "Invalid value for '--sampler'",
     ),
-    "different latent spaces": (
-        ["--structure", "{sd}", "--texture", "{other}"],
-        "bridging between latent spaces is not available yet",
-    ),
     "pickle weights": (["--structure", "{pickled}"], "pickle checkpoints are refused"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_is_one_line_exit_2_and_no_file(
-    case, models, tmp_path, capsys, other_space_model, pickle_model
-):
+def test_bad_input_is_one_line_exit_2_and_no_file(case, models, tmp_path, capsys, pickle_model):
     args, message = BAD_INPUT[case]
-    fill = {
-        "tmp": tmp_path,
-        "sd": models["sd"],
-        "other": other_space_model,
-        "pickled": pickle_model,
-    }
+    fill = {"tmp": tmp_path, "sd": models["sd"], "pickled": pickle_model}
     out = tmp_path / "out.png"
     argv = ["generate", "x", *[a.format(**fill) for a in args], "-o", str(out)]
     code, _, err = run(argv, capsys)
@@ -177,6 +166,27 @@ def test_bad_input_is_one_line_exit_2_and_no_file(
     assert __import__("re").search(message, err)
     assert not out.exists()
     assert list(tmp_path.glob("*.png")) == []
+
+
+def test_structure_and_texture_in_different_latent_spaces(models, other_space_model, tmp_path):
+    out = tmp_path / "coop.png"
+    main(
+        [
+            "generate",
+            "x",
+            "--structure",
+            str(models["sd"]),
+            "--texture",
+            str(other_space_model),
+            "--steps",
+            "4",
+            "--seed",
+            "1",
+            "-o",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size == (16, 16)
 
 
 def test_pickle_weights_load_when_allowed(pickle_model, tmp_path, capsys):

@@ -1,12 +1,19 @@
 """The Coop-Diffusion denoising loop (DESIGN.md 2.3).
 
-At each noise level sigma the active experts each predict a denoised estimate with their
-own guidance, the estimates are fused on x0, and a diffusers scheduler steps the canvas
-with the fused x0, converted to epsilon (the one prediction type every diffusers scheduler
-takes).
+State: the canvas latents (one latent space at the target size, stepped by a diffusers
+scheduler) and, for every active expert that works elsewhere (another latent space or
+another resolution), its own latents at its own site. One step at noise level sigma:
 
-This version fuses experts that share the canvas latent space and resolution; bridging
-between spaces (DESIGN.md 2.2) slots in where each estimate is brought to the canvas.
+1. the active experts are those whose window contains sigma;
+2. an expert that becomes active gets its first input by noise re-sampling from the
+   current fused estimate (pure noise at the first step);
+3. each active expert predicts x0 in its own space, with its own guidance and controls;
+4. the estimates are bridged to the canvas and fused:
+   ``x0 = sum_i w_i m_i B_iP(x0_i) / sum_i w_i m_i``;
+5. the canvas steps with the fused x0 (given to the scheduler as epsilon, the one
+   prediction type every diffusers scheduler takes); every other expert's latents step
+   to the next noise level around ``B_Pi(x0)``, keeping their own noise ("carry", a
+   deterministic DDIM step) or drawing it afresh ("resample").
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -25,9 +34,11 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
+from .bridge import Site, bridge, renoise
 from .errors import UserError
-from .experts import Conditioning, Expert
+from .experts import Conditioning, Control, Expert
 from .noise import DiscreteVPSchedule, from_x0
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
@@ -37,6 +48,8 @@ SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
 }
+NoisePolicy = Literal["carry", "resample"]
+NOISE_POLICIES = ("carry", "resample")
 
 
 def make_scheduler(sampler: str, training_config: dict, **overrides) -> SchedulerMixin:
@@ -61,6 +74,9 @@ class Participant:
         guidance_scale: its own classifier-free guidance scale.
         weight: its weight in the x0 fusion.
         window: the noise levels [lo, hi) on the shared sigma axis where it is active.
+        size: its working size in pixels (height, width); None works on the canvas size.
+        mask: (1, 1, H, W) weights in [0, 1] at the canvas pixel size; None covers all.
+        controls: ControlNets applied in its own space.
     """
 
     expert: Expert
@@ -68,10 +84,16 @@ class Participant:
     guidance_scale: float = 1.0
     weight: float = 1.0
     window: tuple[float, float] = (0.0, math.inf)
+    size: tuple[int, int] | None = None
+    mask: torch.Tensor | None = None
+    controls: list[Control] = field(default_factory=list)
 
     def active(self, sigma: float) -> bool:
         lo, hi = self.window
         return lo <= sigma < hi
+
+    def site(self, canvas: Site) -> Site:
+        return Site(self.expert.space, self.size or canvas.size)
 
 
 @dataclass
@@ -92,14 +114,48 @@ def _step_kwargs(scheduler: SchedulerMixin, generator) -> dict:
     return {"generator": generator} if "generator" in accepted else {}
 
 
-def fuse(estimates: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """``sum_i w_i x0_i / sum_i w_i``."""
-    total = sum(weights)
-    if total <= 0:
-        raise UserError("the weights of the active experts sum to zero; give one a positive weight")
+def _latent_masks(participants: list[Participant], hw: tuple[int, int]) -> list[torch.Tensor]:
+    """Each participant's weight map ``w_i m_i`` at the canvas latent resolution."""
+    maps = []
+    for p in participants:
+        if p.mask is None:
+            maps.append(torch.full((1, 1, *hw), float(p.weight)))
+        else:
+            maps.append(p.weight * F.interpolate(p.mask.float(), size=hw, mode="area"))
+    return maps
+
+
+def check_coverage(
+    participants: list[Participant], sigmas: list[float], weight_maps: list[torch.Tensor]
+) -> None:
+    """Reject, before any network runs, a trajectory with a step no expert covers."""
+    uncovered = [s for s in sigmas if not any(p.active(s) for p in participants)]
+    if uncovered:
+        raise UserError(
+            f"no expert is active for sigma in [{min(uncovered):.4g}, {max(uncovered):.4g}] "
+            f"({len(uncovered)} of {len(sigmas)} steps); widen a window to cover the gap"
+        )
+    for sigma in sigmas:
+        active = [k for k, p in enumerate(participants) if p.active(sigma)]
+        total = sum(weight_maps[k] for k in active)
+        if float(total.min()) <= 0:
+            what = (
+                "weights sum"
+                if all(participants[k].mask is None for k in active)
+                else ("weights and masks leave part of the canvas at")
+            )
+            raise UserError(
+                f"at sigma={sigma:.4g} the active experts' {what} zero; "
+                "give an active expert a positive weight or a mask that covers the canvas"
+            )
+
+
+def fuse(estimates: list[torch.Tensor], weight_maps: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i w_i m_i x0_i / sum_i w_i m_i`` (one estimate: itself, exactly)."""
     if len(estimates) == 1:
         return estimates[0]
-    return sum(w * x0 for w, x0 in zip(weights, estimates)) / total
+    total = sum(weight_maps)
+    return sum(w * x0 for w, x0 in zip(weight_maps, estimates)) / total
 
 
 def sample(
@@ -109,55 +165,81 @@ def sample(
     num_inference_steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
     callback: Callable[[Step], None] | None = None,
+    canvas: Site | None = None,
+    noise_policy: NoisePolicy = "carry",
 ) -> torch.Tensor:
-    """Run the denoising loop and return the clean canvas latents.
+    """Run the Coop-Diffusion loop and return the clean canvas latents.
 
     Args:
-        participants: the experts taking part; the first one's space is the canvas.
-        scheduler: a fresh sampler from :func:`make_scheduler`.
+        participants: the experts taking part.
+        scheduler: a fresh sampler from :func:`make_scheduler`; its training schedule
+            defines the canvas trajectory's noise levels.
         noise: (B, C, h, w) standard normal noise at the canvas latent shape.
         num_inference_steps: number of sampler steps.
-        generator: for ancestral samplers' per-step noise.
+        generator: for ancestral samplers and for the noise of experts off the canvas.
         callback: called after every step with a :class:`Step`.
+        canvas: the canvas site; by default the first participant's space at the noise's size.
+        noise_policy: how experts off the canvas step (module docstring).
 
     Returns:
         (B, C, h, w) latents in the canvas space.
     """
-    canvas = participants[0].expert.space
-    for p in participants[1:]:
-        if not p.expert.space.same_as(canvas):
-            raise UserError(
-                f"{p.expert.name} uses another latent space than {participants[0].expert.name} "
-                f"(another VAE: {p.expert.space.describe()} vs {canvas.describe()}); bridging "
-                "between latent spaces is not available yet"
-            )
+    if noise_policy not in NOISE_POLICIES:
+        raise UserError(f"unknown noise policy {noise_policy!r}; use one of {NOISE_POLICIES}")
+    if canvas is None:
+        space = participants[0].expert.space
+        canvas = Site(space, (noise.shape[-2] * space.factor, noise.shape[-1] * space.factor))
+    sites = [p.site(canvas) for p in participants]
+    on_canvas = [site.same_as(canvas) for site in sites]
+
     scheduler.set_timesteps(num_inference_steps)
     schedule = DiscreteVPSchedule(scheduler.alphas_cumprod.to(torch.float64))
+    timesteps = scheduler.timesteps
+    sigmas = [schedule.t_to_sigma(float(t)) for t in timesteps]
+    weight_maps = _latent_masks(participants, tuple(noise.shape[-2:]))
+    check_coverage(participants, sigmas, weight_maps)
+
     step_kwargs = _step_kwargs(scheduler, generator)
     latents = noise * scheduler.init_noise_sigma
-    timesteps = scheduler.timesteps
+    own: dict[int, torch.Tensor] = {}  # latents (x = x0 + sigma n) of experts off the canvas
+    x0 = None
     for i, t in enumerate(timesteps):
-        sigma = schedule.t_to_sigma(float(t))
+        sigma = sigmas[i]
         alpha, s = schedule.coefficients(sigma)
         z = scheduler.scale_model_input(latents, t)
         # Variance-exploding view of the canvas: x = x0 + sigma * n.
         x = z / alpha
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
-        if not active:
-            raise UserError(
-                f"no expert is active at sigma={sigma:.4g} (timestep {float(t):g}); "
-                "widen a window so that the windows cover the whole trajectory"
-            )
-        estimates = [
-            participants[k].expert.denoise(
-                x, sigma, participants[k].cond, participants[k].guidance_scale
-            )
-            for k in active
-        ]
-        x0 = fuse(estimates, [participants[k].weight for k in active])
-        # Sampler step on the fused estimate.
+        estimates = []
+        for k in active:
+            p, site = participants[k], sites[k]
+            if not on_canvas[k] and k not in own:
+                # Entry by noise re-sampling (pure noise before any estimate exists).
+                if x0 is None:
+                    shape = site.latent_shape(noise.shape[0])
+                    pure = randn_tensor(shape, generator=generator, dtype=noise.dtype)
+                    own[k] = pure * math.sqrt(1.0 + sigma * sigma)
+                else:
+                    own[k] = renoise(bridge(x0, canvas, site), sigma, generator)
+            x_k = x if on_canvas[k] else own[k]
+            x0_k = p.expert.denoise(x_k, sigma, p.cond, p.guidance_scale, p.controls)
+            estimates.append(bridge(x0_k, site, canvas))
+        # Fusion on x0.
+        x0 = fuse(estimates, [weight_maps[k] for k in active])
+        # Canvas step.
         eps = from_x0(x0, z, alpha, s, "epsilon")
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        # Off-canvas experts step around the fused estimate, in their own spaces.
+        sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
+        for k in list(own):
+            if sigma_next == 0.0 or not participants[k].active(sigma_next):
+                del own[k]  # re-enters by re-sampling if it becomes active again
+                continue
+            target = bridge(x0, canvas, sites[k])
+            if noise_policy == "carry":
+                own[k] = target + sigma_next * (own[k] - target) / sigma
+            else:
+                own[k] = renoise(target, sigma_next, generator)
         if callback is not None:
             callback(Step(i, len(timesteps), float(t), sigma, x0, latents, active))
     return latents

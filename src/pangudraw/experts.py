@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 
 from .errors import UserError
 from .latents import LatentSpace
@@ -121,6 +122,22 @@ TextStack = SDText | SDXLText
 
 
 @dataclass
+class Control:
+    """A ControlNet with its control image, for one expert in one generation.
+
+    ``image`` is (1 or B, 3, H, W) in [0, 1] at the expert's working size in pixels.
+    """
+
+    model: ControlNetModel
+    image: torch.Tensor
+    scale: float = 1.0
+    window: tuple[float, float] = (0.0, math.inf)
+
+    def active(self, sigma: float) -> bool:
+        return self.window[0] <= sigma < self.window[1]
+
+
+@dataclass
 class Expert:
     """A loaded denoiser on the shared noise axis.
 
@@ -147,6 +164,11 @@ class Expert:
     sample_size: tuple[int, int] = (512, 512)
     dtype: torch.dtype = torch.float32
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (codec factor x UNet downsampling)."""
+        return self.space.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
     def encode_prompt(
         self,
         prompts: list[str],
@@ -162,7 +184,12 @@ class Expert:
 
     @torch.no_grad()
     def denoise(
-        self, x: torch.Tensor, sigma: float, cond: Conditioning, guidance_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        cond: Conditioning,
+        guidance_scale: float = 1.0,
+        controls: list[Control] = (),
     ) -> torch.Tensor:
         """Denoised estimate for ``x = x0 + sigma * n``.
 
@@ -171,6 +198,7 @@ class Expert:
             sigma: noise level on the shared axis.
             cond: this expert's encoded prompts; guided ones get classifier-free guidance.
             guidance_scale: classifier-free guidance scale.
+            controls: ControlNets whose residuals are added (those active at ``sigma``).
 
         Returns:
             x0: (B, C, h, w), float32.
@@ -178,12 +206,31 @@ class Expert:
         alpha, s = self.schedule.coefficients(sigma)
         z = alpha * x
         t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32)
-        z_in = torch.cat([z, z]) if cond.guided else z
+        z_in = (torch.cat([z, z]) if cond.guided else z).to(self.dtype)
+        embeds = cond.embeds.to(self.dtype)
+        down, mid = None, None
+        for control in controls:
+            if not control.active(sigma):
+                continue
+            image = control.image.to(self.dtype).expand(z.shape[0], -1, -1, -1)
+            d, m = control.model(
+                z_in,
+                t,
+                encoder_hidden_states=embeds,
+                controlnet_cond=torch.cat([image, image]) if cond.guided else image,
+                conditioning_scale=control.scale,
+                added_cond_kwargs=cond.added,
+                return_dict=False,
+            )
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
         out = self.unet(
-            z_in.to(self.dtype),
+            z_in,
             t,
-            encoder_hidden_states=cond.embeds.to(self.dtype),
+            encoder_hidden_states=embeds,
             added_cond_kwargs=cond.added,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
             return_dict=False,
         )[0].float()
         if cond.guided:

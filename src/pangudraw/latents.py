@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 
@@ -15,26 +16,34 @@ def _public(config) -> dict:
 
 @dataclass(frozen=True)
 class LatentSpace:
-    """A VAE with its latent normalisation, or pixel space when ``vae`` is None.
+    """A VAE with its latent normalisation, or a pixel space when ``vae`` is None.
 
-    Scaled latents are ``z = (raw - mean) * scaling_factor / std`` where ``mean`` and
-    ``std`` are the VAE's ``latents_mean`` / ``latents_std`` when it has them, else
-    ``shift_factor`` and 1 (SD3 / Flux), else 0 and 1 (SD 1.x / SDXL).
+    A pixel space folds each ``unshuffle`` x ``unshuffle`` patch into channels
+    (``pixel_unshuffle``): an exactly invertible codec of 3 * unshuffle^2 channels at
+    1/unshuffle; ``unshuffle=1`` is plain pixels. Scaled VAE latents are
+    ``z = (raw - mean) * scaling_factor / std`` where ``mean`` and ``std`` are the VAE's
+    ``latents_mean`` / ``latents_std`` when it has them, else ``shift_factor`` and 1
+    (SD3 / Flux), else 0 and 1 (SD 1.x / SDXL).
     """
 
     vae: AutoencoderKL | None
-    pixel_channels: int = 3
+    unshuffle: int = 1
 
     @property
     def channels(self) -> int:
-        return self.pixel_channels if self.vae is None else self.vae.config.latent_channels
+        return 3 * self.unshuffle**2 if self.vae is None else self.vae.config.latent_channels
 
     @property
     def factor(self) -> int:
         """Pixels per latent cell along each side."""
         if self.vae is None:
-            return 1
+            return self.unshuffle
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        # Not ``vae.dtype``: that walks every parameter, and bridges call this every step.
+        return next(self.vae.parameters()).dtype
 
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Latent shape for ``height`` x ``width`` pixel images (each divisible by ``factor``)."""
@@ -65,8 +74,8 @@ class LatentSpace:
         Deterministic (the posterior mode) unless a generator is given, then a sample.
         """
         if self.vae is None:
-            return images
-        images = images.to(self.vae.dtype)
+            return F.pixel_unshuffle(images, self.unshuffle) if self.unshuffle > 1 else images
+        images = images.to(self._dtype)
         posterior = self.vae.encode(images).latent_dist
         raw = posterior.mode() if generator is None else posterior.sample(generator)
         mean, std = self._normalisation(raw)
@@ -75,8 +84,8 @@ class LatentSpace:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in about [-1, 1] (not clamped)."""
         if self.vae is None:
-            return latents
-        latents = latents.to(self.vae.dtype)
+            return F.pixel_shuffle(latents, self.unshuffle) if self.unshuffle > 1 else latents
+        latents = latents.to(self._dtype)
         mean, std = self._normalisation(latents)
         raw = latents * std / self.vae.config.scaling_factor + mean
         return self.vae.decode(raw).sample
@@ -84,7 +93,7 @@ class LatentSpace:
     def same_as(self, other: LatentSpace) -> bool:
         """True when both spaces encode every image to the same latents."""
         if self.vae is None or other.vae is None:
-            return self.vae is None and other.vae is None and self.channels == other.channels
+            return self.vae is None and other.vae is None and self.unshuffle == other.unshuffle
         if self.vae is other.vae:
             return True
         if _public(self.vae.config) != _public(other.vae.config):
@@ -94,5 +103,5 @@ class LatentSpace:
 
     def describe(self) -> str:
         if self.vae is None:
-            return f"pixel space, {self.channels} channels"
+            return f"pixel space, {self.channels} channels at 1/{self.factor}"
         return f"{self.channels} channels at 1/{self.factor}"

@@ -10,7 +10,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .coop import Participant, Step, make_scheduler, sample
+from .bridge import Site, native_size
+from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
 from .errors import UserError
 from .experts import Conditioning, Expert
 
@@ -61,24 +62,32 @@ def generate(
     t_split: float = DEFAULT_SPLIT,
     num_images: int = 1,
     callback: Callable[[Step], None] | None = None,
+    noise_policy: NoisePolicy = "carry",
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
 
     With ``texture=None`` this is plain single-model sampling. The split is a timestep on
     the structure expert's training schedule and is applied on the noise level. Image
     ``i`` uses seed ``seed + i``, so every image can be reproduced on its own.
+
+    The canvas is the texture expert's latent space at the output size (its native size
+    by default). The structure expert works at its own native resolution (at the output's
+    aspect ratio) unless it shares the texture expert's space and native size; then it
+    works on the canvas itself and nothing is bridged.
     """
     if num_inference_steps < 1:
         raise UserError(f"steps must be at least 1, got {num_inference_steps}")
     if num_images < 1:
         raise UserError(f"num-images must be at least 1, got {num_images}")
-    height = height or structure.sample_size[0]
-    width = width or structure.sample_size[1]
+    owner = texture or structure
+    height = height or owner.sample_size[0]
+    width = width or owner.sample_size[1]
+    canvas = Site(owner.space, (height, width))
     try:
-        shape = structure.space.latent_shape(num_images, height, width)
+        shape = canvas.latent_shape(num_images)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    scheduler = make_scheduler(sampler, structure.scheduler_config)
+    scheduler = make_scheduler(sampler, owner.scheduler_config)
 
     prompts = [prompt] * num_images
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
@@ -94,6 +103,11 @@ def generate(
     if texture is not None:
         sigma_split = split_sigma(structure, t_split)
         participants[0].window = (sigma_split, math.inf)
+        shared = structure.space.same_as(owner.space) and structure.sample_size == owner.sample_size
+        if not shared:
+            participants[0].size = native_size(
+                structure.sample_size, (height, width), structure.size_multiple
+            )
         participants.append(
             Participant(
                 texture,
@@ -106,7 +120,15 @@ def generate(
     seeds = [seed + i for i in range(num_images)]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = randn_tensor(shape, generator=generators, dtype=torch.float32)
-    latents = sample(participants, scheduler, noise, num_inference_steps, generators, callback)
-    decoder = participants[-1].expert.space
-    images = (decoder.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+    latents = sample(
+        participants,
+        scheduler,
+        noise,
+        num_inference_steps,
+        generators,
+        callback,
+        canvas,
+        noise_policy,
+    )
+    images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
     return GenerationOutput(images, latents, seeds)
