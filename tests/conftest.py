@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pangudraw.testing import tiny_sd, tiny_sdxl
+from pangudraw.testing import tiny_controlnet, tiny_sd, tiny_sdxl
 
 
 @pytest.fixture(scope="session")
@@ -13,4 +13,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tiny_sd(root / "sd_v", prediction_type="v_prediction", seed=1)
     tiny_sd(root / "sd_other", seed=2)
     tiny_sdxl(root / "sdxl")
-    return {name: root / name for name in ("sd", "sd_v", "sd_other", "sdxl")}
+    # Another latent space (8 channels at 1/4) and another native resolution (32 px).
+    tiny_sd(root / "sd_b", seed=3, vae_seed=7, latent_channels=8, vae_blocks=3)
+    # Another training schedule (linear betas).
+    tiny_sd(root / "sd_linear", seed=4, schedule={"beta_schedule": "linear", "beta_end": 0.02})
+    tiny_controlnet(root / "sd", root / "cn_sd")
+    tiny_controlnet(root / "sd_b", root / "cn_sd_b", seed=1)
+    names = ("sd", "sd_v", "sd_other", "sdxl", "sd_b", "sd_linear", "cn_sd", "cn_sd_b")
+    return {name: root / name for name in names}

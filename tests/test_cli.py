@@ -5,10 +5,10 @@ import json
 import pytest
 from PIL import Image
 
-from pangudraw.cli.generate import SAMPLER_NAMES
 from pangudraw.cli.main import main
 from pangudraw.coop import SAMPLERS
 from pangudraw.imageio import read_record
+from pangudraw.options import SAMPLER_NAMES
 from pangudraw.testing import tiny_vae
 
 

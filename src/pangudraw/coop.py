@@ -40,6 +40,7 @@ from .bridge import Site, bridge, renoise
 from .errors import UserError
 from .experts import Conditioning, Control, Expert
 from .noise import DiscreteVPSchedule, from_x0
+from .options import NOISE_POLICIES
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,
@@ -49,7 +50,6 @@ SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "unipc": UniPCMultistepScheduler,
 }
 NoisePolicy = Literal["carry", "resample"]
-NOISE_POLICIES = ("carry", "resample")
 
 
 def make_scheduler(sampler: str, training_config: dict, **overrides) -> SchedulerMixin:

@@ -1,19 +1,21 @@
-"""User-facing generation built from experts."""
+"""User-facing generation built from experts: time-decoupled pairs and Coop recipes."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .bridge import Site, native_size
+from .bridge import Site, native_size, resize_images
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
 from .errors import UserError
-from .experts import Conditioning, Expert
+from .experts import Conditioning, Control, Expert, load_expert
+from .recipes import Recipe, Window
 
 DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500).
 
@@ -31,12 +33,17 @@ class GenerationOutput:
         return [Image.fromarray(a) for a in arrays]
 
 
-def _encoder(cache: dict, expert: Expert, prompts, negatives, guidance_scale, size) -> Conditioning:
-    """Encode once per text stack: experts that share encoders share the embeddings."""
-    key = (id(expert.text), guidance_scale > 1.0, size)
-    if key not in cache:
-        cache[key] = expert.encode_prompt(prompts, negatives, guidance_scale, size)
-    return cache[key]
+class _PromptCache:
+    """Encodes each (text encoders, prompts, guidance, size) once per generation."""
+
+    def __init__(self) -> None:
+        self.entries: dict = {}
+
+    def __call__(self, expert, prompts, negatives, guidance, size) -> Conditioning:
+        key = (id(expert.text), tuple(prompts), negatives and tuple(negatives), guidance > 1, size)
+        if key not in self.entries:
+            self.entries[key] = expert.encode_prompt(prompts, negatives, guidance, size)
+        return self.entries[key]
 
 
 def split_sigma(expert: Expert, t_split: float) -> float:
@@ -45,6 +52,49 @@ def split_sigma(expert: Expert, t_split: float) -> float:
     if not 0 < t_split < last:
         raise UserError(f"split {t_split:g} is outside (0, {last}); give a timestep in between")
     return expert.schedule.t_to_sigma(t_split)
+
+
+def working_size(expert: Expert, owner: Expert, canvas: Site) -> tuple[int, int]:
+    """The canvas size for the canvas expert and its twins, else the expert's native size."""
+    if expert is owner or (
+        expert.space.same_as(owner.space) and expert.sample_size == owner.sample_size
+    ):
+        return canvas.size
+    return native_size(expert.sample_size, canvas.size, expert.size_multiple)
+
+
+def _canvas(owner: Expert, height: int | None, width: int | None, batch: int) -> Site:
+    canvas = Site(owner.space, (height or owner.sample_size[0], width or owner.sample_size[1]))
+    try:
+        canvas.latent_shape(batch)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return canvas
+
+
+def _run(
+    participants: list[Participant],
+    canvas: Site,
+    scheduler,
+    num_inference_steps: int,
+    seeds: list[int],
+    callback: Callable[[Step], None] | None,
+    noise_policy: NoisePolicy,
+) -> GenerationOutput:
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = randn_tensor(canvas.latent_shape(len(seeds)), generator=generators)
+    latents = sample(
+        participants,
+        scheduler,
+        noise,
+        num_inference_steps,
+        generators,
+        callback,
+        canvas,
+        noise_policy,
+    )
+    images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
+    return GenerationOutput(images, latents, seeds)
 
 
 @torch.inference_mode()
@@ -80,55 +130,133 @@ def generate(
     if num_images < 1:
         raise UserError(f"num-images must be at least 1, got {num_images}")
     owner = texture or structure
-    height = height or owner.sample_size[0]
-    width = width or owner.sample_size[1]
-    canvas = Site(owner.space, (height, width))
-    try:
-        shape = canvas.latent_shape(num_images)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    canvas = _canvas(owner, height, width, num_images)
     scheduler = make_scheduler(sampler, owner.scheduler_config)
-
     prompts = [prompt] * num_images
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
-    cache: dict = {}
-    size = (height, width)
-    participants = [
-        Participant(
-            structure,
-            _encoder(cache, structure, prompts, negatives, guidance_scale, size),
-            guidance_scale,
-        )
-    ]
+    encode = _PromptCache()
+    roles = [(structure, (0.0, math.inf))]
     if texture is not None:
         sigma_split = split_sigma(structure, t_split)
-        participants[0].window = (sigma_split, math.inf)
-        shared = structure.space.same_as(owner.space) and structure.sample_size == owner.sample_size
-        if not shared:
-            participants[0].size = native_size(
-                structure.sample_size, (height, width), structure.size_multiple
+        roles = [(structure, (sigma_split, math.inf)), (texture, (0.0, sigma_split))]
+    participants = []
+    for expert, window in roles:
+        size = working_size(expert, owner, canvas)
+        cond = encode(expert, prompts, negatives, guidance_scale, size)
+        participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
+    seeds = [seed + i for i in range(num_images)]
+    return _run(participants, canvas, scheduler, num_inference_steps, seeds, callback, noise_policy)
+
+
+def sigma_window(window: Window, expert: Expert) -> tuple[float, float]:
+    """A recipe window on the shared sigma axis (``t`` windows use the expert's schedule)."""
+    if window.unit == "sigma":
+        return window.lo, window.hi
+    last = expert.schedule.num_train_timesteps
+    if window.hi > last:
+        raise UserError(
+            f"window t = [{window.lo:g}, {window.hi:g}] of {expert.name} "
+            f"goes beyond its {last} training timesteps"
+        )
+    lo = 0.0 if window.lo == 0 else expert.schedule.t_to_sigma(window.lo)
+    hi = math.inf if window.hi >= last else expert.schedule.t_to_sigma(window.hi)
+    return lo, hi
+
+
+def read_image(path: str, mode: str, size: tuple[int, int], what: str) -> torch.Tensor:
+    """An image file as (1, C, H, W) in [0, 1], resized (antialiased) to ``size`` (H, W)."""
+    try:
+        with Image.open(path) as image:
+            pixels = torch.tensor(list(image.convert(mode).getdata()), dtype=torch.float32)
+            width, height = image.size
+    except FileNotFoundError as exc:
+        raise UserError(f"{what} {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{what} {path} is not an image file that can be read") from exc
+    tensor = (pixels / 255).reshape(height, width, -1).permute(2, 0, 1)[None]
+    return resize_images(tensor, size).clamp(0, 1)
+
+
+def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
+    """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
+    from diffusers import ControlNetModel
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path} is not a diffusers ControlNet folder (no config.json)")
+    try:
+        model = ControlNetModel.from_pretrained(
+            path, use_safetensors=None if allow_pickle else True
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load ControlNet {path}: {str(exc).splitlines()[0]}") from exc
+    keys = ("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type")
+    theirs, ours = model.config, expert.unet.config
+    mismatched = [k for k in keys if list(_listify(theirs.get(k))) != list(_listify(ours.get(k)))]
+    if mismatched:
+        raise UserError(
+            f"ControlNet {path} was built for another base than {expert.name} "
+            f"(differs in {', '.join(mismatched)}); use a ControlNet trained for that model"
+        )
+    return model.eval()
+
+
+def _listify(value) -> list:
+    return value if isinstance(value, list | tuple) else [value]
+
+
+@torch.inference_mode()
+def coop_generate(
+    recipe: Recipe,
+    callback: Callable[[Step], None] | None = None,
+    allow_pickle: bool = False,
+) -> GenerationOutput:
+    """Run a Coop recipe: every expert in its own space and resolution, one fused loop."""
+    if recipe.steps < 1:
+        raise UserError(f"steps must be at least 1, got {recipe.steps}")
+    loaded: dict[str, Expert] = {}
+    for spec in recipe.experts:
+        if spec.model not in loaded:
+            loaded[spec.model] = load_expert(spec.model, allow_pickle)
+    owner_spec = next(
+        (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
+    )
+    owner = loaded[owner_spec.model]
+    canvas = _canvas(owner, recipe.height, recipe.width, 1)
+    scheduler = make_scheduler(recipe.sampler, owner.scheduler_config)
+    encode = _PromptCache()
+    participants = []
+    for spec in recipe.experts:
+        expert = loaded[spec.model]
+        size = spec.size or working_size(expert, owner, canvas)
+        if size[0] % expert.size_multiple or size[1] % expert.size_multiple:
+            raise UserError(
+                f"size {list(size)} of expert {spec.name} is not a multiple of "
+                f"{expert.size_multiple} on both sides"
             )
+        mask = None if spec.mask is None else read_image(spec.mask, "L", canvas.size, "mask")
+        controls = [
+            Control(
+                load_controlnet(c.model, expert, allow_pickle),
+                read_image(c.image, "RGB", size, "control image"),
+                c.scale,
+                sigma_window(c.window, expert),
+            )
+            for c in spec.controls
+        ]
+        negatives = None if spec.negative_prompt is None else [spec.negative_prompt]
+        cond = encode(expert, [spec.prompt], negatives, spec.guidance, size)
         participants.append(
             Participant(
-                texture,
-                _encoder(cache, texture, prompts, negatives, guidance_scale, size),
-                guidance_scale,
-                window=(0.0, sigma_split),
+                expert,
+                cond,
+                spec.guidance,
+                spec.weight,
+                sigma_window(spec.window, expert),
+                size,
+                mask,
+                controls,
             )
         )
-
-    seeds = [seed + i for i in range(num_images)]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    noise = randn_tensor(shape, generator=generators, dtype=torch.float32)
-    latents = sample(
-        participants,
-        scheduler,
-        noise,
-        num_inference_steps,
-        generators,
-        callback,
-        canvas,
-        noise_policy,
+    return _run(
+        participants, canvas, scheduler, recipe.steps, [recipe.seed], callback, recipe.noise
     )
-    images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
-    return GenerationOutput(images, latents, seeds)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -90,16 +91,20 @@ def tiny_sd(
     seed: int = 0,
     sample_size: int = 8,
     vae_seed: int = 0,
+    latent_channels: int = 4,
+    vae_blocks: int = 2,
+    schedule: dict | None = None,
 ) -> StableDiffusionPipeline:
     """An SD 1.x/2.x-style pipeline saved to ``folder`` (SD2-like with ``"v_prediction"``).
 
-    Models built with the same ``vae_seed`` share one latent space, as the SD 1.x family does.
+    Models built with the same ``vae_seed``, ``latent_channels`` and ``vae_blocks`` share one
+    latent space, as the SD 1.x family does; ``schedule`` overrides the training betas.
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(16, 32),
@@ -109,18 +114,36 @@ def tiny_sd(
         norm_num_groups=8,
     )
     text_encoder = CLIPTextModel(_text_config(32))
+    training = {**TRAINING_SCHEDULE, **(schedule or {}), "prediction_type": prediction_type}
     pipe = StableDiffusionPipeline(
-        vae=tiny_vae(seed=vae_seed),
+        vae=tiny_vae(latent_channels, vae_blocks, seed=vae_seed),
         text_encoder=text_encoder,
         tokenizer=byte_tokenizer(folder / "_tok"),
         unet=unet,
-        scheduler=EulerDiscreteScheduler(**TRAINING_SCHEDULE, prediction_type=prediction_type),
+        scheduler=EulerDiscreteScheduler(**training),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     return pipe
+
+
+def tiny_controlnet(model_folder: Path, folder: Path, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for the UNet in ``model_folder``, with non-zero output convolutions.
+
+    diffusers zero-initialises the ControlNet's output layers, which would make an untrained
+    one a no-op; random ones make its effect visible in tests.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_folder / "unet")
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(8, 16), load_weights_from_unet=True
+    )
+    for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(block.weight, std=0.05)
+    controlnet.save_pretrained(folder)
+    return controlnet
 
 
 def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffusionXLPipeline:

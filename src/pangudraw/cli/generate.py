@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-SAMPLER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")  # pangudraw.coop.SAMPLERS
+from ..options import SAMPLER_NAMES
 
 
 def output_paths(output: Path, count: int) -> list[Path]:

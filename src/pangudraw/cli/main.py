@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from . import env, generate
+from . import coop, env, generate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +17,7 @@ def cli() -> None:
 
 
 cli.add_command(generate.command)
+cli.add_command(coop.command)
 cli.add_command(env.command)
 
 

@@ -1,0 +1,343 @@
+"""Coop recipes: a TOML file that names the canvas, the sampler and a list of experts.
+
+    prompt = "a red apple"            # every expert's prompt unless it has its own
+    negative_prompt = ""              # optional
+    seed = 0
+    steps = 25
+    sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc
+    noise = "carry"                   # carry | resample (experts off the canvas)
+    guidance = 7.0                    # every expert's guidance unless it has its own
+
+    [canvas]
+    width = 64
+    height = 64
+    expert = "texture"                # whose latent space and sampler schedule (default: first)
+
+    [[experts]]
+    name = "texture"
+    model = "models/texture"          # diffusers folder; relative to the recipe file
+    window = { t = [0, 500] }         # or { sigma = [lo, hi] }; default: the whole trajectory
+    weight = 1.0
+    guidance = 7.0
+    size = [64, 64]                   # working size; default: native size at canvas aspect
+    mask = "left.png"                 # optional grayscale, white = full weight
+
+    [[experts.controls]]
+    model = "controlnets/edges"
+    image = "edges.png"
+    scale = 1.0
+    window = { t = [0, 1000] }
+
+A ``t`` window is [lo, hi) in the expert's own training timesteps (``hi = T`` reaches the
+top of the trajectory); a ``sigma`` window is on the shared noise axis.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .options import NOISE_POLICIES, SAMPLER_NAMES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+TOP_KEYS = {
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "sampler",
+    "noise",
+    "guidance",
+    "canvas",
+    "experts",
+}
+CANVAS_KEYS = {"width", "height", "expert"}
+EXPERT_KEYS = {
+    "name",
+    "model",
+    "prompt",
+    "negative_prompt",
+    "window",
+    "weight",
+    "guidance",
+    "size",
+    "mask",
+    "controls",
+}
+CONTROL_KEYS = {"model", "image", "scale", "window"}
+
+
+@dataclass
+class Window:
+    """[lo, hi) on an expert's training timesteps (``unit="t"``) or on sigma."""
+
+    unit: str = "sigma"
+    lo: float = 0.0
+    hi: float = math.inf
+
+
+@dataclass
+class ControlSpec:
+    model: str
+    image: str
+    scale: float = 1.0
+    window: Window = field(default_factory=Window)
+
+
+@dataclass
+class ExpertSpec:
+    name: str
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    window: Window = field(default_factory=Window)
+    weight: float = 1.0
+    guidance: float = 7.0
+    size: tuple[int, int] | None = None
+    mask: str | None = None
+    controls: list[ControlSpec] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    experts: list[ExpertSpec]
+    width: int | None = None
+    height: int | None = None
+    canvas_expert: str | None = None
+    seed: int = 0
+    steps: int = 25
+    sampler: str = "euler"
+    noise: str = "carry"
+
+    def to_dict(self) -> dict:
+        """A JSON-able form that :func:`recipe_from_dict` reads back (infinity as None)."""
+        data = asdict(self)
+        for spec in [*data["experts"], *(c for e in data["experts"] for c in e["controls"])]:
+            if spec["window"]["hi"] == math.inf:
+                spec["window"]["hi"] = None
+        return data
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the file and the field."""
+
+    def __init__(self, source: str, table: dict, where: str, allowed: set[str]):
+        self.source, self.table, self.where = source, table, where
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            self.fail(unknown[0], f"unknown key; allowed keys are {', '.join(sorted(allowed))}")
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str):
+        raise UserError(f"{self.source}: {self.path(key)}: {expected}")
+
+    def get(self, key: str, kind, default=None, required: bool = False):
+        if key not in self.table:
+            if required:
+                self.fail(key, f"missing; expected {_describe(kind)}")
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            self.fail(key, f"expected {_describe(kind)}, got {value!r}")
+        return value
+
+
+def _describe(kind) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        dict: "a table",
+        list: "a list",
+    }.get(kind, str(kind))
+
+
+def _window(reader: _Reader, key: str) -> Window:
+    value = reader.get(key, dict)
+    if value is None:
+        return Window()
+    form = "a table {t = [lo, hi]} or {sigma = [lo, hi]} with 0 <= lo < hi"
+    if len(value) != 1 or next(iter(value)) not in ("t", "sigma"):
+        reader.fail(key, f"expected {form}")
+    unit, bounds = next(iter(value.items()))
+    numbers = isinstance(bounds, list) and len(bounds) == 2
+    if not numbers or not all(isinstance(b, int | float) or b is None for b in bounds):
+        reader.fail(key, f"expected {form}")
+    lo, hi = bounds[0], math.inf if bounds[1] is None else bounds[1]
+    if not 0 <= lo < hi:
+        reader.fail(key, f"expected {form}, got [{lo}, {hi}]")
+    return Window(unit, float(lo), float(hi))
+
+
+def _path(reader: _Reader, key: str, base: Path, required: bool = False) -> str | None:
+    value = reader.get(key, str, required=required)
+    if value is None:
+        return None
+    return str((base / value).resolve()) if not Path(value).is_absolute() else value
+
+
+def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
+    """Validate a recipe table; relative paths resolve against ``base``."""
+    top = _Reader(source, data, "", TOP_KEYS)
+    canvas = _Reader(source, top.get("canvas", dict, {}), "canvas", CANVAS_KEYS)
+    prompt = top.get("prompt", str)
+    negative = top.get("negative_prompt", str)
+    guidance = top.get("guidance", float, 7.0)
+    tables = top.get("experts", list, required=True)
+    if not tables:
+        top.fail("experts", "expected at least one [[experts]] table")
+    experts = []
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            top.fail(f"experts[{i}]", "expected a table")
+        r = _Reader(source, table, f"experts[{i}]", EXPERT_KEYS)
+        size = r.get("size", list)
+        if size is not None and not (
+            len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+        ):
+            r.fail("size", f"expected [height, width] in pixels, got {size!r}")
+        controls = []
+        for j, ctable in enumerate(r.get("controls", list, [])):
+            if not isinstance(ctable, dict):
+                r.fail(f"controls[{j}]", "expected a table")
+            c = _Reader(source, ctable, f"{r.where}.controls[{j}]", CONTROL_KEYS)
+            controls.append(
+                ControlSpec(
+                    _path(c, "model", base, required=True),
+                    _path(c, "image", base, required=True),
+                    c.get("scale", float, 1.0),
+                    _window(c, "window"),
+                )
+            )
+        expert_prompt = r.get("prompt", str, prompt)
+        if expert_prompt is None:
+            r.fail("prompt", "missing; give a top-level prompt or one per expert")
+        weight = r.get("weight", float, 1.0)
+        if weight < 0:
+            r.fail("weight", f"expected a number >= 0, got {weight}")
+        experts.append(
+            ExpertSpec(
+                name=r.get("name", str, f"expert{i}"),
+                model=_path(r, "model", base, required=True),
+                prompt=expert_prompt,
+                negative_prompt=r.get("negative_prompt", str, negative),
+                window=_window(r, "window"),
+                weight=weight,
+                guidance=r.get("guidance", float, guidance),
+                size=None if size is None else tuple(size),
+                mask=_path(r, "mask", base),
+                controls=controls,
+            )
+        )
+    names = [e.name for e in experts]
+    if len(set(names)) != len(names):
+        top.fail("experts", f"expert names must be unique, got {names}")
+    if all(e.weight == 0 for e in experts):
+        top.fail("experts", "all weights are zero; give at least one expert a positive weight")
+    canvas_expert = canvas.get("expert", str)
+    if canvas_expert is not None and canvas_expert not in names:
+        canvas.fail("expert", f"expected one of the expert names {names}, got {canvas_expert!r}")
+    steps = top.get("steps", int, 25)
+    if steps < 1:
+        top.fail("steps", f"expected an integer >= 1, got {steps}")
+    width, height = canvas.get("width", int), canvas.get("height", int)
+    for key, value in (("width", width), ("height", height)):
+        if value is not None and value <= 0:
+            canvas.fail(key, f"expected a positive integer, got {value}")
+    sampler, noise = top.get("sampler", str, "euler"), top.get("noise", str, "carry")
+    if sampler not in SAMPLER_NAMES:
+        top.fail("sampler", f"expected one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
+    if noise not in NOISE_POLICIES:
+        top.fail("noise", f"expected one of {', '.join(NOISE_POLICIES)}, got {noise!r}")
+    return Recipe(
+        experts=experts,
+        width=width,
+        height=height,
+        canvas_expert=canvas_expert,
+        seed=top.get("seed", int, 0),
+        steps=steps,
+        sampler=sampler,
+        noise=noise,
+    )
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
+    """``key=value`` overrides on dotted paths (``seed=3``, ``experts.1.weight=0.5``).
+
+    Values are read as TOML values (``7``, ``0.5``, ``"text"``, ``[32, 32]``); anything
+    that is not a TOML value is taken as a string.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. seed=3")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise UserError(f"--set {key}: {source} has no {part!r} there")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not (last.isdigit() and int(last) < len(node)):
+                raise UserError(f"--set {key}: index {last} is out of range")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"recipe {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    data = apply_overrides(data, list(overrides), str(path))
+    return parse_recipe(data, str(path), path.parent.resolve())
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    """Inverse of :meth:`Recipe.to_dict` (paths are already absolute)."""
+    data = copy.deepcopy(data)
+    table = {k: data[k] for k in ("seed", "steps", "sampler", "noise")}
+    table["canvas"] = {
+        k: v
+        for k, v in (
+            ("width", data["width"]),
+            ("height", data["height"]),
+            ("expert", data["canvas_expert"]),
+        )
+        if v is not None
+    }
+    table["experts"] = []
+    for e in data["experts"]:
+        e = {k: v for k, v in e.items() if v is not None}
+        e["window"] = {e["window"]["unit"]: [e["window"]["lo"], e["window"]["hi"]]}
+        for c in e.get("controls", []):
+            c["window"] = {c["window"]["unit"]: [c["window"]["lo"], c["window"]["hi"]]}
+        if "size" in e:
+            e["size"] = list(e["size"])
+        table["experts"].append(e)
+    return parse_recipe(table, source, Path("/"))

@@ -1,0 +1,220 @@
+"""Coop-Diffusion: experts in different spaces, resolutions, schedules, controls and masks."""
+
+import math
+
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+from pangudraw.bridge import Site
+from pangudraw.coop import Participant, check_coverage, fuse, make_scheduler, sample
+from pangudraw.errors import UserError
+from pangudraw.experts import Control, load_expert
+from pangudraw.pipelines import coop_generate, generate
+from pangudraw.recipes import ExpertSpec, Recipe, Window
+
+PROMPT = "a red apple"
+
+
+def spec(name, model, **kwargs) -> ExpertSpec:
+    return ExpertSpec(name=name, model=str(model), prompt=PROMPT, guidance=2.0, **kwargs)
+
+
+def test_shared_site_coop_never_calls_a_vae_and_equals_the_core_loop(models, monkeypatch):
+    structure, texture = load_expert(models["sdxl"]), load_expert(models["sdxl"])
+    expected = generate(structure, texture, PROMPT, None, 8, 2.0, seed=3).images
+    calls = []
+    for expert in (structure, texture):
+        vae = expert.space.vae
+        monkeypatch.setattr(vae, "encode", lambda *a, **k: calls.append("encode"))
+    # Sampling only: the final decode is the one VAE call.
+    result = generate(structure, texture, PROMPT, None, 8, 2.0, seed=3).images
+    assert calls == []
+    assert torch.equal(result, expected)
+
+
+def test_two_spaces_and_resolutions_run_end_to_end_deterministically(models):
+    recipe = Recipe(
+        experts=[
+            spec("low", models["sd_b"], window=Window("t", 400, 1000)),  # 32 px, 8ch at 1/4
+            spec("canvas", models["sd"], window=Window("t", 0, 600)),  # 4ch at 1/2
+        ],
+        width=48,
+        height=32,
+        canvas_expert="canvas",
+        steps=6,
+        seed=11,
+    )
+    seen = []
+    first = coop_generate(recipe, callback=seen.append)
+    again = coop_generate(recipe)
+    assert first.images.shape == (1, 3, 32, 48)  # another size and aspect than any expert's
+    assert torch.equal(first.images, again.images)
+    assert {tuple(s.active) for s in seen} == {(0,), (0, 1), (1,)}
+    # The bridged expert matters: without it the image differs.
+    alone = coop_generate(
+        Recipe(experts=[spec("canvas", models["sd"])], width=48, height=32, steps=6, seed=11)
+    )
+    assert (first.images - alone.images).abs().max() > 1e-2
+
+
+def test_eps_and_v_experts_fuse_and_weight_zero_is_the_single_expert(models):
+    eps_only = Recipe(experts=[spec("eps", models["sd"])], steps=6, seed=2)
+    mixed = Recipe(
+        experts=[spec("eps", models["sd"]), spec("v", models["sd_v"], weight=0.0)], steps=6, seed=2
+    )
+    assert torch.equal(coop_generate(mixed).images, coop_generate(eps_only).images)
+    mixed.experts[1].weight = 1.0
+    fused = coop_generate(mixed).images
+    assert (fused - coop_generate(eps_only).images).abs().max() > 1e-2
+
+
+def test_experts_trained_on_different_beta_schedules_share_the_sigma_axis(models):
+    a, b = load_expert(models["sd"]), load_expert(models["sd_linear"])
+    assert a.schedule.sigma_max != pytest.approx(b.schedule.sigma_max)
+    sigma = 1.0
+    assert a.schedule.sigma_to_t(sigma) != pytest.approx(b.schedule.sigma_to_t(sigma))
+    recipe = Recipe(experts=[spec("a", models["sd"]), spec("b", models["sd_linear"])], steps=5)
+    images = coop_generate(recipe).images
+    assert torch.isfinite(images).all() and images.std() > 0.01
+
+
+def test_controlnet_expert_equals_diffusers_controlnet_pipeline(models):
+    expert = load_expert(models["sd"])
+    controlnet = ControlNetModel.from_pretrained(models["cn_sd"])
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(models["sd"], controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    theirs = pipe(
+        PROMPT,
+        image=image,
+        num_inference_steps=6,
+        guidance_scale=2.0,
+        controlnet_conditioning_scale=0.8,
+        generator=torch.Generator().manual_seed(3),
+        output_type="pt",
+    ).images
+
+    cond = expert.encode_prompt([PROMPT], None, 2.0)
+    control = Control(controlnet, image, 0.8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    scheduler = make_scheduler("euler", expert.scheduler_config)
+    latents = sample([Participant(expert, cond, 2.0, controls=[control])], scheduler, noise, 6)
+    ours = (expert.space.decode(latents) / 2 + 0.5).clamp(0, 1)
+    assert (ours - theirs).abs().max() <= 1e-4
+
+    plain = sample(
+        [Participant(expert, cond, 2.0)], make_scheduler("euler", expert.scheduler_config), noise, 6
+    )
+    assert (plain - latents).abs().max() > 1e-3  # the control does something
+
+
+def test_masks_fuse_region_by_region():
+    left = torch.zeros(1, 1, 4, 4)
+    left[..., :2] = 1.0
+    right = 1 - left
+    a, b = torch.full((1, 2, 4, 4), 1.0), torch.full((1, 2, 4, 4), 3.0)
+    fused = fuse([a, b], [left, right])
+    assert torch.equal(fused[..., :2], a[..., :2]) and torch.equal(fused[..., 2:], b[..., 2:])
+    half = fuse([a, b], [torch.full((1, 1, 4, 4), 0.5)] * 2)
+    assert torch.allclose(half, torch.full_like(a, 2.0))
+
+
+def test_uncovered_mask_region_and_zero_weights_are_errors(models):
+    expert = load_expert(models["sd"])
+    cond = expert.encode_prompt([PROMPT])
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :4] = 1
+    masked = Participant(expert, cond, mask=left)
+    with pytest.raises(UserError, match="leave part of the canvas at zero"):
+        check_coverage([masked], [1.0], [left])
+    zero = Participant(expert, cond, weight=0.0)
+    with pytest.raises(UserError, match="weights sum zero"):
+        check_coverage([zero], [1.0], [torch.zeros(1, 1, 8, 8)])
+
+
+def test_masked_regional_experts_run(models, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (16, 16), 255).crop((0, 0, 8, 16)).save(tmp_path / "half.png")
+    left = Image.new("L", (16, 16), 0)
+    left.paste(255, (0, 0, 8, 16))
+    left.save(tmp_path / "left.png")
+    right = Image.eval(left, lambda v: 255 - v)
+    right.save(tmp_path / "right.png")
+    recipe = Recipe(
+        experts=[
+            spec("l", models["sd"], mask=str(tmp_path / "left.png")),
+            spec("r", models["sd_other"], mask=str(tmp_path / "right.png")),
+        ],
+        steps=5,
+    )
+    images = coop_generate(recipe).images
+    alone = coop_generate(Recipe(experts=[spec("l", models["sd"])], steps=5)).images
+    # The left half follows the left expert more closely than the right half does.
+    left_diff = (images - alone)[..., :6].abs().mean()
+    right_diff = (images - alone)[..., 10:].abs().mean()
+    assert left_diff < right_diff
+
+
+@pytest.mark.parametrize("policy", ["carry", "resample"])
+def test_noise_policies_are_deterministic_and_differ(models, policy):
+    def recipe(noise):
+        return Recipe(
+            experts=[spec("b", models["sd_b"]), spec("a", models["sd"])],
+            canvas_expert="a",
+            steps=5,
+            seed=4,
+            noise=noise,
+        )
+
+    first = coop_generate(recipe(policy)).images
+    assert torch.equal(first, coop_generate(recipe(policy)).images)
+    other = "resample" if policy == "carry" else "carry"
+    assert (first - coop_generate(recipe(other)).images).abs().max() > 1e-3
+
+
+def test_late_expert_enters_by_resampling_from_the_fused_estimate(models):
+    a, b = load_expert(models["sd"]), load_expert(models["sd_b"])
+    canvas = Site(a.space, (16, 16))
+    seen = []
+    participants = [
+        Participant(a, a.encode_prompt([PROMPT])),
+        Participant(b, b.encode_prompt([PROMPT]), window=(0.0, 2.0), size=(32, 32)),
+    ]
+    scheduler = make_scheduler("euler", a.scheduler_config)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sample(participants, scheduler, noise, 8, callback=seen.append, canvas=canvas)
+    entered = [s.index for s in seen if 1 in s.active]
+    assert entered and entered[0] > 0 and all(s.sigma < 2.0 for s in seen if 1 in s.active)
+
+
+def test_gap_between_windows_is_named(models):
+    recipe = Recipe(
+        experts=[
+            spec("hi", models["sd"], window=Window("t", 700, 1000)),
+            spec("lo", models["sd"], window=Window("t", 0, 300)),
+        ],
+        steps=10,
+    )
+    with pytest.raises(UserError, match=r"no expert is active for sigma in \[.*\] \(\d+ of 10"):
+        coop_generate(recipe)
+
+
+def test_controlnet_for_another_base_is_refused(models):
+    recipe = Recipe(experts=[spec("a", models["sd"])])
+    from pangudraw.recipes import ControlSpec
+
+    recipe.experts[0].controls = [ControlSpec(str(models["cn_sd_b"]), "unused.png")]
+    with pytest.raises(UserError, match="was built for another base"):
+        coop_generate(recipe)
+
+
+def test_sigma_windows_are_used_as_given(models):
+    recipe = Recipe(
+        experts=[spec("a", models["sd"], window=Window("sigma", 0.0, math.inf))], steps=3
+    )
+    assert coop_generate(recipe).images.shape == (1, 3, 16, 16)
