@@ -218,3 +218,25 @@ def test_sigma_windows_are_used_as_given(models):
         experts=[spec("a", models["sd"], window=Window("sigma", 0.0, math.inf))], steps=3
     )
     assert coop_generate(recipe).images.shape == (1, 3, 16, 16)
+
+
+def test_bridging_every_k_steps_runs_the_off_canvas_expert_less_often(models):
+    a, b = load_expert(models["sd"]), load_expert(models["sd_b"])
+    calls = []
+    b.unet.register_forward_hook(lambda *_: calls.append(1))
+    participants = [
+        Participant(a, a.encode_prompt([PROMPT])),
+        Participant(b, b.encode_prompt([PROMPT]), size=(32, 32)),
+    ]
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for k in (1, 2, 4):
+        calls.clear()
+        scheduler = make_scheduler("euler", a.scheduler_config)
+        results[k] = sample(
+            participants, scheduler, noise, 8, canvas=Site(a.space, (16, 16)), bridge_every=k
+        )
+        assert len(calls) == 8 // k
+    assert (results[1] - results[2]).abs().max() > 1e-4
+    with pytest.raises(UserError, match="bridge_every must be at least 1"):
+        sample(participants, make_scheduler("euler", a.scheduler_config), noise, 8, bridge_every=0)

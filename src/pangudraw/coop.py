@@ -167,6 +167,7 @@ def sample(
     callback: Callable[[Step], None] | None = None,
     canvas: Site | None = None,
     noise_policy: NoisePolicy = "carry",
+    bridge_every: int = 1,
 ) -> torch.Tensor:
     """Run the Coop-Diffusion loop and return the clean canvas latents.
 
@@ -180,12 +181,16 @@ def sample(
         callback: called after every step with a :class:`Step`.
         canvas: the canvas site; by default the first participant's space at the noise's size.
         noise_policy: how experts off the canvas step (module docstring).
+        bridge_every: experts off the canvas run (and are bridged) every this many steps;
+            in between the canvas fuses their last bridged estimate. 1 is the exact loop.
 
     Returns:
         (B, C, h, w) latents in the canvas space.
     """
     if noise_policy not in NOISE_POLICIES:
         raise UserError(f"unknown noise policy {noise_policy!r}; use one of {NOISE_POLICIES}")
+    if bridge_every < 1:
+        raise UserError(f"bridge_every must be at least 1, got {bridge_every}")
     if canvas is None:
         space = participants[0].expert.space
         canvas = Site(space, (noise.shape[-2] * space.factor, noise.shape[-1] * space.factor))
@@ -202,6 +207,8 @@ def sample(
     step_kwargs = _step_kwargs(scheduler, generator)
     latents = noise * scheduler.init_noise_sigma
     own: dict[int, torch.Tensor] = {}  # latents (x = x0 + sigma n) of experts off the canvas
+    held: dict[int, torch.Tensor] = {}  # their last estimates, bridged to the canvas
+    due: dict[int, int] = {}  # the step at which each of them runs next
     x0 = None
     for i, t in enumerate(timesteps):
         sigma = sigmas[i]
@@ -210,10 +217,15 @@ def sample(
         # Variance-exploding view of the canvas: x = x0 + sigma * n.
         x = z / alpha
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
+        for k in [k for k in own if k not in active]:
+            del own[k], held[k], due[k]  # re-enters by re-sampling if active again
         estimates = []
         for k in active:
             p, site = participants[k], sites[k]
-            if not on_canvas[k] and k not in own:
+            if on_canvas[k]:
+                estimates.append(p.expert.denoise(x, sigma, p.cond, p.guidance_scale, p.controls))
+                continue
+            if k not in own:
                 # Entry by noise re-sampling (pure noise before any estimate exists).
                 if x0 is None:
                     shape = site.latent_shape(noise.shape[0])
@@ -221,19 +233,22 @@ def sample(
                     own[k] = pure * math.sqrt(1.0 + sigma * sigma)
                 else:
                     own[k] = renoise(bridge(x0, canvas, site), sigma, generator)
-            x_k = x if on_canvas[k] else own[k]
-            x0_k = p.expert.denoise(x_k, sigma, p.cond, p.guidance_scale, p.controls)
-            estimates.append(bridge(x0_k, site, canvas))
+                due[k] = i
+            if due[k] == i:
+                x0_k = p.expert.denoise(own[k], sigma, p.cond, p.guidance_scale, p.controls)
+                held[k] = bridge(x0_k, site, canvas)
+            estimates.append(held[k])
         # Fusion on x0.
         x0 = fuse(estimates, [weight_maps[k] for k in active])
         # Canvas step.
         eps = from_x0(x0, z, alpha, s, "epsilon")
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
-        # Off-canvas experts step around the fused estimate, in their own spaces.
-        sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
-        for k in list(own):
-            if sigma_next == 0.0 or not participants[k].active(sigma_next):
-                del own[k]  # re-enters by re-sampling if it becomes active again
+        # Experts that ran off the canvas step, in their own spaces, to the noise level of
+        # their next run (a DDIM step can jump several sampler steps) around the fused x0.
+        for k in [k for k in own if due[k] == i]:
+            due[k] = i + bridge_every
+            sigma_next = sigmas[due[k]] if due[k] < len(sigmas) else 0.0
+            if sigma_next == 0.0:
                 continue
             target = bridge(x0, canvas, sites[k])
             if noise_policy == "carry":

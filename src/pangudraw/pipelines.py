@@ -80,6 +80,7 @@ def _run(
     seeds: list[int],
     callback: Callable[[Step], None] | None,
     noise_policy: NoisePolicy,
+    bridge_every: int = 1,
 ) -> GenerationOutput:
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = randn_tensor(canvas.latent_shape(len(seeds)), generator=generators)
@@ -92,6 +93,7 @@ def _run(
         callback,
         canvas,
         noise_policy,
+        bridge_every,
     )
     images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
     return GenerationOutput(images, latents, seeds)
@@ -258,5 +260,12 @@ def coop_generate(
             )
         )
     return _run(
-        participants, canvas, scheduler, recipe.steps, [recipe.seed], callback, recipe.noise
+        participants,
+        canvas,
+        scheduler,
+        recipe.steps,
+        [recipe.seed],
+        callback,
+        recipe.noise,
+        recipe.bridge_every,
     )

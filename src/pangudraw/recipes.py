@@ -6,6 +6,7 @@
     steps = 25
     sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc
     noise = "carry"                   # carry | resample (experts off the canvas)
+    bridge_every = 1                  # run and bridge experts off the canvas every k steps
     guidance = 7.0                    # every expert's guidance unless it has its own
 
     [canvas]
@@ -57,6 +58,7 @@ TOP_KEYS = {
     "guidance",
     "canvas",
     "experts",
+    "bridge_every",
 }
 CANVAS_KEYS = {"width", "height", "expert"}
 EXPERT_KEYS = {
@@ -115,6 +117,7 @@ class Recipe:
     steps: int = 25
     sampler: str = "euler"
     noise: str = "carry"
+    bridge_every: int = 1
 
     def to_dict(self) -> dict:
         """A JSON-able form that :func:`recipe_from_dict` reads back (infinity as None)."""
@@ -260,6 +263,9 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
         top.fail("sampler", f"expected one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
     if noise not in NOISE_POLICIES:
         top.fail("noise", f"expected one of {', '.join(NOISE_POLICIES)}, got {noise!r}")
+    bridge_every = top.get("bridge_every", int, 1)
+    if bridge_every < 1:
+        top.fail("bridge_every", f"expected an integer >= 1, got {bridge_every}")
     return Recipe(
         experts=experts,
         width=width,
@@ -269,6 +275,7 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
         steps=steps,
         sampler=sampler,
         noise=noise,
+        bridge_every=bridge_every,
     )
 
 
@@ -321,7 +328,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     """Inverse of :meth:`Recipe.to_dict` (paths are already absolute)."""
     data = copy.deepcopy(data)
-    table = {k: data[k] for k in ("seed", "steps", "sampler", "noise")}
+    table = {k: data[k] for k in ("seed", "steps", "sampler", "noise", "bridge_every")}
     table["canvas"] = {
         k: v
         for k, v in (

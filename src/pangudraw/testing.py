@@ -177,3 +177,48 @@ def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffus
     )
     pipe.save_pretrained(folder)
     return pipe
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The exact epsilon-prediction for data ``x0 ~ N(mu, tau^2)``, i.i.d. per element.
+
+    Called like a diffusers UNet; with it the loop's output distribution is known in
+    closed form, so samplers and fusion rules can be checked against the truth.
+    """
+
+    def __init__(self, schedule, mu: float, tau: float, channels: int):
+        super().__init__()
+        self.schedule, self.mu, self.tau = schedule, mu, tau
+        self.config = _Config(block_out_channels=(channels,), in_channels=channels)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a dtype
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False, **_):
+        alpha, s = self.schedule.coefficients(self.schedule.t_to_sigma(float(timestep)))
+        eps = s * (sample - alpha * self.mu) / (alpha**2 * self.tau**2 + s**2)
+        return (eps,)
+
+
+class _Config(dict):
+    __getattr__ = dict.__getitem__
+
+
+def gaussian_expert(
+    mu: float = 0.3, tau: float = 0.5, size: int = 16, unshuffle: int = 1, name: str = "gauss"
+):
+    """An :class:`~pangudraw.experts.Expert` in pixel space whose denoiser is exact."""
+    from .experts import Expert, SDText
+    from .latents import LatentSpace
+    from .noise import DiscreteVPSchedule
+
+    schedule = DiscreteVPSchedule.from_config(TRAINING_SCHEDULE)
+    space = LatentSpace(None, unshuffle=unshuffle)
+    return Expert(
+        name=name,
+        unet=GaussianDenoiser(schedule, mu, tau, space.channels),
+        space=space,
+        text=SDText(None, None),
+        schedule=schedule,
+        prediction_type="epsilon",
+        scheduler_config=dict(TRAINING_SCHEDULE),
+        sample_size=(size, size),
+    )
