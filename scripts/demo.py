@@ -27,9 +27,24 @@ for name, options in builds.items():
     if not (root / name / "model_index.json").exists():
         tiny_sd(root / name, **options)
 print("untrained demo models in demo/ (bundled trained models are not available yet)")
-main([
-    "generate", "a red apple", "--structure", str(root / "structure"),
-    "--texture", str(root / "texture"), "--split", "500", "--steps", "25",
-    "--seed", "0", "--num-images", "4", "-o", str(root / "apple.png"),
-])
+main(
+    [
+        "generate",
+        "a red apple",
+        "--structure",
+        str(root / "structure"),
+        "--texture",
+        str(root / "texture"),
+        "--split",
+        "500",
+        "--steps",
+        "25",
+        "--seed",
+        "0",
+        "--num-images",
+        "4",
+        "-o",
+        str(root / "apple.png"),
+    ]
+)
 main(["coop", "examples/demo_recipe.toml", "-o", str(root / "coop.png")])

@@ -21,6 +21,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from .errors import UserError
 from .latents import LatentSpace
 from .noise import DiscreteVPSchedule, Schedule, to_x0
+from .textenc import MINILM_REFERENCE, load_minilm
 
 
 @dataclass
@@ -281,16 +282,9 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
                 ) from exc
             raise UserError(f"cannot load {folder / name}: {str(exc).splitlines()[0]}") from exc
 
-    for required in (
-        "unet",
-        "vae",
-        "scheduler",
-        "tokenizer" if "tokenizer" in index else "tokenizer_2",
-    ):
+    for required in ("unet", "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
         if required not in index:
-            raise UserError(
-                f"{folder} has no {required}; only UNet + VAE text-to-image models load"
-            )
+            raise UserError(f"{folder} has no {required}; only text-to-image UNet models load")
     unet = component("unet")
     if not isinstance(unet, UNet2DConditionModel):
         raise UserError(f"{folder}: unsupported denoiser {type(unet).__name__}")
@@ -310,10 +304,15 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
             aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
         )
+    elif index.get("text_encoder") == MINILM_REFERENCE:
+        text = SDText(*load_minilm())
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 
-    space = LatentSpace(vae)
+    # No VAE: a pixel space, optionally folding patches into channels.
+    space = (
+        LatentSpace(vae) if vae is not None else LatentSpace(None, index.get("pixel_unshuffle", 1))
+    )
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return Expert(

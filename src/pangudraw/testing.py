@@ -222,3 +222,38 @@ def gaussian_expert(
         scheduler_config=dict(TRAINING_SCHEDULE),
         sample_size=(size, size),
     )
+
+
+def mini_dataset(folder: Path, n: int = 24, size: int = 32, small: int = 4, broken: int = 1):
+    """An imagefolder of coloured shapes on white with captions ("red circle", ...).
+
+    ``small`` extra images are half-size (for min_size filters) and ``broken`` files are
+    not images at all (for decode-failure handling).
+    """
+    from PIL import Image, ImageDraw
+
+    colours = {
+        "red": (220, 30, 30),
+        "green": (30, 160, 60),
+        "blue": (40, 60, 220),
+        "yellow": (230, 200, 20),
+    }
+    shapes = ("circle", "square")
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n + small):
+        colour, shape = list(colours)[i % 4], shapes[(i // 4) % 2]
+        side = size if i < n else size // 2
+        image = Image.new("RGB", (side, side), "white")
+        box = [side // 4, side // 4, 3 * side // 4, 3 * side // 4]
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colours[colour])
+        name = f"images/{i:04d}.png"
+        image.save(folder / name)
+        rows.append({"file_name": name, "text": f"{colour} {shape}"})
+    for i in range(broken):
+        name = f"images/broken-{i}.png"
+        (folder / name).write_bytes(b"not a png")
+        rows.append({"file_name": name, "text": "broken"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder

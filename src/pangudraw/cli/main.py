@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from . import coop, env, generate
+from . import coop, data, env, generate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +19,8 @@ def cli() -> None:
 cli.add_command(generate.command)
 cli.add_command(coop.command)
 cli.add_command(env.command)
+cli.add_command(train.command)
+cli.add_command(data.group)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,3 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"error: {' '.join(message.split())}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

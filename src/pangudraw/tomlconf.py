@@ -1,0 +1,43 @@
+"""Typed reading of TOML tables with errors that name the file, the field and the form."""
+
+from __future__ import annotations
+
+from .errors import UserError
+
+
+class TableReader:
+    """Typed access to one TOML table, with errors that name the file and the field."""
+
+    def __init__(self, source: str, table: dict, where: str, allowed: set[str]):
+        self.source, self.table, self.where = source, table, where
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            self.fail(unknown[0], f"unknown key; allowed keys are {', '.join(sorted(allowed))}")
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str):
+        raise UserError(f"{self.source}: {self.path(key)}: {expected}")
+
+    def get(self, key: str, kind, default=None, required: bool = False):
+        if key not in self.table:
+            if required:
+                self.fail(key, f"missing; expected {_describe(kind)}")
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            self.fail(key, f"expected {_describe(kind)}, got {value!r}")
+        return value
+
+
+def _describe(kind) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        dict: "a table",
+        list: "a list",
+    }.get(kind, str(kind))

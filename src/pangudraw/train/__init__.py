@@ -1,0 +1,1 @@
+"""Time-decoupled training: data, losses with timestep ranges, the accelerate loop, export."""

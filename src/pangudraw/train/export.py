@@ -1,0 +1,101 @@
+"""Export a trained stage as a folder that loads with nothing else: safetensors + JSON + card."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import EulerDiscreteScheduler
+
+from ..textenc import MINILM_REFERENCE
+from .config import SCHEDULE
+
+LICENCES = {"google": "Apache-2.0 (Noto Emoji art)", "twitter": "CC-BY-4.0 (Twemoji art)"}
+
+
+def _data_licence(data: str) -> str:
+    info = Path(data) / "dataset.json"
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        return f"{meta.get('package', data)}: {meta.get('licence', 'see the dataset')}"
+    return f"{data}: licence not recorded; check the dataset's own terms"
+
+
+def model_card(config, resources: dict, kind: str) -> str:
+    lines = [
+        f"# pangu-draw {config.stage} {kind}",
+        "",
+        f"- stage: `{config.stage}`"
+        + (
+            f", timesteps [{resources['timestep_range'][0]}, {resources['timestep_range'][1]})"
+            if resources.get("timestep_range")
+            else ""
+        ),
+        f"- resolution: {config.resolution} px; data: {_data_licence(config.data)}",
+        f"- usable images: {resources['data']['usable']} of {resources['data']['images']} "
+        f"(min_size {config.min_size}; {resources['data']['unreadable']} unreadable)",
+        f"- optimizer steps: {resources['optimizer_steps']}, images seen: "
+        f"{resources['images_seen']}, training FLOPs: {resources['training_flops']:.3e}, "
+        f"wall time: {resources['wall_time_s']} s on {resources['processes']} process(es)",
+        f"- text encoder: {config.text_encoder}",
+        f"- command: `{' '.join(['pangu-draw', *sys.argv[1:]]) if sys.argv else ''}`",
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(config.to_dict(), indent=2),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(folder: Path, fill) -> Path:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
+    """``<output>/model``: an AutoencoderKL folder (vae stage) or a pipeline folder."""
+    config = run.config
+    dtype = torch.float16 if config.export_dtype == "float16" else torch.float32
+
+    def fill(folder: Path) -> None:
+        (folder / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
+        (folder / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if config.stage == "vae":
+            model.to(dtype).save_pretrained(folder, safe_serialization=True)
+            (folder / "README.md").write_text(model_card(config, resources, "VAE"))
+            return
+        model.to(dtype).save_pretrained(folder / "unet", safe_serialization=True)
+        EulerDiscreteScheduler(**SCHEDULE).save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        }
+        if run.space.vae is not None:
+            run.space.vae.save_pretrained(folder / "vae", safe_serialization=True)
+            index["vae"] = ["diffusers", "AutoencoderKL"]
+        else:
+            index["vae"] = [None, None]
+            index["pixel_unshuffle"] = run.space.unshuffle
+        if config.text_encoder == "minilm":
+            index["text_encoder"] = index["tokenizer"] = MINILM_REFERENCE
+        else:
+            run.text.encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+            run.text.tokenizer.save_pretrained(folder / "tokenizer")
+            index["text_encoder"] = ["transformers", type(run.text.encoder).__name__]
+            index["tokenizer"] = ["transformers", type(run.text.tokenizer).__name__]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (folder / "README.md").write_text(model_card(config, resources, "generator"))
+
+    return _write_atomically(Path(config.output) / "model", fill)
