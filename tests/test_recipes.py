@@ -130,7 +130,7 @@ BAD = {
     "bad size": ({"experts": [{"model": "m", "size": [32]}]}, r"size: expected \[height, width\]"),
     "control without image": (
         {"experts": [{"model": "m", "controls": [{"model": "c"}]}]},
-        r"experts\[0\].controls\[0\].image: missing",
+        r"experts\[0\].controls\[0\].image: give exactly one of image",
     ),
 }
 

@@ -49,6 +49,12 @@ def workspace(tmp_path_factory, models):
     return {"root": root, "text": str(models["sd"])}
 
 
+def toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 def write_config(workspace, name: str, stage: str, steps=4, every=2, **extra) -> Path:
     values = (
         TINY
@@ -62,7 +68,7 @@ def write_config(workspace, name: str, stage: str, steps=4, every=2, **extra) ->
         | extra
     )
     path = workspace["root"] / f"{name}.toml"
-    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    lines = [f"{key} = {toml_value(value)}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n" + ARCHITECTURE)
     return path
 
@@ -126,6 +132,33 @@ def test_every_stage_trains_and_exports_an_expert_that_generates(workspace):
     assert texture["data"]["usable"] == 16 and texture["data"]["too_small"] == 4
     assert structure["data"]["usable"] == 20 and texture["data"]["unreadable"] == 1
     assert structure["flops_per_image"] < texture["flops_per_image"]
+
+    # A ControlNet trained against the frozen texture expert, used from a recipe whose
+    # control is computed from a source image by the transform saved with it.
+    run_cli(
+        [
+            "train",
+            str(
+                write_config(
+                    workspace,
+                    "control",
+                    "controlnet",
+                    base=str(root / "runs/texture/model"),
+                    control={"kind": "colour", "cells": 4},
+                )
+            ),
+        ]
+    )
+    controlnet = root / "runs/control/model"
+    assert json.loads((controlnet / "control.json").read_text())["kind"] == "colour"
+    assert (root / "runs/control/samples/final.png").is_file()
+    from pangudraw.recipes import ControlSpec
+
+    spec = ExpertSpec("texture", str(root / "runs/texture/model"), "red circle")
+    spec.controls = [ControlSpec(str(controlnet), None, source=str(root / "data/images/0000.png"))]
+    controlled = coop_generate(Recipe(experts=[spec], steps=4)).images
+    spec.controls = []
+    assert (controlled - coop_generate(Recipe(experts=[spec], steps=4)).images).abs().max() > 0
 
     # The pixel-space structure expert hands over to the latent texture expert (Coop).
     recipe = Recipe(

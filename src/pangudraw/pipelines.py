@@ -179,6 +179,22 @@ def read_image(path: str, mode: str, size: tuple[int, int], what: str) -> torch.
     return resize_images(tensor, size).clamp(0, 1)
 
 
+def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
+    """The control image of a recipe control: given, or computed from its source image."""
+    if spec.image is not None:
+        return read_image(spec.image, "RGB", size, "control image")
+    from .controls import ControlTransform
+
+    transform = ControlTransform.load(spec.model)
+    if transform is None:
+        raise UserError(
+            f"ControlNet {spec.model} has no control.json, so it cannot turn a "
+            "source image into a control image; give image instead of source"
+        )
+    pixels = (read_image(spec.source, "RGB", size, "source image") * 255).round().to(torch.uint8)
+    return transform(pixels)
+
+
 def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
     """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
     from diffusers import ControlNetModel
@@ -239,7 +255,7 @@ def coop_generate(
         controls = [
             Control(
                 load_controlnet(c.model, expert, allow_pickle),
-                read_image(c.image, "RGB", size, "control image"),
+                control_image(c, size),
                 c.scale,
                 sigma_window(c.window, expert),
             )

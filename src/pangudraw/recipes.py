@@ -25,7 +25,7 @@
 
     [[experts.controls]]
     model = "controlnets/edges"
-    image = "edges.png"
+    image = "edges.png"               # or source = "photo.png": control.json makes the image
     scale = 1.0
     window = { t = [0, 1000] }
 
@@ -74,7 +74,7 @@ EXPERT_KEYS = {
     "mask",
     "controls",
 }
-CONTROL_KEYS = {"model", "image", "scale", "window"}
+CONTROL_KEYS = {"model", "image", "source", "scale", "window"}
 
 
 @dataclass
@@ -88,10 +88,14 @@ class Window:
 
 @dataclass
 class ControlSpec:
+    """A ControlNet with a ready control ``image``, or a ``source`` image from which the
+    ControlNet's saved transform (control.json) computes one."""
+
     model: str
-    image: str
+    image: str | None
     scale: float = 1.0
     window: Window = field(default_factory=Window)
+    source: str | None = None
 
 
 @dataclass
@@ -178,12 +182,20 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
             if not isinstance(ctable, dict):
                 r.fail(f"controls[{j}]", "expected a table")
             c = _Reader(source, ctable, f"{r.where}.controls[{j}]", CONTROL_KEYS)
+            image, source_image = _path(c, "image", base), _path(c, "source", base)
+            if (image is None) == (source_image is None):
+                c.fail(
+                    "image",
+                    "give exactly one of image (a control image) or source "
+                    "(an image the ControlNet's control.json transforms)",
+                )
             controls.append(
                 ControlSpec(
                     _path(c, "model", base, required=True),
-                    _path(c, "image", base, required=True),
+                    image,
                     c.get("scale", float, 1.0),
                     _window(c, "window"),
+                    source_image,
                 )
             )
         expert_prompt = r.get("prompt", str, prompt)

@@ -1,6 +1,6 @@
 """Training configuration: one TOML file per stage, read into a dataclass.
 
-stage = "texture"             # vae | structure | texture | full
+stage = "texture"             # vae | structure | texture | full | controlnet
 data = "../data/emoji-google" # imagefolder or webdataset shards; relative to this file
 output = "../runs/texture"
 resolution = 64
@@ -25,6 +25,8 @@ sample_every = 0              # 0: a sample grid at the end only
 sample_prompts = ["red apple", "grinning face"]
 mixed_precision = "no"        # no | fp16 | bf16 (GPU only)
 export_dtype = "float32"      # float32 | float16
+base = "../runs/texture/model"  # controlnet stage: the frozen expert it controls
+control = { kind = "canny", low = 100, high = 200 }  # or { kind = "colour", cells = 8 }
 
 [unet]                        # diffusers UNet2DConditionModel arguments
 block_out_channels = [64, 128]
@@ -45,7 +47,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-STAGES = ("vae", "structure", "texture", "full")
+STAGES = ("vae", "structure", "texture", "full", "controlnet")
 NUM_TRAIN_TIMESTEPS = 1000
 SCHEDULE = {
     "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
@@ -86,6 +88,8 @@ class TrainConfig:
     export_dtype: str = "float32"
     unet: dict = field(default_factory=dict)
     vae_model: dict = field(default_factory=dict)
+    base: str | None = None
+    control: dict = field(default_factory=dict)
 
     @property
     def timestep_range(self) -> tuple[int, int]:
@@ -96,6 +100,7 @@ class TrainConfig:
             "structure": (self.t_split, NUM_TRAIN_TIMESTEPS),
             "texture": (0, self.t_split),
             "full": (0, NUM_TRAIN_TIMESTEPS),
+            "controlnet": (0, NUM_TRAIN_TIMESTEPS),
         }[self.stage]
 
     def to_dict(self) -> dict:
@@ -178,13 +183,25 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
         t_range=t_range,
         text_encoder=path("text_encoder") or "minilm",
         vae=path("vae"),
+        base=path("base"),
+        control=r.get("control", dict, {}),
         unet=r.get("unet", dict, {}),
         vae_model=r.get("vae_model", dict, {}),
         **values,
         **({"sample_prompts": prompts} if prompts is not None else {}),
     )
-    if config.batch_size % 1:
-        r.fail("batch_size", "expected an integer")
+    if stage == "controlnet":
+        if config.base is None:
+            r.fail("base", "missing; the controlnet stage needs the expert folder it controls")
+        from ..controls import ControlTransform
+
+        try:
+            ControlTransform(**config.control)
+        except TypeError as exc:
+            r.fail(
+                "control",
+                f"expected {{kind = 'canny', low, high}} or {{kind = 'colour', cells}}: {exc}",
+            )
     return config
 
 

@@ -75,6 +75,13 @@ def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
             model.to(dtype).save_pretrained(folder, safe_serialization=True)
             (folder / "README.md").write_text(model_card(config, resources, "VAE"))
             return
+        if config.stage == "controlnet":
+            from ..controls import ControlTransform
+
+            model.to(dtype).save_pretrained(folder, safe_serialization=True)
+            ControlTransform(**config.control).save(folder)
+            (folder / "README.md").write_text(model_card(config, resources, "ControlNet"))
+            return
         model.to(dtype).save_pretrained(folder / "unet", safe_serialization=True)
         EulerDiscreteScheduler(**SCHEDULE).save_pretrained(folder / "scheduler")
         index = {

@@ -30,7 +30,7 @@ from ..latents import LatentSpace
 from ..noise import DiscreteVPSchedule
 from .config import SCHEDULE, TrainConfig
 from .data import Pool, load_records, stage_pool
-from .losses import DenoisingLoss, VAELoss
+from .losses import Batch, ControlNetLoss, DenoisingLoss, VAELoss
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -86,10 +86,17 @@ class StageData:
     std: torch.Tensor | None  # (N, C, h, w) latent posterior stds (scaled); None for pixels
     embeds: torch.Tensor | None  # (N, L, D)
     empty: torch.Tensor | None  # (1, L, D): the empty caption, for guidance dropout
+    control: torch.Tensor | None = None  # (N, 3, R, R) control images in [0, 1]
 
 
-def prepare_data(config: TrainConfig, space: LatentSpace, text: SDText | None) -> StageData:
-    """Stage pool, latents and text embeddings, each cached once per ingredient set."""
+def prepare_data(
+    config: TrainConfig, space: LatentSpace, text: SDText | None, codec: str | None = None
+) -> StageData:
+    """Stage pool, latents and text embeddings, each cached once per ingredient set.
+
+    ``codec`` names the folder whose VAE and text encoder are used (the trained VAE, or the
+    base expert of a ControlNet); it keys the latent and text caches.
+    """
     records = load_records(config.data)
     root = Path(config.data)
     cache = (root if root.is_dir() else root.parent) / ".cache"
@@ -113,7 +120,7 @@ def prepare_data(config: TrainConfig, space: LatentSpace, text: SDText | None) -
     if space.vae is None:
         mean, std = space.encode(images), None
     else:
-        vae_key = _fingerprint(pool_key, config.vae, os.path.getmtime(config.vae))
+        vae_key = _fingerprint(pool_key, codec, os.path.getmtime(codec))
 
         def encode() -> dict[str, torch.Tensor]:
             means, stds = [], []
@@ -129,7 +136,7 @@ def prepare_data(config: TrainConfig, space: LatentSpace, text: SDText | None) -
         latents = _cached(cache, f"latents-{vae_key}", encode)
         mean, std = latents["mean"], latents["std"]
 
-    text_key = _fingerprint(pool_key, config.text_encoder)
+    text_key = _fingerprint(pool_key, config.base or config.text_encoder)
 
     def embed() -> dict[str, torch.Tensor]:
         rows = [
@@ -138,7 +145,12 @@ def prepare_data(config: TrainConfig, space: LatentSpace, text: SDText | None) -
         return {"embeds": torch.cat(rows), "empty": text.encode([""], None, False, (0, 0)).embeds}
 
     embeddings = _cached(cache, f"text-{text_key}", embed)
-    return StageData(pool, mean, std, embeddings["embeds"], embeddings["empty"])
+    control = None
+    if config.stage == "controlnet":
+        from ..controls import ControlTransform
+
+        control = ControlTransform(**config.control)(pool.pixels)
+    return StageData(pool, mean, std, embeddings["embeds"], embeddings["empty"], control)
 
 
 def _chunks(items: list, size: int):
@@ -149,8 +161,17 @@ def _chunks(items: list, size: int):
 # ---------------------------------------------------------------------------- build
 
 
-def build_model(config: TrainConfig, space: LatentSpace, text_dim: int) -> torch.nn.Module:
+def build_model(
+    config: TrainConfig, space: LatentSpace, text_dim: int, base: Expert | None = None
+) -> torch.nn.Module:
     torch.manual_seed(config.seed)
+    if base is not None:
+        from diffusers import ControlNetModel
+
+        # The conditioning embedding brings control images down to the latent size.
+        steps = space.factor.bit_length() - 1
+        channels = [16, 32, 96, 256][: steps + 1] if steps else [16]
+        return ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=channels)
     if config.stage == "vae":
         arch = {
             "block_out_channels": [32, 64],
@@ -203,6 +224,7 @@ class Run:
     space: LatentSpace
     text: SDText | None
     state: dict
+    base: Expert | None = None  # the frozen expert a ControlNet controls
 
 
 def build(config: TrainConfig, resume: str | None = None) -> Run:
@@ -215,17 +237,29 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
             f"batch_size {config.batch_size} is not divisible by the "
             f"{accelerator.num_processes} processes"
         )
-    vae = load_vae(config.vae) if config.vae and config.stage != "vae" else None
-    space = LatentSpace(vae, config.pixel_unshuffle if vae is None else 1)
-    text = None if config.stage == "vae" else load_text_stack(config.text_encoder)
+    base = None
+    if config.stage == "controlnet":
+        from ..experts import load_expert
+
+        base = load_expert(config.base)
+        space, text, codec = base.space, base.text, config.base
+    else:
+        vae = load_vae(config.vae) if config.vae and config.stage != "vae" else None
+        space = LatentSpace(vae, config.pixel_unshuffle if vae is None else 1)
+        text = None if config.stage == "vae" else load_text_stack(config.text_encoder)
+        codec = config.vae
     with accelerator.main_process_first():
-        data = prepare_data(config, space, text)
+        data = prepare_data(config, space, text, codec)
     text_dim = 0 if data.embeds is None else data.embeds.shape[-1]
-    model = build_model(config, space, text_dim)
+    model = build_model(config, space, text_dim, base)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     if config.stage == "vae":
         loss = VAELoss(config.kl_weight)
+    elif base is not None:
+        base.unet.requires_grad_(False)
+        alphas = base.schedule.alphas_cumprod.float()
+        loss = ControlNetLoss(alphas, config.timestep_range, base.unet.to(accelerator.device))
     else:
         schedule = DiscreteVPSchedule.from_config(SCHEDULE)
         loss = DenoisingLoss(schedule.alphas_cumprod.float(), config.timestep_range)
@@ -242,7 +276,7 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
                 f"checkpoint {folder} cannot be loaded: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
-    return Run(config, accelerator, model, ema, optimizer, data, loss, space, text, state)
+    return Run(config, accelerator, model, ema, optimizer, data, loss, space, text, state, base)
 
 
 def resolve_checkpoint(output: Path, resume: str) -> Path:
@@ -276,32 +310,32 @@ def batch_indices(config: TrainConfig, n: int, step: int, micro: int) -> torch.T
     return torch.cat([order[offset:], following[: offset + size - n]])
 
 
-def micro_batch(run: Run, step: int, micro: int):
-    """This process's share of the batch: inputs and caption embeddings, with dropout."""
+def micro_batch(run: Run, step: int, micro: int) -> Batch:
+    """This process's share of the batch, with caption dropout, on the run's device."""
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
     indices = batch_indices(run.config, run.data.mean.shape[0], step, micro)[rank::world]
     generator = step_generator(run.config, step, micro)
+    device = run.accelerator.device
     x0 = run.data.mean[indices]
     if run.data.std is not None:  # a fresh sample of each latent posterior
         x0 = x0 + run.data.std[indices] * torch.randn(x0.shape, generator=generator)
-    if run.data.embeds is None:
-        return x0, None, generator
-    embeds = run.data.embeds[indices].float()
-    dropped = torch.rand(len(indices), generator=generator) < run.config.cfg_dropout
-    embeds[dropped] = run.data.empty.float()
-    return x0, embeds, generator
+    embeds = control = None
+    if run.data.embeds is not None:
+        embeds = run.data.embeds[indices].float()
+        dropped = torch.rand(len(indices), generator=generator) < run.config.cfg_dropout
+        embeds[dropped] = run.data.empty.float()
+        embeds = embeds.to(device)
+    if run.data.control is not None:
+        control = run.data.control[indices].to(device)
+    return Batch(x0.to(device), embeds, control, generator)
 
 
 def train_step(run: Run, step: int) -> float:
-    device = run.accelerator.device
     total = 0.0
     for micro in range(run.config.grad_accum):
-        x0, embeds, generator = micro_batch(run, step, micro)
+        batch = micro_batch(run, step, micro)
         with run.accelerator.autocast():
-            if embeds is None:
-                loss = run.loss(run.model, x0.to(device), generator)
-            else:
-                loss = run.loss(run.model, x0.to(device), embeds.to(device), generator)
+            loss = run.loss(run.model, batch)
         run.accelerator.backward(loss / run.config.grad_accum)
         total += loss.item() / run.config.grad_accum
     run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
@@ -316,15 +350,15 @@ def measure_flops(run: Run) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     model = copy.deepcopy(run.accelerator.unwrap_model(run.model))
-    x0, embeds, generator = micro_batch(run, 0, 0)
-    x0, embeds = x0[:1], None if embeds is None else embeds[:1]
+    batch = micro_batch(run, 0, 0)
+    one = Batch(
+        batch.x0[:1],
+        None if batch.embeds is None else batch.embeds[:1],
+        None if batch.control is None else batch.control[:1],
+        batch.generator,
+    )
     with FlopCounterMode(display=False) as counter:
-        loss = (
-            run.loss(model, x0, generator)
-            if embeds is None
-            else run.loss(model, x0, embeds, generator)
-        )
-        loss.backward()
+        run.loss(model, one).backward()
     return float(counter.get_total_flops())
 
 
@@ -381,6 +415,9 @@ def sample_grid(run: Run, path: Path) -> None:
             reconstructions = model(originals).sample
         save_grid((torch.cat([originals, reconstructions]) / 2 + 0.5).clamp(0, 1), path, 8)
         return
+    if run.base is not None:
+        save_grid(control_samples(run, model), path, 4)
+        return
     from ..pipelines import generate
 
     expert = as_expert(run, model)
@@ -389,6 +426,25 @@ def sample_grid(run: Run, path: Path) -> None:
         for seed, prompt in enumerate(run.config.sample_prompts)
     ]
     save_grid(torch.cat(images), path, 4)
+
+
+@torch.no_grad()
+def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
+    """Four training controls (top row) and the base expert generating under them (bottom)."""
+    from ..coop import Participant, make_scheduler, sample
+    from ..experts import Control
+
+    base, controls = run.base, run.data.control[:4]
+    images = []
+    for i, control in enumerate(controls):
+        cond = base.encode_prompt([run.data.pool.texts[i]], None, 4.0)
+        participant = Participant(base, cond, 4.0, controls=[Control(controlnet, control[None])])
+        shape = base.space.latent_shape(1, *controls.shape[-2:])
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(i))
+        scheduler = make_scheduler("dpmpp_2m", base.scheduler_config)
+        latents = sample([participant], scheduler, noise, 25)
+        images.append((base.space.decode(latents).float() / 2 + 0.5).clamp(0, 1))
+    return torch.cat([controls, *images])
 
 
 def as_expert(run: Run, unet: torch.nn.Module) -> Expert:
