@@ -58,3 +58,30 @@ def test_broken_model_index_is_a_user_error(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "X", "vae": []}))
     with pytest.raises(UserError, match="has no unet"):
         load_expert(tmp_path)
+
+
+def test_hub_ids_download_only_when_named(models, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def fake_snapshot(repo_id, allow_patterns):
+        asked.append((repo_id, allow_patterns))
+        return str(models["sd"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    expert = load_expert("hf:someone/tiny-sd")
+    assert asked == [("someone/tiny-sd", ["*.json", "*.txt", "*.model", "*.safetensors"])]
+    assert expert.sample_size == (16, 16)
+    with pytest.raises(UserError, match="does not exist .*hf:owner/name"):
+        load_expert("someone/tiny-sd")  # without the prefix: a local path, never a download
+    assert len(asked) == 1
+
+
+def test_text_encoder_is_refused_when_its_hash_differs(tmp_path):
+    from pangudraw.textenc import MINILM_SHA256, load_minilm, minilm_folder, sha256
+
+    assert sha256(minilm_folder() / "model.safetensors") == MINILM_SHA256
+    (tmp_path / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(UserError, match="has sha256 .* expected 53aa51172d142c89"):
+        load_minilm(tmp_path)

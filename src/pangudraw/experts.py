@@ -242,15 +242,38 @@ class Expert:
         return to_x0(out, z, alpha, s, self.prediction_type)
 
 
+HUB_PREFIX = "hf:"
+
+
+def download(repo_id: str, allow_pickle: bool = False) -> Path:
+    """Fetch a diffusers model from the Hugging Face hub (only when the user names one)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"]
+    patterns += ["*.bin"] if allow_pickle else []
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown repository, gated model, ...
+        raise UserError(
+            f"cannot download {repo_id} from the hub: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
-    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL).
+    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL), or from
+    the hub when ``path`` is ``hf:owner/name``.
 
     Weights load from safetensors only unless ``allow_pickle`` is set.
     Raises :class:`UserError` with a one-line message for anything a user can fix.
     """
+    if str(path).startswith(HUB_PREFIX):
+        path = download(str(path)[len(HUB_PREFIX) :], allow_pickle)
     folder = Path(path)
     if not folder.exists():
-        raise UserError(f"model folder {folder} does not exist")
+        raise UserError(
+            f"model folder {folder} does not exist (a Hugging Face hub model is named "
+            f"{HUB_PREFIX}owner/name)"
+        )
     index_file = folder / "model_index.json"
     if not folder.is_dir() or not index_file.is_file():
         raise UserError(
