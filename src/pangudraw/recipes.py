@@ -43,11 +43,7 @@ from pathlib import Path
 from .errors import UserError
 from .options import NOISE_POLICIES, SAMPLER_NAMES
 from .tomlconf import TableReader as _Reader
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from .tomlconf import read_toml, tomllib
 
 TOP_KEYS = {
     "prompt",
@@ -290,13 +286,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"recipe {path} does not exist") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from exc
-    data = apply_overrides(data, list(overrides), str(path))
+    data = apply_overrides(read_toml(path, "recipe"), list(overrides), str(path))
     return parse_recipe(data, str(path), path.parent.resolve())
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .progress import allow_pickle_option
+
 
 @click.command("coop")
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False), required=False)
@@ -30,11 +32,7 @@ import click
     show_default=True,
     help="PNG path.",
 )
-@click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Also load pickle (.bin/.ckpt) weights. Only for files you trust.",
-)
+@allow_pickle_option
 def command(recipe, overrides, from_png, output, allow_pickle) -> None:
     """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format."""
     from .. import __version__

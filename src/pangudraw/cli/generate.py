@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..options import SAMPLER_NAMES
+from .progress import allow_pickle_option
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -62,11 +63,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
     show_default=True,
     help="PNG path; several images get -0, -1, ... before the suffix.",
 )
-@click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Also load pickle (.bin/.ckpt) weights. Only for files you trust.",
-)
+@allow_pickle_option
 def command(
     prompt,
     negative_prompt,

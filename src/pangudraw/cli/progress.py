@@ -1,9 +1,17 @@
-"""Progress display shared by the subcommands."""
+"""What the subcommands share: progress display, library quieting, common options."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import click
+
+allow_pickle_option = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Also load pickle (.bin/.ckpt) weights. Only for files you trust.",
+)
 
 
 def quiet_libraries() -> None:

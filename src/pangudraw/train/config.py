@@ -39,13 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..tomlconf import TableReader
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from ..tomlconf import TableReader, read_toml
 
 STAGES = ("vae", "structure", "texture", "full", "controlnet")
 NUM_TRAIN_TIMESTEPS = 1000
@@ -207,10 +201,4 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"training config {path} does not exist") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, str(path), path.parent.resolve())
+    return parse_config(read_toml(path, "training config"), str(path), path.parent.resolve())
