@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of torch; GPU users: install your CUDA torch into .venv first, then `make install`.
 TORCH := torch==2.13.0
 
-.PHONY: install dev demo test lint bench clean
+.PHONY: install dev demo test lint bench zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: dev
 
 bench: install
 	$(BIN)/python benchmarks/bench_time_decoupled.py
+
+zoo: install
+	bash scripts/train_zoo.sh
 
 clean:
 	rm -rf $(VENV) demo

@@ -358,3 +358,16 @@ def test_config_errors_name_the_field(tmp_path):
         )
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "none.toml")
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(workspace, capsys):
+    root = workspace["root"]
+    config = write_config(workspace, "chunked", "full", steps=5, every=100)
+    run_cli(["train", str(config), "--max-minutes", "0.0001"])
+    assert "continue with --resume latest" in capsys.readouterr().err
+    checkpoints = list((root / "runs/chunked/checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-0000001"]
+    assert not (root / "runs/chunked/model").exists()
+    run_cli(["train", str(config), "--resume", "latest"])
+    resources = json.loads((root / "runs/chunked/resources.json").read_text())
+    assert resources["optimizer_steps"] == 5 and (root / "runs/chunked/model").is_dir()

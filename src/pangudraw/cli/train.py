@@ -15,7 +15,13 @@ import click
     metavar="latest|PATH",
     help="Continue from the latest checkpoint of the run, or from a checkpoint folder.",
 )
-def command(config: Path, resume: str | None) -> None:
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after about this long with a checkpoint; continue with --resume latest.",
+)
+def command(config: Path, resume: str | None, max_minutes: float | None) -> None:
     """Train the stage described by CONFIG (vae, structure, texture or full) and export it.
 
     Checkpoints go to OUTPUT/checkpoints every checkpoint_every steps and at the end; the
@@ -28,6 +34,12 @@ def command(config: Path, resume: str | None) -> None:
 
     quiet_libraries()
     parsed = load_config(config)
-    exported = train(parsed, resume)
-    if exported is not None:  # the main process
+    exported = train(parsed, resume, max_minutes=max_minutes)
+    if exported is not None:  # the main process of a finished run
         click.echo(str(exported))
+    elif max_minutes is not None:
+        click.echo(
+            f"stopped after {max_minutes:g} minutes with a checkpoint in "
+            f"{parsed.output}/checkpoints; continue with --resume latest",
+            err=True,
+        )

@@ -484,10 +484,17 @@ def resources(run: Run, flops_per_image: float) -> dict:
 # ---------------------------------------------------------------------------- run
 
 
-def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path | None:
+def train(
+    config: TrainConfig,
+    resume: str | None = None,
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> Path | None:
     """Train one stage to ``config.max_steps`` (resuming if asked) and export it.
 
-    Returns the exported folder on the main process and None on the others.
+    With ``max_minutes`` the run stops after about that long with a checkpoint (a chunk of
+    a longer run: continue with ``resume="latest"``) and exports nothing.
+    Returns the exported folder on the main process and None otherwise.
     """
     from tqdm import tqdm
 
@@ -528,8 +535,14 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
                     + "\n"
                 )
                 log.flush()
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
+            out_of_time = max_minutes is not None and (
+                time.perf_counter() - started > 60 * max_minutes
+            )
+            out_of_time = bool(run.accelerator.reduce(torch.tensor(float(out_of_time)), "max"))
+            if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
                 save_checkpoint(run)
+            if out_of_time and step < config.max_steps:
+                return None
             if main and config.sample_every and step % config.sample_every == 0:
                 sample_grid(run, output / "samples" / f"step-{step:07d}.png")
     finally:
