@@ -132,7 +132,7 @@ def test_uncovered_mask_region_and_zero_weights_are_errors(models):
     with pytest.raises(UserError, match="leave part of the canvas at zero"):
         check_coverage([masked], [1.0], [left])
     zero = Participant(expert, cond, weight=0.0)
-    with pytest.raises(UserError, match="weights sum zero"):
+    with pytest.raises(UserError, match="weights sum to zero"):
         check_coverage([zero], [1.0], [torch.zeros(1, 1, 8, 8)])
 
 

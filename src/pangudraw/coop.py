@@ -139,11 +139,8 @@ def check_coverage(
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
         total = sum(weight_maps[k] for k in active)
         if float(total.min()) <= 0:
-            what = (
-                "weights sum"
-                if all(participants[k].mask is None for k in active)
-                else ("weights and masks leave part of the canvas at")
-            )
+            unmasked = all(participants[k].mask is None for k in active)
+            what = "weights sum to" if unmasked else "weights and masks leave part of the canvas at"
             raise UserError(
                 f"at sigma={sigma:.4g} the active experts' {what} zero; "
                 "give an active expert a positive weight or a mask that covers the canvas"

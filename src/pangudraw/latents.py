@@ -100,8 +100,3 @@ class LatentSpace:
             return False
         theirs = other.vae.state_dict()
         return all(torch.equal(v, theirs[k]) for k, v in self.vae.state_dict().items())
-
-    def describe(self) -> str:
-        if self.vae is None:
-            return f"pixel space, {self.channels} channels at 1/{self.factor}"
-        return f"{self.channels} channels at 1/{self.factor}"

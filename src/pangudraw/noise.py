@@ -148,12 +148,3 @@ class RectifiedFlowSchedule:
 
 
 Schedule = DiscreteVPSchedule | RectifiedFlowSchedule
-
-
-def same_schedule(a: Schedule, b: Schedule) -> bool:
-    """True when two schedules map every timestep to the same noise level."""
-    if isinstance(a, DiscreteVPSchedule) and isinstance(b, DiscreteVPSchedule):
-        return a.alphas_cumprod.shape == b.alphas_cumprod.shape and bool(
-            torch.equal(a.alphas_cumprod, b.alphas_cumprod)
-        )
-    return a == b

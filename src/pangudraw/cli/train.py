@@ -22,7 +22,7 @@ import click
     help="Stop after about this long with a checkpoint; continue with --resume latest.",
 )
 def command(config: Path, resume: str | None, max_minutes: float | None) -> None:
-    """Train the stage described by CONFIG (vae, structure, texture or full) and export it.
+    """Train the stage in CONFIG (vae, structure, texture, full or controlnet) and export it.
 
     Checkpoints go to OUTPUT/checkpoints every checkpoint_every steps and at the end; the
     exported model (EMA weights, safetensors, model card) to OUTPUT/model; images seen,

@@ -14,8 +14,6 @@ from diffusers import EulerDiscreteScheduler
 from ..textenc import MINILM_REFERENCE
 from .config import SCHEDULE
 
-LICENCES = {"google": "Apache-2.0 (Noto Emoji art)", "twitter": "CC-BY-4.0 (Twemoji art)"}
-
 
 def _data_licence(data: str) -> str:
     info = Path(data) / "dataset.json"
