@@ -2,7 +2,8 @@
 # Retrain the whole zoo from scratch, in resumable chunks of at most $MINUTES minutes.
 # Run it again after an interruption: finished models are kept, the current one resumes
 # from its latest checkpoint. ONE_CHUNK=1 stops after one chunk (for sessions with a
-# time limit). Finished models are copied to zoo/NAME (commit them).
+# time limit). Finished models are copied into the package, src/pangudraw/zoo/models/NAME,
+# except the monolithic baseline, which goes to zoo/baseline/full (commit them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -11,13 +12,15 @@ for style in google twitter; do
   [ -f "data/emoji-$style/metadata.jsonl" ] || "$BIN/pangu-draw" data emoji --style "$style" --out "data/emoji-$style"
 done
 for name in vae_a vae_b structure texture full generator_b controlnet_canny controlnet_colour; do
-  if [ -f "zoo/$name/README.md" ]; then continue; fi
+  dest="src/pangudraw/zoo/models/$name"
+  if [ "$name" = full ]; then dest=zoo/baseline/full; fi
+  if [ -f "$dest/README.md" ]; then continue; fi
   until [ -f "runs/$name/model/README.md" ]; do
     resume=()
     if compgen -G "runs/$name/checkpoints/checkpoint-*" > /dev/null; then resume=(--resume latest); fi
     "$BIN/pangu-draw" train "zoo/configs/$name.toml" "${resume[@]}" --max-minutes "$MINUTES"
     if [ -n "${ONE_CHUNK:-}" ] && [ ! -f "runs/$name/model/README.md" ]; then exit 0; fi
   done
-  rm -rf "zoo/$name" && cp -r "runs/$name/model" "zoo/$name"
-  echo "zoo/$name is ready: commit it"
+  mkdir -p "$(dirname "$dest")" && rm -rf "$dest" && cp -r "runs/$name/model" "$dest"
+  echo "$dest is ready: commit it"
 done

@@ -208,3 +208,17 @@ def test_pickle_weights_load_when_allowed(pickle_model, tmp_path, capsys):
     )
     assert out.exists()
     assert json.loads(Image.open(out).text["pangu-draw"])["steps"] == 2
+
+
+def test_models_lists_the_zoo(tmp_path, monkeypatch, capsys):
+    import pangudraw.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS", tmp_path)
+    main(["models"])
+    assert "no bundled models yet" in capsys.readouterr().out
+    (tmp_path / "vae_a").mkdir()
+    (tmp_path / "vae_a" / "README.md").write_text("# pangu-draw vae VAE\n")
+    (tmp_path / "vae_a" / "w.safetensors").write_bytes(b"x" * 2**20)
+    main(["models"])
+    out = capsys.readouterr().out
+    assert "vae_a" in out and "1.0 MB" in out and "pangu-draw vae VAE" in out

@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from . import coop, data, env, generate, train
+from . import coop, data, env, generate, models, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +21,7 @@ cli.add_command(coop.command)
 cli.add_command(env.command)
 cli.add_command(train.command)
 cli.add_command(data.group)
+cli.add_command(models.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,31 @@
+"""The bundled models: trained by the project (zoo/configs, `make zoo`), shipped in the package.
+
+Each model is a folder under ``zoo/models/`` with safetensors weights, JSON configs and a
+model card (README.md); the monolithic baseline lives in the repository only
+(``zoo/baseline/``), not in the installed package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    path: Path
+    title: str  # the model card's first line
+    megabytes: float
+
+
+def list_models() -> list[ZooModel]:
+    """Every bundled model with a card, by name."""
+    found = []
+    for folder in sorted(p for p in MODELS.glob("*") if (p / "README.md").is_file()):
+        title = (folder / "README.md").read_text().splitlines()[0].lstrip("# ")
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        found.append(ZooModel(folder.name, folder, title, size / 2**20))
+    return found
