@@ -1,0 +1,1 @@
+"""Offline quality metrics and benchmark runners."""
