@@ -378,8 +378,12 @@ def save_checkpoint(run: Run) -> Path:
         (tmp / "state.json").write_text(json.dumps(run.state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        # Old checkpoints leave by an atomic rename first: a kill mid-delete leaves trash,
+        # never a partial checkpoint-* folder.
         for old in sorted(folders.glob(f"{CHECKPOINT_PREFIX}*"))[: -run.config.keep_checkpoints]:
-            shutil.rmtree(old)
+            os.replace(old, folders / f".trash-{old.name}")
+        for trash in folders.glob(".trash-*"):
+            shutil.rmtree(trash)
     run.accelerator.wait_for_everyone()
     return final
 
