@@ -22,5 +22,6 @@ for name in vae_a vae_b structure texture full generator_b controlnet_canny cont
     if [ -n "${ONE_CHUNK:-}" ] && [ ! -f "runs/$name/model/README.md" ]; then exit 0; fi
   done
   mkdir -p "$(dirname "$dest")" && rm -rf "$dest" && cp -r "runs/$name/model" "$dest"
-  echo "$dest is ready: commit it"
+  "$BIN/python" -c "from pangudraw.zoo import write_manifest; write_manifest()"
+  echo "$dest is ready: commit it (and src/pangudraw/zoo/manifest.json)"
 done

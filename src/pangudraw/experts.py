@@ -291,10 +291,14 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             return None
         library, class_name = spec
         cls = getattr(importlib.import_module(library), class_name)
-        # None: safetensors when present, pickle allowed as a fallback.
-        kwargs = (
-            {} if "Tokenizer" in class_name else {"use_safetensors": None if allow_pickle else True}
-        )
+        # None: safetensors when present, pickle allowed as a fallback. Weights stored in
+        # float16 (the zoo's) are computed in float32 here.
+        kwargs = {}
+        if "Tokenizer" not in class_name:
+            kwargs = {
+                "use_safetensors": None if allow_pickle else True,
+                "torch_dtype": torch.float32,
+            }
         try:
             return cls.from_pretrained(folder / name, **kwargs)
         except (OSError, ValueError) as exc:

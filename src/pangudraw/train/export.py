@@ -51,6 +51,19 @@ def model_card(config, resources: dict, kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@torch.no_grad()
+def calibrate_scaling(vae, images: torch.Tensor) -> float:
+    """Set ``scaling_factor`` so that scaled latents of ``images`` have unit variance.
+
+    This is how Stable Diffusion's 0.18215 was chosen; diffusion training assumes
+    unit-variance inputs. Returns the standard deviation of the raw latents.
+    """
+    means = torch.cat([vae.encode(chunk.float()).latent_dist.mean for chunk in images.split(64)])
+    std = float(means.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return std
+
+
 def _write_atomically(folder: Path, fill) -> Path:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -62,13 +75,17 @@ def _write_atomically(folder: Path, fill) -> Path:
 
 
 def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
-    """``<output>/model``: an AutoencoderKL folder (vae stage) or a pipeline folder."""
+    """``<output>/model``: an AutoencoderKL folder (vae stage), a ControlNet folder, or a
+    pipeline folder. Adds the VAE's measured latent std to ``resources``."""
     config = run.config
     dtype = torch.float16 if config.export_dtype == "float16" else torch.float32
 
     def fill(folder: Path) -> None:
-        (folder / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
+        grid = Path(config.output) / "samples" / "final.png"
+        if grid.is_file():
+            shutil.copy(grid, folder / "samples.png")
         (folder / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (folder / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
         if config.stage == "vae":
             model.to(dtype).save_pretrained(folder, safe_serialization=True)
             (folder / "README.md").write_text(model_card(config, resources, "VAE"))
@@ -103,4 +120,6 @@ def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         (folder / "README.md").write_text(model_card(config, resources, "generator"))
 
+    if config.stage == "vae":
+        resources["latent_std_raw"] = calibrate_scaling(model, run.data.mean[:512])
     return _write_atomically(Path(config.output) / "model", fill)

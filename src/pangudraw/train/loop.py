@@ -414,7 +414,8 @@ def sample_grid(run: Run, path: Path) -> None:
     """Fixed prompts and seeds with the EMA weights (a VAE: originals over reconstructions)."""
     model = ema_model(run)
     if run.config.stage == "vae":
-        originals = run.data.mean[:8]
+        spread = torch.linspace(0, run.data.mean.shape[0] - 1, 8).long()  # across the data
+        originals = run.data.mean[spread]
         with torch.no_grad():
             reconstructions = model(originals).sample
         save_grid((torch.cat([originals, reconstructions]) / 2 + 0.5).clamp(0, 1), path, 8)
@@ -558,7 +559,7 @@ def train(
         sample_grid(run, output / "samples" / "final.png")
         figures = resources(run, flops_per_image)
         figures["this_process_wall_s"] = round(time.perf_counter() - started, 1)
-        (output / "resources.json").write_text(json.dumps(figures, indent=2) + "\n")
         result = export_stage(run, ema_model(run), figures)
+        (output / "resources.json").write_text(json.dumps(figures, indent=2) + "\n")
     run.accelerator.wait_for_everyone()
     return result

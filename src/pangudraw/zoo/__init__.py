@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODELS = Path(__file__).parent / "models"
+MANIFEST = Path(__file__).parent / "manifest.json"  # sha256 of every weight file, by path
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,19 @@ def list_models() -> list[ZooModel]:
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         found.append(ZooModel(folder.name, folder, title, size / 2**20))
     return found
+
+
+def weight_hashes() -> dict[str, str]:
+    """sha256 of every safetensors file in the zoo, keyed by path relative to ``MODELS``."""
+    from ..textenc import sha256
+
+    return {str(f.relative_to(MODELS)): sha256(f) for f in sorted(MODELS.rglob("*.safetensors"))}
+
+
+def write_manifest() -> dict[str, str]:
+    """Record the current weight hashes (after a model is added by ``make zoo``)."""
+    import json
+
+    hashes = weight_hashes()
+    MANIFEST.write_text(json.dumps(hashes, indent=2) + "\n")
+    return hashes
