@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -98,5 +100,14 @@ class LatentSpace:
             return True
         if _public(self.vae.config) != _public(other.vae.config):
             return False
-        theirs = other.vae.state_dict()
-        return all(torch.equal(v, theirs[k]) for k, v in self.vae.state_dict().items())
+        return self._weights_digest == other._weights_digest
+
+    @cached_property
+    def _weights_digest(self) -> str:
+        # Once per space: bridges ask same_as on every step.
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.vae.state_dict().items()):
+            digest.update(name.encode())
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
