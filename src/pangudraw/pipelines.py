@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, UnidentifiedImageError
@@ -169,13 +170,12 @@ def read_image(path: str, mode: str, size: tuple[int, int], what: str) -> torch.
     """An image file as (1, C, H, W) in [0, 1], resized (antialiased) to ``size`` (H, W)."""
     try:
         with Image.open(path) as image:
-            pixels = torch.tensor(list(image.convert(mode).getdata()), dtype=torch.float32)
-            width, height = image.size
+            array = np.asarray(image.convert(mode), dtype=np.float32)
     except FileNotFoundError as exc:
         raise UserError(f"{what} {path} does not exist") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{what} {path} is not an image file that can be read") from exc
-    tensor = (pixels / 255).reshape(height, width, -1).permute(2, 0, 1)[None]
+    tensor = torch.from_numpy(array / 255).reshape(*array.shape[:2], -1).permute(2, 0, 1)[None]
     return resize_images(tensor, size).clamp(0, 1)
 
 
