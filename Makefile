@@ -24,8 +24,14 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev
 
+DEMO_PROMPTS := "red apple" "grinning face" "red heart" "dog face" "cat face" "sun with face" \
+	"fire" "thumbs up"
+
+# The main job, on the bundled models: a grid of emoji prompts (demo/emoji-grid.png), and
+# two experts from different latent spaces, each with its own ControlNet, in one loop.
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/pangu-draw generate $(DEMO_PROMPTS) --num-images 4 --seed 0 --grid -o demo/emoji.png
+	$(BIN)/pangu-draw coop examples/zoo_multicontrol.toml -o demo/multicontrol.png
 
 test: dev
 	$(BIN)/ruff check .

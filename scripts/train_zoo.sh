@@ -2,8 +2,9 @@
 # Retrain the whole zoo from scratch, in resumable chunks of at most $MINUTES minutes.
 # Run it again after an interruption: finished models are kept, the current one resumes
 # from its latest checkpoint. ONE_CHUNK=1 stops after one chunk (for sessions with a
-# time limit). Finished models are copied into the package, src/pangudraw/zoo/models/NAME,
-# except the monolithic baseline, which goes to zoo/baseline/full (commit them).
+# time limit). Finished models are copied into the package, src/pangudraw/zoo/models/NAME
+# (commit them). On a lent GPU, scripts/device/zoo_gpu.sh trains the generators and
+# ControlNets in minutes instead (see its header).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -13,7 +14,6 @@ for style in google twitter; do
 done
 for name in vae_a vae_b structure texture full generator_b controlnet_canny controlnet_colour; do
   dest="src/pangudraw/zoo/models/$name"
-  if [ "$name" = full ]; then dest=zoo/baseline/full; fi
   if [ -f "$dest/README.md" ]; then continue; fi
   until [ -f "runs/$name/model/README.md" ]; do
     resume=()

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -15,6 +16,14 @@ from pangudraw.zoo import MANIFEST, MODELS, list_models, weight_hashes
 # Measured: mean 21.8 dB for A -> B -> A on the eight Noto emoji (B was trained on Twemoji).
 BRIDGE_PSNR = 20.0
 EMOJI = Path(__file__).parent / "data" / "emoji"
+CONTROLNET_BASES = {"controlnet_canny": "full", "controlnet_colour": "generator_b"}
+GENERATORS = ("structure", "texture", "full", "generator_b")
+
+
+def test_the_zoo_is_complete_and_within_its_size_budget():
+    names = {m.name for m in list_models()}
+    assert names == {"vae_a", "vae_b", *GENERATORS, *CONTROLNET_BASES}
+    assert sum(m.megabytes for m in list_models()) <= 80 * 1e6 / 2**20
 
 
 def emoji_images() -> torch.Tensor:
@@ -43,6 +52,21 @@ def test_every_model_loads_and_matches_its_card(model):
         vae = AutoencoderKL.from_pretrained(model.path, torch_dtype=torch.float32)
         assert vae.config.latent_channels == config["vae_model"]["latent_channels"]
         assert vae.config.scaling_factor == pytest.approx(1 / resources["latent_std_raw"])
+    elif config["stage"] == "controlnet":
+        from pangudraw.experts import load_expert
+        from pangudraw.pipelines import load_controlnet
+
+        base = load_expert(MODELS / CONTROLNET_BASES[model.name])
+        load_controlnet(str(model.path), base)  # refused if built for another UNet
+    else:
+        from pangudraw.experts import load_expert
+
+        expert = load_expert(model.path)
+        assert expert.sample_size == (config["resolution"],) * 2
+        assert expert.space.factor == (config["pixel_unshuffle"] if config["vae"] is None else
+                                       expert.space.factor)  # fmt: skip
+        unet = config["unet"]
+        assert list(expert.unet.config.block_out_channels) == unet["block_out_channels"]
 
 
 @pytest.mark.skipif(not (MODELS / "vae_a").is_dir(), reason="vae_a not bundled")
@@ -82,3 +106,36 @@ def test_a_clean_image_survives_the_bridge_through_both_trained_vaes():
     assert in_b.shape == (8, 8, 8, 8)
     psnr = 10 * torch.log10(4 / ((back - images) ** 2).mean((1, 2, 3)))
     assert psnr.mean() > BRIDGE_PSNR, psnr
+
+
+def _generate(tmp_path: Path, name: str, *args: str) -> torch.Tensor:
+    from click.testing import CliRunner
+
+    from pangudraw.cli.main import cli
+
+    out = tmp_path / name
+    result = CliRunner().invoke(
+        cli, ["generate", "red heart", "--seed", "3", "-o", str(out), *args]
+    )
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        return torch.tensor(np.asarray(image.convert("RGB")), dtype=torch.float32) / 255
+
+
+def test_default_generate_uses_the_zoo_deterministically_and_draws_an_emoji(tmp_path):
+    first = _generate(tmp_path, "a.png")
+    second = _generate(tmp_path, "b.png")
+    assert first.shape == (64, 64, 3)
+    assert torch.equal(first, second)
+    # Emoji are a coloured shape on white: the border is near white, the centre is not,
+    # and neighbouring pixels agree (noise would not: its neighbour correlation is ~0).
+    border = torch.cat([first[:4].reshape(-1, 3), first[-4:].reshape(-1, 3)])
+    centre = first[20:44, 20:44]
+    assert border.mean() > 0.85, border.mean()
+    assert centre.mean() < 0.75 and centre.std() > 0.05, (centre.mean(), centre.std())
+    red = centre[..., 0] - centre[..., 1:].mean(-1)
+    assert red.mean() > 0.2, red.mean()  # a red heart is red
+    gray = first.mean(-1)
+    corr = torch.corrcoef(torch.stack([gray[:, :-1].flatten(), gray[:, 1:].flatten()]))[0, 1]
+    assert corr > 0.8, corr
+    assert not torch.equal(first, _generate(tmp_path, "c.png", "--seed", "4"))

@@ -37,6 +37,12 @@ class Conditioning:
     added: dict[str, torch.Tensor] | None = None
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes. Tensors go there for the call and come back to the CPU, so
+    the sampling loop (tiny tensors) stays on the CPU while networks sit on any device."""
+    return next(module.parameters()).device
+
+
 @dataclass
 class SDText:
     """One tokenizer and text encoder whose last hidden state conditions the UNet (SD 1.x/2.x)."""
@@ -57,7 +63,10 @@ class SDText:
             if getattr(self.encoder.config, "use_attention_mask", False)
             else None
         )
-        return self.encoder(tokens.input_ids, attention_mask=mask)[0]
+        device = _device(self.encoder)
+        if mask is not None:
+            mask = mask.to(device)
+        return self.encoder(tokens.input_ids.to(device), attention_mask=mask)[0].cpu()
 
     @torch.no_grad()
     def encode(
@@ -89,10 +98,10 @@ class SDXLText:
                 truncation=True,
                 return_tensors="pt",
             ).input_ids
-            out = encoder(ids, output_hidden_states=True)
+            out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
             if out[0].ndim == 2:  # the projection model's pooled output
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+                pooled = out[0].cpu()
+            hidden.append(out.hidden_states[-2].cpu())
         return torch.cat(hidden, dim=-1), pooled
 
     def _time_ids(self, size: tuple[int, int], score: float) -> torch.Tensor:
@@ -206,34 +215,40 @@ class Expert:
         """
         alpha, s = self.schedule.coefficients(sigma)
         z = alpha * x
-        t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32)
-        z_in = (torch.cat([z, z]) if cond.guided else z).to(self.dtype)
-        embeds = cond.embeds.to(self.dtype)
+        device = _device(self.unet)
+        t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32, device=device)
+        z_in = (torch.cat([z, z]) if cond.guided else z).to(device, self.dtype)
+        embeds = cond.embeds.to(device, self.dtype)
+        added = {k: v.to(device) for k, v in cond.added.items()} if cond.added else cond.added
         down, mid = None, None
         for control in controls:
             if not control.active(sigma):
                 continue
-            image = control.image.to(self.dtype).expand(z.shape[0], -1, -1, -1)
+            image = control.image.to(device, self.dtype).expand(z.shape[0], -1, -1, -1)
             d, m = control.model(
                 z_in,
                 t,
                 encoder_hidden_states=embeds,
                 controlnet_cond=torch.cat([image, image]) if cond.guided else image,
                 conditioning_scale=control.scale,
-                added_cond_kwargs=cond.added,
+                added_cond_kwargs=added,
                 return_dict=False,
             )
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        out = self.unet(
-            z_in,
-            t,
-            encoder_hidden_states=embeds,
-            added_cond_kwargs=cond.added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0].float()
+        out = (
+            self.unet(
+                z_in,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )[0]
+            .float()
+            .to(x.device)
+        )
         if cond.guided:
             # Guidance on the raw output equals guidance on x0 (the conversion is affine in the
             # output with coefficients shared by both halves) and rounds like diffusers does.
@@ -243,6 +258,20 @@ class Expert:
 
 
 HUB_PREFIX = "hf:"
+ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
+
+
+def resolve_model(path: str | Path) -> Path:
+    """``zoo:NAME`` as the bundled model's folder; anything else as a path."""
+    if str(path).startswith(ZOO_PREFIX):
+        from .zoo import MODELS, list_models
+
+        name = str(path)[len(ZOO_PREFIX) :]
+        if not (MODELS / name / "README.md").is_file():
+            known = ", ".join(m.name for m in list_models()) or "none installed"
+            raise UserError(f"no bundled model {name!r}; the zoo has: {known}")
+        return MODELS / name
+    return Path(path)
 
 
 def download(repo_id: str, allow_pickle: bool = False) -> Path:
@@ -261,14 +290,14 @@ def download(repo_id: str, allow_pickle: bool = False) -> Path:
 
 def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL), or from
-    the hub when ``path`` is ``hf:owner/name``.
+    the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
 
     Weights load from safetensors only unless ``allow_pickle`` is set.
     Raises :class:`UserError` with a one-line message for anything a user can fix.
     """
     if str(path).startswith(HUB_PREFIX):
         path = download(str(path)[len(HUB_PREFIX) :], allow_pickle)
-    folder = Path(path)
+    folder = resolve_model(path)
     if not folder.exists():
         raise UserError(
             f"model folder {folder} does not exist (a Hugging Face hub model is named "

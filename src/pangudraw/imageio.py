@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -45,3 +46,16 @@ def read_record(path: Path) -> dict:
     """The JSON record :func:`save_png` stored in ``path``."""
     with Image.open(path) as image:
         return json.loads(image.text[JSON_KEY])
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
+    """(N, 3, H, W) images in [0, 1] as one PNG grid, ``columns`` wide."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(3, rows * h, columns * w)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = image
+    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)

@@ -47,6 +47,10 @@ class LatentSpace:
         # Not ``vae.dtype``: that walks every parameter, and bridges call this every step.
         return next(self.vae.parameters()).dtype
 
+    @property
+    def _device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Latent shape for ``height`` x ``width`` pixel images (each divisible by ``factor``)."""
         for name, size in (("height", height), ("width", width)):
@@ -77,9 +81,11 @@ class LatentSpace:
         """
         if self.vae is None:
             return F.pixel_unshuffle(images, self.unshuffle) if self.unshuffle > 1 else images
-        images = images.to(self._dtype)
+        where = images.device
+        images = images.to(self._device, self._dtype)
         posterior = self.vae.encode(images).latent_dist
         raw = posterior.mode() if generator is None else posterior.sample(generator)
+        raw = raw.to(where)
         mean, std = self._normalisation(raw)
         return (raw - mean) * self.vae.config.scaling_factor / std
 
@@ -90,7 +96,7 @@ class LatentSpace:
         latents = latents.to(self._dtype)
         mean, std = self._normalisation(latents)
         raw = latents * std / self.vae.config.scaling_factor + mean
-        return self.vae.decode(raw).sample
+        return self.vae.decode(raw.to(self._device)).sample.to(latents.device)
 
     def same_as(self, other: LatentSpace) -> bool:
         """True when both spaces encode every image to the same latents."""

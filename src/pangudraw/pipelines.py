@@ -104,7 +104,7 @@ def _run(
 def generate(
     structure: Expert,
     texture: Expert | None,
-    prompt: str,
+    prompt: str | list[str],
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
     guidance_scale: float = 7.0,
@@ -121,7 +121,8 @@ def generate(
 
     With ``texture=None`` this is plain single-model sampling. The split is a timestep on
     the structure expert's training schedule and is applied on the noise level. Image
-    ``i`` uses seed ``seed + i``, so every image can be reproduced on its own.
+    ``i`` uses seed ``seed + i``, so every image can be reproduced on its own. ``prompt``
+    may be a list of ``num_images`` prompts, one per image (a batch of different prompts).
 
     The canvas is the texture expert's latent space at the output size (its native size
     by default). The structure expert works at its own native resolution (at the output's
@@ -135,7 +136,9 @@ def generate(
     owner = texture or structure
     canvas = _canvas(owner, height, width, num_images)
     scheduler = make_scheduler(sampler, owner.scheduler_config)
-    prompts = [prompt] * num_images
+    prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != num_images:
+        raise UserError(f"{len(prompts)} prompts for {num_images} images; give one per image")
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
     encode = _PromptCache()
     roles = [(structure, (0.0, math.inf))]
@@ -184,8 +187,9 @@ def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
     if spec.image is not None:
         return read_image(spec.image, "RGB", size, "control image")
     from .controls import ControlTransform
+    from .experts import resolve_model
 
-    transform = ControlTransform.load(spec.model)
+    transform = ControlTransform.load(resolve_model(spec.model))
     if transform is None:
         raise UserError(
             f"ControlNet {spec.model} has no control.json, so it cannot turn a "
@@ -199,6 +203,9 @@ def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
     """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
     from diffusers import ControlNetModel
 
+    from .experts import resolve_model
+
+    path = str(resolve_model(path))
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} is not a diffusers ControlNet folder (no config.json)")
     try:

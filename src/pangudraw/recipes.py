@@ -150,7 +150,9 @@ def _path(reader: _Reader, key: str, base: Path, required: bool = False) -> str 
     value = reader.get(key, str, required=required)
     if value is None:
         return None
-    return str((base / value).resolve()) if not Path(value).is_absolute() else value
+    if value.startswith(("zoo:", "hf:")) or Path(value).is_absolute():
+        return value  # a bundled or hub model, or already absolute
+    return str((base / value).resolve())
 
 
 def parse_recipe(data: dict, source: str, base: Path) -> Recipe:

@@ -18,20 +18,31 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
+def bundled(path: Path) -> Path:
+    """A model folder, or the bundled model of that name when no such folder exists."""
+    from ..experts import resolve_model
+    from ..zoo import MODELS
+
+    if not path.exists() and len(path.parts) == 1 and (MODELS / path / "README.md").is_file():
+        return MODELS / path
+    return resolve_model(str(path))
+
+
 @click.command("generate")
-@click.argument("prompt")
+@click.argument("prompts", metavar="PROMPT...", nargs=-1, required=True)
 @click.option("-n", "--negative-prompt", default=None, help="What the image should not show.")
 @click.option(
     "--structure",
     type=click.Path(path_type=Path),
-    required=True,
-    help="Diffusers model folder for the high-noise part (or the only model).",
+    default=None,
+    help="Model folder (or bundled model name) for the high-noise part, or the only model. "
+    "Default: the bundled structure + texture pair.",
 )
 @click.option(
     "--texture",
     type=click.Path(path_type=Path),
     default=None,
-    help="Diffusers model folder for the low-noise part; omit for one model.",
+    help="Model folder (or bundled model name) for the low-noise part; omit for one model.",
 )
 @click.option(
     "--split",
@@ -54,6 +65,13 @@ def output_paths(output: Path, count: int) -> list[Path]:
 @click.option("--seed", type=int, default=None, help="Seed of the first image; random if omitted.")
 @click.option("--width", type=int, default=None, help="Pixels; the structure model's by default.")
 @click.option("--height", type=int, default=None, help="Pixels; the structure model's by default.")
+@click.option(
+    "--size",
+    type=int,
+    default=None,
+    help="Square images of this many pixels (instead of --width/--height); sizes above the "
+    "models' own are made with Coop (the structure model at its native size).",
+)
 @click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
 @click.option(
     "-o",
@@ -63,9 +81,14 @@ def output_paths(output: Path, count: int) -> list[Path]:
     show_default=True,
     help="PNG path; several images get -0, -1, ... before the suffix.",
 )
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="Also write OUTPUT-grid.png: one row per prompt, one column per image.",
+)
 @allow_pickle_option
 def command(
-    prompt,
+    prompts,
     negative_prompt,
     structure,
     texture,
@@ -76,11 +99,17 @@ def command(
     seed,
     width,
     height,
+    size,
     num_images,
     output,
+    grid,
     allow_pickle,
 ) -> None:
-    """Generate images for PROMPT and save them as PNGs with their parameters."""
+    """Generate images for each PROMPT and save them as PNGs with their parameters.
+
+    With no model options the bundled emoji models are used (64x64, offline):
+    pangu-draw generate "red apple" "grinning face" --num-images 4 --grid --seed 1
+    """
     from .. import __version__
     from ..experts import load_expert
     from ..imageio import a1111_parameters, save_png
@@ -88,17 +117,28 @@ def command(
     from .progress import quiet_libraries, step_bar
 
     quiet_libraries()
+    if size is not None:
+        if width is not None or height is not None:
+            raise click.UsageError("give --size or --width/--height, not both")
+        width = height = size
+    if structure is None:
+        if texture is not None:
+            raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
+        structure, texture = Path("structure"), Path("texture")
+    structure, texture = bundled(structure), texture and bundled(texture)
     seed = random.randrange(2**31) if seed is None else seed
     structure_expert = load_expert(structure, allow_pickle)
     texture_expert = None
     if texture is not None:
         same = texture.resolve() == structure.resolve()
         texture_expert = structure_expert if same else load_expert(texture, allow_pickle)
+    count = len(prompts) * num_images
+    each = [p for p in prompts for _ in range(num_images)]  # image i: prompt i // num_images
     with step_bar() as callback:
         result = generate(
             structure_expert,
             texture_expert,
-            prompt,
+            each,
             negative_prompt,
             steps,
             guidance_scale,
@@ -107,12 +147,12 @@ def command(
             height,
             sampler,
             t_split,
-            num_images,
+            count,
             callback,
         )
     height, width = result.images.shape[-2:]
-    for path, image, image_seed in zip(
-        output_paths(output, num_images), result.to_pil(), result.seeds
+    for path, image, image_seed, prompt in zip(
+        output_paths(output, count), result.to_pil(), result.seeds, each
     ):
         record = {
             "prompt": prompt,
@@ -141,3 +181,11 @@ def command(
         settings["Version"] = f"pangu-draw {__version__}"
         save_png(image, path, a1111_parameters(prompt, negative_prompt, settings), record)
         click.echo(str(path))
+    if grid:
+        from ..imageio import save_grid
+
+        sheet = output.with_name(f"{output.stem}-grid.png")
+        tmp = sheet.with_name(f".{sheet.name}.tmp.png")
+        save_grid(result.images, tmp, num_images)
+        tmp.replace(sheet)
+        click.echo(str(sheet))

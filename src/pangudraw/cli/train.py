@@ -21,7 +21,16 @@ import click
     default=None,
     help="Stop after about this long with a checkpoint; continue with --resume latest.",
 )
-def command(config: Path, resume: str | None, max_minutes: float | None) -> None:
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set batch_size=256 --set unet.layers_per_block=2.",
+)
+def command(
+    config: Path, resume: str | None, max_minutes: float | None, overrides: tuple[str, ...]
+) -> None:
     """Train the stage in CONFIG (vae, structure, texture, full or controlnet) and export it.
 
     Checkpoints go to OUTPUT/checkpoints every checkpoint_every steps and at the end; the
@@ -33,7 +42,7 @@ def command(config: Path, resume: str | None, max_minutes: float | None) -> None
     from .progress import quiet_libraries
 
     quiet_libraries()
-    parsed = load_config(config)
+    parsed = load_config(config, overrides)
     exported = train(parsed, resume, max_minutes=max_minutes)
     if exported is not None:  # the main process of a finished run
         click.echo(str(exported))

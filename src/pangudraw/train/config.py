@@ -22,6 +22,7 @@ kl_weight = 1e-4              # vae stage
 checkpoint_every = 200
 keep_checkpoints = 2
 sample_every = 0              # 0: a sample grid at the end only
+snapshot_every = 0            # > 0: also export the EMA model every N steps to snapshots/
 sample_prompts = ["red apple", "grinning face"]
 mixed_precision = "no"        # no | fp16 | bf16 (GPU only)
 export_dtype = "float32"      # float32 | float16
@@ -77,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     sample_every: int = 0
+    snapshot_every: int = 0
     sample_prompts: list[str] = field(default_factory=lambda: ["red apple", "grinning face"])
     mixed_precision: str = "no"
     export_dtype: str = "float32"
@@ -113,6 +115,7 @@ INT_KEYS = (
     "checkpoint_every",
     "keep_checkpoints",
     "sample_every",
+    "snapshot_every",
 )
 FLOAT_KEYS = ("lr", "ema_decay", "cfg_dropout", "grad_clip", "kl_weight")
 
@@ -199,6 +202,10 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
     return config
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a config file; ``overrides`` are ``key=value`` strings as for recipes' --set."""
+    from ..recipes import apply_overrides
+
     path = Path(path)
-    return parse_config(read_toml(path, "training config"), str(path), path.parent.resolve())
+    data = apply_overrides(read_toml(path, "training config"), list(overrides), str(path))
+    return parse_config(data, str(path), path.parent.resolve())

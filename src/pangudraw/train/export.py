@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -74,15 +75,15 @@ def _write_atomically(folder: Path, fill) -> Path:
     return folder
 
 
-def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
-    """``<output>/model``: an AutoencoderKL folder (vae stage), a ControlNet folder, or a
-    pipeline folder. Adds the VAE's measured latent std to ``resources``."""
+def export_stage(run, model: torch.nn.Module, resources: dict, target: Path | None = None) -> Path:
+    """``<output>/model`` (or ``target``): an AutoencoderKL folder (vae stage), a ControlNet
+    folder, or a pipeline folder. Adds the VAE's measured latent std to ``resources``."""
     config = run.config
     dtype = torch.float16 if config.export_dtype == "float16" else torch.float32
 
     def fill(folder: Path) -> None:
         grid = Path(config.output) / "samples" / "final.png"
-        if grid.is_file():
+        if grid.is_file() and target is None:
             shutil.copy(grid, folder / "samples.png")
         (folder / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (folder / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
@@ -105,7 +106,8 @@ def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
         }
         if run.space.vae is not None:
-            run.space.vae.save_pretrained(folder / "vae", safe_serialization=True)
+            vae = copy.deepcopy(run.space.vae).to(dtype)
+            vae.save_pretrained(folder / "vae", safe_serialization=True)
             index["vae"] = ["diffusers", "AutoencoderKL"]
         else:
             index["vae"] = [None, None]
@@ -122,4 +124,4 @@ def export_stage(run, model: torch.nn.Module, resources: dict) -> Path:
 
     if config.stage == "vae":
         resources["latent_std_raw"] = calibrate_scaling(model, run.data.mean[:512])
-    return _write_atomically(Path(config.output) / "model", fill)
+    return _write_atomically(target or Path(config.output) / "model", fill)

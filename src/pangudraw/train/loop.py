@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..experts import Expert, SDText
+from ..imageio import save_grid  # noqa: F401  (re-exported: sample grids)
 from ..latents import LatentSpace
 from ..noise import DiscreteVPSchedule
 from .config import SCHEDULE, TrainConfig
@@ -89,18 +90,20 @@ class StageData:
     control: torch.Tensor | None = None  # (N, 3, R, R) control images in [0, 1]
 
 
-def prepare_data(
-    config: TrainConfig, space: LatentSpace, text: SDText | None, codec: str | None = None
-) -> StageData:
-    """Stage pool, latents and text embeddings, each cached once per ingredient set.
+def _cache_folder(config: TrainConfig) -> Path:
+    root = Path(config.data)
+    return (root if root.is_dir() else root.parent) / ".cache"
 
-    ``codec`` names the folder whose VAE and text encoder are used (the trained VAE, or the
-    base expert of a ControlNet); it keys the latent and text caches.
+
+def load_pool(config: TrainConfig) -> Pool:
+    """The stage's images (resized, filtered), cached beside the data.
+
+    The cache sits inside the dataset, so its key need not name the dataset's path (and a
+    dataset copied elsewhere keeps its cache). ``report["cache_key"]`` names the pool.
     """
     records = load_records(config.data)
-    root = Path(config.data)
-    cache = (root if root.is_dir() else root.parent) / ".cache"
-    data_key = _fingerprint(str(root.resolve()), [(r.key, r.text) for r in records])
+    cache = _cache_folder(config)
+    data_key = _fingerprint([(r.key, r.text) for r in records])
     pool_key = _fingerprint(data_key, config.resolution, config.min_size)
     pool_file = cache / f"pool-{pool_key}.json"
     if pool_file.is_file():
@@ -113,6 +116,21 @@ def prepare_data(
         pool_file.write_text(
             json.dumps({"texts": pool.texts, "keys": pool.keys, "report": pool.report})
         )
+    pool.report["cache_key"] = pool_key
+    return pool
+
+
+def prepare_data(
+    config: TrainConfig, space: LatentSpace, text: SDText | None, codec: str | None = None
+) -> StageData:
+    """Stage pool, latents and text embeddings, each cached once per ingredient set.
+
+    ``codec`` names the folder whose VAE and text encoder are used (the trained VAE, or the
+    base expert of a ControlNet); it keys the latent and text caches.
+    """
+    pool = load_pool(config)
+    pool_key = pool.report["cache_key"]
+    cache = _cache_folder(config)
     images = pool.pixels.float() / 127.5 - 1
     if config.stage == "vae":
         return StageData(pool, images, None, None, None)
@@ -252,7 +270,7 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
         data = prepare_data(config, space, text, codec)
     text_dim = 0 if data.embeds is None else data.embeds.shape[-1]
     model = build_model(config, space, text_dim, base)
-    ema = EMAModel(model.parameters(), decay=config.ema_decay)
+    ema = EMAModel(model.parameters(), decay=config.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     if config.stage == "vae":
         loss = VAELoss(config.kl_weight)
@@ -264,12 +282,14 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
         schedule = DiscreteVPSchedule.from_config(SCHEDULE)
         loss = DenoisingLoss(schedule.alphas_cumprod.float(), config.timestep_range)
     model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)  # the shadow weights live beside the model's
     accelerator.register_for_checkpointing(ema)
     state = {"step": 0, "images_seen": 0, "wall_time_s": 0.0}
     if resume is not None:
         folder = resolve_checkpoint(Path(config.output), resume)
         try:
             accelerator.load_state(str(folder))
+            ema.to(accelerator.device)
             state = json.loads((folder / "state.json").read_text())
         except Exception as exc:  # any failure means the checkpoint cannot be used
             raise UserError(
@@ -389,25 +409,13 @@ def save_checkpoint(run: Run) -> Path:
 
 
 def ema_model(run: Run) -> torch.nn.Module:
-    """A copy of the model holding the EMA weights, in eval mode."""
-    model = copy.deepcopy(run.accelerator.unwrap_model(run.model))
+    """A CPU copy of the model holding the EMA weights, in eval mode.
+
+    Sample grids and exports run on the CPU: small, and the same on every machine.
+    """
+    model = copy.deepcopy(run.accelerator.unwrap_model(run.model)).to("cpu")
     run.ema.copy_to(model.parameters())
     return model.eval()
-
-
-def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    """(N, 3, H, W) images in [0, 1] as one PNG grid, ``columns`` wide."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    grid = torch.ones(3, rows * h, columns * w)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = image
-    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
 
 
 def sample_grid(run: Run, path: Path) -> None:
@@ -440,6 +448,8 @@ def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
     from ..experts import Control
 
     base, controls = run.base, run.data.control[:4]
+    device = next(base.unet.parameters()).device
+    base.unet.to("cpu")  # sample beside the CPU copy of the ControlNet
     images = []
     for i, control in enumerate(controls):
         cond = base.encode_prompt([run.data.pool.texts[i]], None, 4.0)
@@ -449,6 +459,7 @@ def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
         scheduler = make_scheduler("dpmpp_2m", base.scheduler_config)
         latents = sample([participant], scheduler, noise, 25)
         images.append((base.space.decode(latents).float() / 2 + 0.5).clamp(0, 1))
+    base.unet.to(device)
     return torch.cat([controls, *images])
 
 
@@ -550,6 +561,13 @@ def train(
                 return None
             if main and config.sample_every and step % config.sample_every == 0:
                 sample_grid(run, output / "samples" / f"step-{step:07d}.png")
+            if main and config.snapshot_every and step % config.snapshot_every == 0:
+                export_stage(
+                    run,
+                    ema_model(run),
+                    resources(run, flops_per_image),
+                    output / "snapshots" / f"step-{step:07d}",
+                )
     finally:
         bar.close()
         if log:

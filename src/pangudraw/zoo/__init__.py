@@ -1,8 +1,9 @@
 """The bundled models: trained by the project (zoo/configs, `make zoo`), shipped in the package.
 
 Each model is a folder under ``zoo/models/`` with safetensors weights, JSON configs and a
-model card (README.md); the monolithic baseline lives in the repository only
-(``zoo/baseline/``), not in the installed package.
+model card (README.md): two VAEs (spaces A and B), the structure + texture pair, the
+monolithic baseline ``full`` (also the Canny ControlNet's base), generator B and two
+ControlNets.
 """
 
 from __future__ import annotations
