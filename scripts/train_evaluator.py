@@ -111,7 +111,8 @@ def main() -> None:
         net.eval()
         with torch.no_grad():
             x = images[test_idx].float() / 255
-            accuracy = float((net.classify(net.features(x)).argmax(1) == labels[test_idx]).float().mean())
+            predicted = net.classify(net.features(x)).argmax(1)
+            accuracy = float((predicted == labels[test_idx]).float().mean())
             held_captions = caption_of[test_idx].unique()
             candidates = captions[held_captions]
             truth = (caption_of[test_idx][:, None] == held_captions[None]).float().argmax(1)
@@ -151,18 +152,21 @@ def card(f: dict, args) -> str:
 
 - stage: `evaluator`
 - resolution: 64 px; data: emoji-datasource-google@16.0.0 (Noto Emoji, Apache-2.0) and
-  emoji-datasource-twitter@16.0.0 (Twemoji, CC-BY 4.0), {f['images']} images, one emoji in
-  ten (both styles) held out: {f['held_out_images']} images
-- what it is: a {f['parameters'] / 1e6:.2f}M-parameter CNN. Its pooled 256-d features are
-  trained to classify the emoji's subcategory ({f['subcategories']} classes; FID uses these
+  emoji-datasource-twitter@16.0.0 (Twemoji, CC-BY 4.0), {f["images"]} images, one emoji in
+  ten (both styles) held out: {f["held_out_images"]} images
+- what it is: a {f["parameters"] / 1e6:.2f}M-parameter CNN. Its pooled 256-d features are
+  trained to classify the emoji's subcategory ({f["subcategories"]} classes; FID uses these
   features), and a projection of them is trained contrastively against the frozen
   all-MiniLM-L6-v2 caption embeddings (caption retrieval measures text alignment).
-- held out: subcategory accuracy {f['held_out_subcategory_accuracy']:.3f}; caption
-  retrieval top-1 {f['held_out_retrieval_top1']:.3f}, top-5 {f['held_out_retrieval_top5']:.3f}
-  among {f['retrieval_candidates']} captions (chance top-1 {f['chance_top1']:.4f})
-- optimizer steps: {f['optimizer_steps']} ({args.epochs} epochs, batch {args.batch}, AdamW,
-  one-cycle lr {args.lr}); wall time: {f['wall_time_s']} s on a 2-core CPU
+- held out: subcategory accuracy {f["held_out_subcategory_accuracy"]:.3f}; caption
+  retrieval top-1 {f["held_out_retrieval_top1"]:.3f}, top-5 {f["held_out_retrieval_top5"]:.3f}
+  among {f["retrieval_candidates"]} captions (chance top-1 {f["chance_top1"]:.4f})
+- optimizer steps: {f["optimizer_steps"]} ({args.epochs} epochs, batch {args.batch}, AdamW,
+  one-cycle lr {args.lr}); wall time: {f["wall_time_s"]} s on a 2-core CPU
 - command: `.venv/bin/python scripts/train_evaluator.py --epochs {args.epochs}`
+
+Weights are stored in float16 (loaded as float32); the held-out figures above were
+measured in float32 just before the conversion.
 
 FID computed with these features is comparable only with itself: say "FID (emoji
 features)" whenever it is quoted.

@@ -25,3 +25,8 @@ for name in vae_a vae_b structure texture full generator_b controlnet_canny cont
   "$BIN/python" -c "from pangudraw.zoo import write_manifest; write_manifest()"
   echo "$dest is ready: commit it (and src/pangudraw/zoo/manifest.json)"
 done
+# The offline evaluator (issue 6): features for FID and caption retrieval.
+if [ ! -f src/pangudraw/zoo/models/emoji_eval/README.md ]; then
+  "$BIN/python" scripts/train_evaluator.py
+  "$BIN/python" -c "from pangudraw.zoo import write_manifest; write_manifest()"
+fi

@@ -1,3 +1,7 @@
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from pangudraw.controls import ControlTransform
@@ -64,3 +68,84 @@ def test_fid_with_a_custom_extractor_separates_real_from_corrupted():
     darker = other * 0.3
     same, corrupted = fid(real, other, extractor), fid(real, darker, extractor)
     assert same >= 0 and corrupted > 10 * max(same, 1e-9)
+
+
+# ---------------------------------------------------------------- the trained evaluator
+
+HELD_OUT = Path(__file__).parent / "data" / "emoji_heldout"  # emoji it never trained on
+
+
+def held_out() -> tuple[torch.Tensor, list[str]]:
+    from pangudraw.evaluate.report import read_folder
+
+    paths, images = read_folder(HELD_OUT)
+    captions = json.loads((HELD_OUT / "captions.json").read_text())
+    return images, [captions[p.name]["text"] for p in paths]
+
+
+def shuffle_pixels(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    n, c, h, w = images.shape
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    return images.flatten(2)[:, :, order].view(n, c, h, w)
+
+
+def test_evaluator_features_separate_real_emoji_from_shuffled_pixels():
+    from pangudraw.evaluate.features import load_evaluator
+    from pangudraw.evaluate.fid import FeatureExtractor, fid
+
+    images, _ = held_out()
+    net = load_evaluator()
+    extractor = FeatureExtractor(net, net.num_features, 64)
+    first, second = images[:32].float() / 255, images[32:].float() / 255
+    real_vs_real = fid(first, second, extractor)
+    real_vs_shuffled = fid(first, shuffle_pixels(images[32:]).float() / 255, extractor)
+    # Same colours, destroyed structure: only a feature net that learned shapes sees it.
+    assert real_vs_shuffled > 5 * real_vs_real, (real_vs_real, real_vs_shuffled)
+
+
+def test_caption_retrieval_on_unseen_emoji_is_far_above_chance():
+    from pangudraw.evaluate.report import evaluate
+
+    images, captions = held_out()
+    report = evaluate(images, captions)
+    assert report["retrieval_candidates"] == 64
+    # chance: top-1 1/64, top-5 5/64
+    assert report["retrieval_top5"] > 4 * 5 / 64, report
+    assert report["retrieval_top1"] > 4 / 64, report
+    shuffled = evaluate(shuffle_pixels(images), captions)
+    assert shuffled["retrieval_top5"] < report["retrieval_top5"] / 2, shuffled
+
+
+def test_eval_command_reports_every_metric(tmp_path, capsys):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from pangudraw.cli.main import cli, main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = sorted(p.name for p in HELD_OUT.glob("*.png"))[:8]
+    for name in names:
+        Image.open(HELD_OUT / name).save(folder / name)
+    prompts = tmp_path / "prompts.txt"
+    captions = json.loads((HELD_OUT / "captions.json").read_text())
+    prompts.write_text("\n".join(captions[n]["text"] for n in names) + "\n")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        cli,
+        ["eval", str(folder), "--prompts", str(prompts), "--reference", str(HELD_OUT),
+         "--edges-from", str(folder / names[0]), "--layout-from", str(folder / names[0]),
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not Inception" in result.output
+    report = json.loads(out.read_text())
+    assert report["images"] == 8 and report["retrieval_candidates"] == 8
+    assert report["fid_emoji_features"] >= 0
+    assert 0 < report["edge_f1"] <= 1 and 0 <= report["colour_layout_error"] < 1
+    prompts.write_text("one\ntwo\nthree\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["eval", str(folder), "--prompts", str(prompts)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "3 prompts for 8 images" in err and len(err.splitlines()) == 1

@@ -22,7 +22,7 @@ GENERATORS = ("structure", "texture", "full", "generator_b")
 
 def test_the_zoo_is_complete_and_within_its_size_budget():
     names = {m.name for m in list_models()}
-    assert names == {"vae_a", "vae_b", *GENERATORS, *CONTROLNET_BASES}
+    assert names == {"vae_a", "vae_b", *GENERATORS, *CONTROLNET_BASES, "emoji_eval"}
     assert sum(m.megabytes for m in list_models()) <= 80 * 1e6 / 2**20
 
 
@@ -52,6 +52,12 @@ def test_every_model_loads_and_matches_its_card(model):
         vae = AutoencoderKL.from_pretrained(model.path, torch_dtype=torch.float32)
         assert vae.config.latent_channels == config["vae_model"]["latent_channels"]
         assert vae.config.scaling_factor == pytest.approx(1 / resources["latent_std_raw"])
+    elif config["stage"] == "evaluator":
+        from pangudraw.evaluate.features import load_evaluator
+
+        net = load_evaluator(model.path)
+        assert len(net.classes) == resources["subcategories"]
+        assert f"{resources['held_out_subcategory_accuracy']:.3f}" in card
     elif config["stage"] == "controlnet":
         from pangudraw.experts import load_expert
         from pangudraw.pipelines import load_controlnet

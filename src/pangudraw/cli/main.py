@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from . import coop, data, env, generate, models, train
+from . import coop, data, env, evaluate, generate, models, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +22,7 @@ cli.add_command(env.command)
 cli.add_command(train.command)
 cli.add_command(data.group)
 cli.add_command(models.command)
+cli.add_command(evaluate.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,7 +72,7 @@ class EmojiNet(nn.Module):
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.half().contiguous() for k, v in self.state_dict().items()}  # float16
         save_file(state, folder / "model.safetensors")
         (folder / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
 
@@ -88,7 +88,7 @@ def load_evaluator(folder: str | Path | None = None) -> EmojiNet:
         raise UserError(f"{folder} is not an evaluator folder (config.json, model.safetensors)")
     config = json.loads((folder / "config.json").read_text())
     net = EmojiNet(config["classes"], config["width"], config["features"], config["text_dim"])
-    net.load_state_dict(load_file(folder / "model.safetensors"))
+    net.load_state_dict({k: v.float() for k, v in load_file(folder / "model.safetensors").items()})
     return net.eval()
 
 

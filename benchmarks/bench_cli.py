@@ -1,0 +1,94 @@
+"""Cold and warm `pangu-draw generate` on the bundled models (issue 5's benchmark).
+
+Cold: process start to PNG written, `pangu-draw generate "red apple"` (64x64, 25 steps,
+the zoo's structure + texture), against `python -c "import torch, diffusers, transformers"`
+alone, runs alternating so that machine noise hits both. Warm: per-image time inside one
+process once the models are loaded. Peak RSS of the cold process.
+
+    .venv/bin/python benchmarks/bench_cli.py          # writes benchmarks/results/cli.{json,png}
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+BIN = Path(sys.executable).parent
+RUNS = 5
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    tick = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    wall = time.perf_counter() - tick
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(after, before) / 1024  # ru_maxrss of children: the largest so far
+
+
+def main() -> None:
+    imports = [sys.executable, "-c", "import torch, diffusers, transformers"]
+    out = Path(tempfile.mkdtemp()) / "apple.png"
+    cold = [str(BIN / "pangu-draw"), "generate", "red apple", "--seed", "0", "-o", str(out)]
+    timed(cold)  # file-system caches warm for both
+    import_times, cold_times, rss = [], [], 0.0
+    for _ in range(RUNS):
+        import_times.append(timed(imports)[0])
+        wall, peak = timed(cold)
+        cold_times.append(wall)
+        rss = max(rss, peak)
+
+    from pangudraw.experts import load_expert
+    from pangudraw.pipelines import generate
+    from pangudraw.zoo import MODELS
+
+    structure, texture = load_expert(MODELS / "structure"), load_expert(MODELS / "texture")
+    generate(structure, texture, "red apple", None, 25, 7.0, 0)  # warm-up
+    warm = []
+    for seed in range(RUNS):
+        tick = time.perf_counter()
+        generate(structure, texture, "red apple", None, 25, 7.0, seed)
+        warm.append(time.perf_counter() - tick)
+
+    result = {
+        "import_torch_diffusers_transformers_s": statistics.median(import_times),
+        "cold_generate_s": statistics.median(cold_times),
+        "cold_over_imports": statistics.median(cold_times) / statistics.median(import_times),
+        "warm_per_image_s": statistics.median(warm),
+        "cold_peak_rss_mib": round(rss, 1),
+        "runs": RUNS,
+        "goals": {"cold_over_imports": 1.5, "warm_per_image_s": 0.5, "cold_peak_rss_mib": 1024},
+        "settings": "64x64, 25 euler steps, guidance 7, structure + texture from the zoo",
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cli.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels = ["import torch,\ndiffusers, transformers", "cold generate\n(process to PNG)",
+              "warm, per image"]  # fmt: skip
+    values = [result["import_torch_diffusers_transformers_s"], result["cold_generate_s"],
+              result["warm_per_image_s"]]  # fmt: skip
+    ax.barh(labels, values, color=["#999", "#c44", "#48c"])
+    ax.axvline(1.5 * values[0], ls="--", c="k", lw=1, label="goal for cold: 1.5x imports")
+    ax.set_xlabel("seconds (median of 5)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cli.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
