@@ -84,6 +84,16 @@ def main() -> None:
             print(label, points[-1], flush=True)
         curves[label] = points
 
+    # The floor: 192 real emoji (the same captions' images) against the whole set.
+    index = np.load(Path(__file__).parent / "data" / "training_full.npz")["caption_index"]
+    real_sample = real[torch.from_numpy(index)]
+    distinct = sorted({texts[i] for i in index})
+    truth = torch.tensor([distinct.index(texts[i]) for i in index])
+    floor = {
+        "fid_emoji_features": fid(reference, real_sample.float() / 255, extractor),
+        "retrieval_top5": retrieval(net, real_sample, caption_embeddings(distinct), truth)[5],
+    }
+    print("real images", floor, flush=True)
     full_final = curves["full"][-1]
     dec = curves["decoupled"]
     reach = crossing(
@@ -104,6 +114,7 @@ def main() -> None:
         if reach is None
         else reach / full_final["training_flops"],
         "usable_images": usable,
+        "real_images_same_captions": floor,
         "samples_per_point": int(len(data["caption_index"])),
         "reference_images": len(real),
         "note": "FID in the bundled evaluator's emoji features (domain-trained, not Inception); "
@@ -112,10 +123,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "curves"}, indent=2))
-    plot(curves, RESULTS / "training_quality.png")
+    plot(curves, floor, RESULTS / "training_quality.png")
 
 
-def plot(curves: dict, path: Path) -> None:
+def plot(curves: dict, floor: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,6 +139,8 @@ def plot(curves: dict, path: Path) -> None:
         x = [p["training_flops"] for p in points]
         axes[0].plot(x, [p["fid_emoji_features"] for p in points], "o-", c=colour, label=name)
         axes[1].plot(x, [p["retrieval_top5"] for p in points], "o-", c=colour, label=name)
+    axes[0].axhline(floor["fid_emoji_features"], ls="--", c="k", lw=1, label="real images")
+    axes[1].axhline(floor["retrieval_top5"], ls="--", c="k", lw=1, label="real images")
     axes[0].set_ylabel("FID (emoji features, lower is better)")
     axes[1].set_ylabel("caption retrieval top-5 (of 192)")
     for ax in axes:
