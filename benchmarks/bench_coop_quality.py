@@ -128,7 +128,7 @@ def main() -> None:
         "Coop, carry, bridge every 2": ([edge_part(0.5), colour_part(0.5)], site_a, "carry", 2),
         "Coop, carry, bridge every 4": ([edge_part(0.5), colour_part(0.5)], site_a, "carry", 4),
     }  # fmt: skip
-    multi, sheets = {}, []
+    multi, resolution, sheets = {}, {}, []
     for name, (parts, canvas, policy, k) in configs.items():
         tick = time.perf_counter()
         images = run(parts, canvas, n, policy, k)
@@ -136,13 +136,14 @@ def main() -> None:
         multi[name]["wall_s"] = round(time.perf_counter() - tick, 1)
         sheets.append(images[:8])
         print(name, multi[name], flush=True)
+        save(multi, resolution, n)
+    save_sheets(multi, sheets, held[:8], held[n : n + 8], RESULTS / "coop_quality_samples.png")
 
     # Resolution: a 32 px expert with a 64 px expert, at 64 and 128 px.
     structure = load_expert("zoo:structure")
     index = np.random.default_rng(1).choice(len(texts), 64, replace=False)
     res_prompts = [texts[i] for i in index]
     split = split_sigma(full, 500)
-    resolution = {}
     for size in (64, 128):
         canvas = Site(full.space, (size, size))
         cond = full.encode_prompt(res_prompts, None, GUIDANCE)
@@ -159,48 +160,60 @@ def main() -> None:
             resolution[name] = metrics(images, res_prompts, net, extractor, reference)
             resolution[name]["wall_s"] = round(time.perf_counter() - tick, 1)
             print(name, resolution[name], flush=True)
+            save(multi, resolution, n)
+
+
+def save(multi: dict, resolution: dict, n: int) -> None:
+    """The JSON and the plot, rewritten after every configuration (a stopped run keeps
+    what it measured)."""
 
     result = {
         "multi_control": multi,
         "resolution": resolution,
         "settings": {"steps": STEPS, "guidance": GUIDANCE, "sampler": SAMPLER,
-                     "multi_control_images": n, "resolution_images": len(res_prompts)},
+                     "multi_control_images": n, "resolution_images": 64},
         "note": "FID in the bundled evaluator's emoji features (not Inception), few samples: "
-        "compare rows with each other only.",
+        "compare rows with each other only. wall_s was measured beside other jobs.",
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coop_quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(multi, sheets, held[:8], held[n : n + 8], RESULTS / "coop_quality.png")
+    plot(multi, RESULTS / "coop_quality.png")
 
 
-def plot(multi: dict, sheets: list, edge_sources, colour_sources, path: Path) -> None:
+def plot(multi: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("edge source", edge_sources), ("colour source", colour_sources)]
-    rows += list(zip(multi, sheets))
-    fig = plt.figure(figsize=(11, 1.1 * len(rows) + 0.3))
-    grid = fig.add_gridspec(len(rows), 2, width_ratios=[3, 2])
-    for r, (name, images) in enumerate(rows):
-        ax = fig.add_subplot(grid[r, 0])
-        strip = torch.cat(list(images.permute(0, 2, 3, 1)), dim=1).numpy()
-        ax.imshow(strip)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-    ax = fig.add_subplot(grid[2:, 1])
     names = list(multi)
     y = np.arange(len(names))
-    ax.barh(y - 0.2, [multi[n]["edge_f1"] for n in names], 0.4, label="edge F1 (higher)")
-    ax.barh(y + 0.2, [multi[n]["colour_layout_error"] for n in names], 0.4,
-            label="colour-layout error (lower)")  # fmt: skip
-    ax.set_yticks(y, [""] * len(names))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    ax.barh(y - 0.2, [multi[k].get("edge_f1", 0) for k in names], 0.4,
+            label="edge F1 vs the edge map (higher is better)")  # fmt: skip
+    ax.barh(y + 0.2, [multi[k].get("colour_layout_error", 0) for k in names], 0.4,
+            label="colour-layout error vs the layout (lower is better)")  # fmt: skip
+    ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def save_sheets(multi: dict, sheets: list, edge_sources, colour_sources, path: Path) -> None:
+    """Eight samples of each configuration under the two source rows, as one PNG."""
+    from PIL import Image, ImageDraw
+
+    rows = [("edge source", edge_sources), ("colour source", colour_sources)]
+    rows += list(zip(multi, sheets))
+    label = 230
+    canvas = Image.new("RGB", (label + 8 * 64, 64 * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, images) in enumerate(rows):
+        strip = torch.cat(list(images.permute(0, 2, 3, 1)), dim=1).numpy()
+        canvas.paste(Image.fromarray(strip), (label, 64 * r))
+        draw.text((4, 64 * r + 26), name, fill="black")
+    canvas.save(path)
 
 
 if __name__ == "__main__":
