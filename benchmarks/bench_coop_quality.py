@@ -15,6 +15,7 @@ expert (space A, t < 500) via Coop against the 64 px expert alone, at 64 and 128
 64 captions drawn from the data.
 
     .venv/bin/python benchmarks/bench_coop_quality.py
+    .venv/bin/python benchmarks/bench_coop_quality.py --resolution 128   # one part, merged
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def metrics(images, prompts, net, extractor, reference, edges=None, layouts=None
     return out
 
 
-def main() -> None:
+def main(only_sizes: tuple[int, ...] = ()) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -129,6 +130,9 @@ def main() -> None:
         "Coop, carry, bridge every 4": ([edge_part(0.5), colour_part(0.5)], site_a, "carry", 4),
     }  # fmt: skip
     multi, resolution, sheets = {}, {}, []
+    if only_sizes:  # add to the saved results instead of starting over
+        saved = json.loads((RESULTS / "coop_quality.json").read_text())
+        multi, resolution, configs = saved["multi_control"], saved["resolution"], {}
     for name, (parts, canvas, policy, k) in configs.items():
         tick = time.perf_counter()
         images = run(parts, canvas, n, policy, k)
@@ -137,14 +141,15 @@ def main() -> None:
         sheets.append(images[:8])
         print(name, multi[name], flush=True)
         save(multi, resolution, n)
-    save_sheets(multi, sheets, held[:8], held[n : n + 8], RESULTS / "coop_quality_samples.png")
+    if sheets:
+        save_sheets(multi, sheets, held[:8], held[n : n + 8], RESULTS / "coop_quality_samples.png")
 
     # Resolution: a 32 px expert with a 64 px expert, at 64 and 128 px.
     structure = load_expert("zoo:structure")
     index = np.random.default_rng(1).choice(len(texts), 64, replace=False)
     res_prompts = [texts[i] for i in index]
     split = split_sigma(full, 500)
-    for size in (64, 128):
+    for size in only_sizes or (64, 128):
         canvas = Site(full.space, (size, size))
         cond = full.encode_prompt(res_prompts, None, GUIDANCE)
         alone = [Participant(full, cond, GUIDANCE)]
@@ -217,4 +222,14 @@ def save_sheets(multi: dict, sheets: list, edge_sources, colour_sources, path: P
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        nargs="+",
+        default=[],
+        help="run only the resolution part at these sizes, merged into the JSON",
+    )
+    main(tuple(parser.parse_args().resolution))
