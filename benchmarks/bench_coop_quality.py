@@ -49,26 +49,18 @@ def run(participants, canvas, n, policy="carry", bridge_every=1, seed=0) -> torc
     return (images * 255).round().to(torch.uint8)
 
 
-def metrics(images, prompts, net, extractor, reference, edges=None, layouts=None) -> dict:
+def metrics(images, prompts, net, fid, edges=None, layouts=None) -> dict:
+    """``fid``: a scorer from :func:`pangudraw.evaluate.fid.fid_against`."""
     from pangudraw.evaluate.control import colour_layout_error, edge_f1
     from pangudraw.evaluate.features import caption_embeddings
-    from pangudraw.evaluate.fid import fid
-    from pangudraw.evaluate.report import retrieval
+    from pangudraw.evaluate.report import resize_pixels, retrieval
 
-    if images.shape[-1] != 64:  # the evaluator sees 64 px
-        images = (
-            torch.nn.functional.interpolate(
-                images.float(), size=(64, 64), mode="bilinear", antialias=True
-            )
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-        )
+    images = resize_pixels(images, (64, 64))  # the evaluator sees 64 px
     distinct = sorted(set(prompts))
     truth = torch.tensor([distinct.index(p) for p in prompts])
     accuracy = retrieval(net, images, caption_embeddings(distinct), truth)
     out = {
-        "fid_emoji_features": fid(reference, images.float() / 255, extractor),
+        "fid_emoji_features": fid(images.float() / 255),
         "retrieval_top1": accuracy[1],
         "retrieval_top5": accuracy[5],
     }
@@ -89,15 +81,14 @@ def main(only_sizes: tuple[int, ...] = ()) -> None:
     from pangudraw.controls import ControlTransform
     from pangudraw.coop import Participant
     from pangudraw.evaluate.features import load_evaluator
-    from pangudraw.evaluate.fid import FeatureExtractor
+    from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import read_folder
     from pangudraw.experts import Control, load_expert
     from pangudraw.pipelines import load_controlnet, split_sigma
 
     real, texts = real_images()
-    reference = real.float() / 255
     net = load_evaluator()
-    extractor = FeatureExtractor(net, net.num_features, 64)
+    fid = fid_against(real.float() / 255, FeatureExtractor(net, net.num_features, 64))
     full, gen_b = load_expert("zoo:full"), load_expert("zoo:generator_b")
     canny, colour = (
         load_controlnet("zoo:controlnet_canny", full),
@@ -136,7 +127,7 @@ def main(only_sizes: tuple[int, ...] = ()) -> None:
     for name, (parts, canvas, policy, k) in configs.items():
         tick = time.perf_counter()
         images = run(parts, canvas, n, policy, k)
-        multi[name] = metrics(images, prompts, net, extractor, reference, edges, layouts)
+        multi[name] = metrics(images, prompts, net, fid, edges, layouts)
         multi[name]["wall_s"] = round(time.perf_counter() - tick, 1)
         sheets.append(images[:8])
         print(name, multi[name], flush=True)
@@ -162,7 +153,7 @@ def main(only_sizes: tuple[int, ...] = ()) -> None:
                             (f"32 px structure + 64 px expert at {size} px", coop)):  # fmt: skip
             tick = time.perf_counter()
             images = run(parts, canvas, len(res_prompts))
-            resolution[name] = metrics(images, res_prompts, net, extractor, reference)
+            resolution[name] = metrics(images, res_prompts, net, fid)
             resolution[name]["wall_s"] = round(time.perf_counter() - tick, 1)
             print(name, resolution[name], flush=True)
             save(multi, resolution, n)

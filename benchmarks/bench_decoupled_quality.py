@@ -5,9 +5,9 @@ The images come from snapshots taken during the zoo's GPU training (scripts/devi
 zoo_gpu.sh, eval_snapshots.py): at each point, 192 captions drawn from the training data
 with a fixed seed, the same seeds, 25 dpmpp_2m steps, guidance 4; the structure snapshot k
 paired with the texture snapshot k (their FLOPs add) against the monolithic snapshot. They
-are stored in benchmarks/data/training_*.npz. The reference for FID is the whole Noto set
-(3,786 images; built with `pangu-draw data emoji` when missing). FID is in the bundled
-evaluator's emoji features, not Inception.
+are stored with the zoo's training records in zoo/snapshot_images/*.npz. The reference for
+FID is the whole Noto set (3,786 images; built with `pangu-draw data emoji` when missing).
+FID is in the bundled evaluator's emoji features, not Inception.
 
     .venv/bin/python benchmarks/bench_decoupled_quality.py
 """
@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data/emoji-google"
 RESULTS = Path(__file__).parent / "results"
+SNAPSHOTS = ROOT / "zoo/snapshot_images"  # decoupled.npz, full.npz: made on the GPU
 
 
 def real_images() -> tuple[torch.Tensor, list[str]]:
@@ -55,17 +56,17 @@ def crossing(flops: np.ndarray, fid: np.ndarray, target: float) -> float | None:
 
 def main() -> None:
     from pangudraw.evaluate.features import caption_embeddings, load_evaluator
-    from pangudraw.evaluate.fid import FeatureExtractor, fid
+    from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import retrieval
     from pangudraw.zoo import MODELS
 
     real, texts = real_images()
     net = load_evaluator()
     extractor = FeatureExtractor(net, net.num_features, 64)
-    reference = real.float() / 255
+    fid = fid_against(real.float() / 255, extractor)  # reference features computed once
     curves = {}
     for label in ("decoupled", "full"):
-        data = np.load(Path(__file__).parent / "data" / f"training_{label}.npz")
+        data = np.load(SNAPSHOTS / f"{label}.npz")
         prompts = [texts[i] for i in data["caption_index"]]
         distinct = sorted(set(prompts))
         captions = caption_embeddings(distinct)
@@ -77,7 +78,7 @@ def main() -> None:
             points.append({
                 "steps": [int(s) for s in np.atleast_1d(steps)],
                 "training_flops": float(flops),
-                "fid_emoji_features": fid(reference, batch.float() / 255, extractor),
+                "fid_emoji_features": fid(batch.float() / 255),
                 "retrieval_top1": accuracy[1],
                 "retrieval_top5": accuracy[5],
             })  # fmt: skip
@@ -85,12 +86,12 @@ def main() -> None:
         curves[label] = points
 
     # The floor: 192 real emoji (the same captions' images) against the whole set.
-    index = np.load(Path(__file__).parent / "data" / "training_full.npz")["caption_index"]
+    index = np.load(SNAPSHOTS / "full.npz")["caption_index"]
     real_sample = real[torch.from_numpy(index)]
     distinct = sorted({texts[i] for i in index})
     truth = torch.tensor([distinct.index(texts[i]) for i in index])
     floor = {
-        "fid_emoji_features": fid(reference, real_sample.float() / 255, extractor),
+        "fid_emoji_features": fid(real_sample.float() / 255),
         "retrieval_top5": retrieval(net, real_sample, caption_embeddings(distinct), truth)[5],
     }
     print("real images", floor, flush=True)

@@ -49,7 +49,7 @@ def figures(folder: Path) -> tuple[int, float]:
 
 def main(out: Path, n: int = 256, device: str = "cuda") -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    import train  # noqa: F401  (the trimmed text encoder, as in training)
+    import train  # the trimmed text encoder, as in training
 
     train.patch()
     from pangudraw.experts import load_expert

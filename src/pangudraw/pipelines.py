@@ -182,6 +182,11 @@ def read_image(path: str, mode: str, size: tuple[int, int], what: str) -> torch.
     return resize_images(tensor, size).clamp(0, 1)
 
 
+def read_pixels(path: str, size: tuple[int, int], what: str) -> torch.Tensor:
+    """An RGB image file as (1, 3, H, W) uint8, resized (antialiased) to ``size`` (H, W)."""
+    return (read_image(path, "RGB", size, what) * 255).round().to(torch.uint8)
+
+
 def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
     """The control image of a recipe control: given, or computed from its source image."""
     if spec.image is not None:
@@ -195,8 +200,7 @@ def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
             f"ControlNet {spec.model} has no control.json, so it cannot turn a "
             "source image into a control image; give image instead of source"
         )
-    pixels = (read_image(spec.source, "RGB", size, "source image") * 255).round().to(torch.uint8)
-    return transform(pixels)
+    return transform(read_pixels(spec.source, size, "source image"))
 
 
 def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):

@@ -47,7 +47,7 @@ def command(images_dir, prompts_file, reference, edges_from, layout_from, json_o
     not Inception or CLIP), so the numbers compare emoji generators with each other.
     """
     from ..evaluate.report import evaluate, format_report, read_folder, read_prompts
-    from ..pipelines import read_image
+    from ..pipelines import read_pixels
     from .progress import quiet_libraries
 
     quiet_libraries()
@@ -56,13 +56,7 @@ def command(images_dir, prompts_file, reference, edges_from, layout_from, json_o
     real = read_folder(reference)[1] if reference is not None else None
 
     def source(path):
-        if path is None:
-            return None
-        return (
-            (read_image(str(path), "RGB", images.shape[-2:], "control source") * 255)
-            .round()
-            .to(images.dtype)
-        )
+        return None if path is None else read_pixels(str(path), images.shape[-2:], "source")
 
     report = evaluate(images, prompts, real, source(edges_from), source(layout_from))
     click.echo(format_report(report))

@@ -5,6 +5,8 @@ Every report that quotes these numbers must say that the features are domain-tra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -29,15 +31,31 @@ class FeatureExtractor(nn.Module):
         return self.net(images).flatten(1).double()
 
 
-def fid(real: torch.Tensor, generated: torch.Tensor, extractor: FeatureExtractor) -> float:
-    """FID between two sets of (N, 3, H, W) images in [0, 1] in ``extractor``'s feature space."""
+def fid_against(real: torch.Tensor, extractor: FeatureExtractor) -> Callable[[torch.Tensor], float]:
+    """FID of image sets against one reference whose features are computed once.
+
+    ``real`` and every set are (N, 3, H, W) images in [0, 1], in ``extractor``'s space.
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(
-        feature=extractor, normalize=True, input_img_size=(3, extractor.size, extractor.size)
+        feature=extractor,
+        normalize=True,
+        input_img_size=(3, extractor.size, extractor.size),
+        reset_real_features=False,
     )
     for chunk in real.split(256):
         metric.update(chunk, real=True)
-    for chunk in generated.split(256):
-        metric.update(chunk, real=False)
-    return float(metric.compute())
+
+    def score(generated: torch.Tensor) -> float:
+        metric.reset()  # the generated half only
+        for chunk in generated.split(256):
+            metric.update(chunk, real=False)
+        return float(metric.compute())
+
+    return score
+
+
+def fid(real: torch.Tensor, generated: torch.Tensor, extractor: FeatureExtractor) -> float:
+    """FID between two sets of (N, 3, H, W) images in [0, 1] in ``extractor``'s feature space."""
+    return fid_against(real, extractor)(generated)

@@ -101,13 +101,14 @@ def evaluate(
         from ..controls import ControlTransform
         from .control import colour_layout_error, edge_f1
 
-        n = len(images)
+        n, size = len(images), images.shape[-2:]
         if edges_from is not None:
-            edges = ControlTransform("canny")(_fit(edges_from, images)).expand(n, -1, -1, -1)
-            report["edge_f1"] = float(edge_f1(images, edges).mean())
+            edges = ControlTransform("canny")(resize_pixels(edges_from, size))
+            report["edge_f1"] = float(edge_f1(images, edges.expand(n, -1, -1, -1)).mean())
         if layout_from is not None:
-            layout = ControlTransform("colour")(_fit(layout_from, images)).expand(n, -1, -1, -1)
-            report["colour_layout_error"] = float(colour_layout_error(images, layout).mean())
+            layout = ControlTransform("colour")(resize_pixels(layout_from, size))
+            error = colour_layout_error(images, layout.expand(n, -1, -1, -1))
+            report["colour_layout_error"] = float(error.mean())
     return report
 
 
@@ -117,12 +118,12 @@ def retrieval(net, images: torch.Tensor, captions: torch.Tensor, truth: torch.Te
     return retrieval_accuracy(net, images.float() / 255, captions, truth)
 
 
-def _fit(source: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (1, 3, H, W) uint8 source image resized to the images' size."""
-    if source.shape[-2:] == like.shape[-2:]:
-        return source
+def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images resized (antialiased) to ``size``; unchanged if already so."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
     resized = torch.nn.functional.interpolate(
-        source.float(), size=like.shape[-2:], mode="bilinear", antialias=True
+        images.float(), size=tuple(size), mode="bilinear", antialias=True
     )
     return resized.round().clamp(0, 255).to(torch.uint8)
 

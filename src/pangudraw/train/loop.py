@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..experts import Expert, SDText
-from ..imageio import save_grid  # noqa: F401  (re-exported: sample grids)
+from ..imageio import save_grid
 from ..latents import LatentSpace
 from ..noise import DiscreteVPSchedule
 from .config import SCHEDULE, TrainConfig
