@@ -136,7 +136,10 @@ BAD_INPUT = {
     "missing model": (["--structure", "{tmp}/nowhere"], "does not exist"),
     "not a diffusers folder": (["--structure", "{tmp}"], "not a diffusers model folder"),
     "width not divisible": (["--structure", "{sd}", "--width", "15"], "not divisible by the VAE"),
-    "steps below one": (["--structure", "{sd}", "--steps", "0"], "steps must be at least 1"),
+    "steps below one": (
+        ["--structure", "{sd}", "--steps", "0"],
+        r"steps must be an integer in \[1, 1000\], got 0",
+    ),
     "split at T": (
         ["--structure", "{sd}", "--texture", "{sd}", "--split", "1000"],
         r"split 1000 is outside \(0, 1000\)",

@@ -8,7 +8,7 @@ from PIL import Image
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.imageio import read_record
-from pangudraw.recipes import apply_overrides, load_recipe, parse_recipe, recipe_from_dict
+from pangudraw.recipes import apply_overrides, load_recipe, parse_recipe
 
 RECIPE = """
 prompt = "a red apple"
@@ -58,13 +58,18 @@ def test_recipe_parses_with_defaults_and_relative_paths(tmp_path):
     assert (recipe.steps, recipe.sampler, recipe.noise) == (25, "euler", "carry")
 
 
-def test_round_trip_through_the_stored_form(recipe_file):
+def test_round_trip_through_the_stored_form(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
-    again = recipe_from_dict(recipe.to_dict())
+    again = parse_recipe(recipe.to_table(), "stored", tmp_path)
     assert again == recipe
     assert again.experts[0].window.hi == 1000
+    # Stored relative to a folder, read back relative to it.
+    stored = recipe.to_table(tmp_path / "out")
+    assert not any(e["model"].startswith("/") for e in stored["experts"])
+    assert parse_recipe(stored, "stored", tmp_path / "out") == recipe
     sigma_recipe = load_recipe(recipe_file, ["experts.0.window={ sigma = [1.0, inf] }"])
-    assert recipe_from_dict(sigma_recipe.to_dict()).experts[0].window.hi == math.inf
+    stored = parse_recipe(sigma_recipe.to_table(), "stored", tmp_path)
+    assert stored.experts[0].window.hi == math.inf
 
 
 def test_overrides_reach_nested_fields(recipe_file):
@@ -153,13 +158,28 @@ def test_coop_command_stores_its_recipe_and_reproduces_from_png(recipe_file, tmp
     assert "layout (sd_b, w=1, CFG 2) + detail (sd, w=1.5, CFG 2)" in parameters
     assert read_record(out)["recipe"]["experts"][1]["weight"] == 1.5
 
+    # The models lie outside the PNG's folder: reading them needs the user's say-so.
     again = tmp_path / "again.png"
-    main(["coop", "--from-png", str(out), "-o", str(again)])
+    with pytest.raises(SystemExit):
+        main(["coop", "--from-png", str(out), "-o", str(again)])
+    assert not again.exists()
+    main(["coop", "--from-png", str(out), "--allow-outside-paths", "-o", str(again)])
     with Image.open(out) as a, Image.open(again) as b:
         assert a.tobytes() == b.tobytes()
 
     other = tmp_path / "other.png"
-    main(["coop", "--from-png", str(out), "--set", "seed=6", "-o", str(other)])
+    main(
+        [
+            "coop",
+            "--from-png",
+            str(out),
+            "--allow-outside-paths",
+            "--set",
+            "seed=6",
+            "-o",
+            str(other),
+        ]
+    )
     with Image.open(out) as a, Image.open(other) as b:
         assert a.tobytes() != b.tobytes()
 
@@ -210,6 +230,6 @@ def test_coop_needs_exactly_one_source(recipe_file, tmp_path, capsys):
         "error: give either a RECIPE file or --from-png IMAGE, not both or neither\n",
     )
     code, err = run(["coop", "--from-png", str(recipe_file)], capsys)
-    assert code == 2 and "holds no pangu-draw coop recipe" in err
+    assert code == 2 and "is not a PNG file that can be read" in err
     code, err = run(["coop", str(tmp_path / "missing.toml")], capsys)
     assert code == 2 and "does not exist" in err

@@ -288,7 +288,7 @@ def test_two_processes_under_accelerate_launch(workspace):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = root / "runs/twoproc/checkpoints/checkpoint-0000003"
-    assert (checkpoint / "random_states_1.pkl").is_file()  # a second process took part
+    assert (checkpoint / "rng-1.safetensors").is_file()  # a second process took part
     assert json.loads((root / "runs/twoproc/resources.json").read_text())["processes"] == 2
     load_expert(root / "runs/twoproc/model")
     # The checkpoint loads in a single process too.
@@ -315,7 +315,7 @@ def test_bad_training_input_is_one_line_exit_2(workspace, tmp_path, capsys):
         ({"min_size": 64}, "no usable images: 21 in the dataset, 20 below min_size 64"),
         ({"t_range": [600, 600]}, r"t_range: expected \[lo, hi\]"),
         ({"t_range": [0, 1200]}, r"t_range: expected \[lo, hi\]"),
-        ({"batch_size": 0}, "batch_size: expected an integer >= 1"),
+        ({"batch_size": 0}, r"batch_size: expected a value in \[1, 65536\], got 0"),
     ]
     for extra, message in cases:
         config = write_config(workspace, "bad", "full", **extra)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .imageio import resize_images
 from .latents import LatentSpace
 
 
@@ -27,13 +27,6 @@ class Site:
 
     def same_as(self, other: Site) -> bool:
         return self.size == other.size and self.space.same_as(other.space)
-
-
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of (B, 3, H, W) images; identity at the same size."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
 def bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:

@@ -7,7 +7,7 @@ recipe can give a source image and get the same kind of control image the net sa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .files import read_json
 
 KINDS = ("canny", "colour")
 
@@ -32,6 +33,10 @@ class ControlTransform:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise UserError(f"unknown control kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        for name, lo, hi in (("low", 0, 1000), ("high", 0, 1000), ("cells", 1, 256)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise UserError(f"control {name} must be an integer in [{lo}, {hi}], got {value!r}")
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 images -> (N, 3, H, W) float control images in [0, 1]."""
@@ -51,6 +56,20 @@ class ControlTransform:
         (folder / "control.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
+    def from_dict(cls, table: dict, where: str) -> ControlTransform:
+        """A transform from its saved fields; unknown fields and wrong types name ``where``."""
+        unknown = sorted(set(table) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r}; known: kind, low, high, cells")
+        try:
+            return cls(**table)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+
+    @classmethod
     def load(cls, folder: Path) -> ControlTransform | None:
+        """The transform saved beside a ControlNet, or None when it has none."""
         path = Path(folder) / "control.json"
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return cls.from_dict(read_json(path, "control transform"), str(path))

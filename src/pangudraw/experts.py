@@ -10,7 +10,6 @@ serve concurrent requests.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,9 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from .errors import UserError
+from .files import read_json
 from .latents import LatentSpace
-from .noise import DiscreteVPSchedule, Schedule, to_x0
+from .noise import PREDICTION_TYPES, DiscreteVPSchedule, Schedule, to_x0
 from .textenc import MINILM_REFERENCE, load_minilm
 
 
@@ -288,6 +288,77 @@ def download(repo_id: str, allow_pickle: bool = False) -> Path:
         ) from exc
 
 
+_TEXT_ENCODERS = {
+    ("transformers", "CLIPTextModel"),
+    ("transformers", "CLIPTextModelWithProjection"),
+}
+_TOKENIZERS = {("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}
+COMPONENTS: dict[str, set[tuple[str, str]]] = {
+    "unet": {("diffusers", "UNet2DConditionModel")},
+    "vae": {("diffusers", "AutoencoderKL")},
+    "text_encoder": _TEXT_ENCODERS,
+    "text_encoder_2": _TEXT_ENCODERS,
+    "tokenizer": _TOKENIZERS,
+    "tokenizer_2": _TOKENIZERS,
+}
+"""The classes a model folder's ``model_index.json`` may name for the components we load.
+
+A model folder is untrusted input: its index is checked against this list before anything
+is imported, so it can neither import an arbitrary module nor pick a loader that ignores
+the safetensors-only rule.
+"""
+
+
+def component_class(index_file: Path, name: str, spec) -> type:
+    """The allow-listed class that ``model_index.json`` names for component ``name``."""
+    allowed = COMPONENTS.get(name, set())
+    entry = tuple(spec) if isinstance(spec, list) else None
+    if entry not in allowed:
+        shown = ".".join(map(str, spec)) if isinstance(spec, list) else repr(spec)
+        known = ", ".join(sorted(".".join(a) for a in allowed)) or "nothing"
+        raise UserError(f"{index_file}: {name} is {shown}; pangu-draw loads only {known} there")
+    library, class_name = entry
+    return getattr(importlib.import_module(library), class_name)
+
+
+def read_scheduler_config(path: Path) -> tuple[dict, DiscreteVPSchedule]:
+    """A diffusers scheduler config, checked, and the training schedule it describes.
+
+    ``_class_name`` must be a diffusers scheduler and every other key one of its
+    arguments: a typo or a foreign key is an error, not silently ignored.
+    """
+    import inspect
+
+    import diffusers
+
+    config = read_json(path, "scheduler config")
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or not inspect.isclass(cls) or not name.endswith("Scheduler"):
+        raise UserError(f"{path}: _class_name {name!r} is not a diffusers scheduler")
+    known = set(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} for {name}")
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise UserError(
+            f"{path}: prediction_type {prediction_type!r} is not one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    steps = config.get("num_train_timesteps", 1000)
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 100_000:
+        raise UserError(f"{path}: num_train_timesteps must be an integer in [2, 100000]")
+    try:
+        schedule = DiscreteVPSchedule.from_config(config)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise UserError(f"{path}: {str(exc).splitlines()[0]}") from exc
+    sigmas = schedule.log_sigmas
+    if not bool(torch.isfinite(sigmas).all()) or not bool((sigmas[1:] >= sigmas[:-1]).all()):
+        raise UserError(f"{path}: the betas do not give increasing, finite noise levels")
+    return config, schedule
+
+
 def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL), or from
     the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
@@ -309,21 +380,17 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             f"{folder} is not a diffusers model folder (no model_index.json); "
             "save one with pipeline.save_pretrained()"
         )
-    try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{index_file} is not valid JSON: {exc}") from exc
+    index = read_json(index_file, "model index")
 
     def component(name: str):
         spec = index.get(name)
         if not spec or spec[0] is None:
             return None
-        library, class_name = spec
-        cls = getattr(importlib.import_module(library), class_name)
+        cls = component_class(index_file, name, spec)
         # None: safetensors when present, pickle allowed as a fallback. Weights stored in
         # float16 (the zoo's) are computed in float32 here.
         kwargs = {}
-        if "Tokenizer" not in class_name:
+        if "Tokenizer" not in cls.__name__:
             kwargs = {
                 "use_safetensors": None if allow_pickle else True,
                 "torch_dtype": torch.float32,
@@ -348,7 +415,7 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")
-    scheduler_config = json.loads(scheduler_file.read_text())
+    scheduler_config, schedule = read_scheduler_config(scheduler_file)
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
 
     if "text_encoder_2" in index or unet.config.addition_embed_type == "text_time":
@@ -376,7 +443,7 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
         unet=unet.eval(),
         space=space,
         text=text,
-        schedule=DiscreteVPSchedule.from_config(scheduler_config),
+        schedule=schedule,
         prediction_type=prediction_type,
         scheduler_config=scheduler_config,
         sample_size=(height * space.factor, width * space.factor),

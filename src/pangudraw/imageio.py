@@ -1,15 +1,21 @@
-"""PNG files that carry their generation parameters (A1111's ``parameters`` text chunk)."""
+"""Images in and out: PNGs that carry their generation parameters (A1111's ``parameters``
+text chunk and our JSON record), sample grids, and reading control images and masks."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+from .errors import UserError
+from .files import parse_json, write_outputs
 
 JSON_KEY = "pangu-draw"
 
@@ -23,39 +29,74 @@ def a1111_parameters(prompt: str, negative_prompt: str | None, settings: dict) -
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, path: Path, parameters: str, record: dict) -> None:
-    """Write ``image`` with both metadata chunks, atomically: the file appears whole or not at all.
-
-    ``record`` is the exact machine-readable request (JSON) that reproduces the image.
-    """
+def png_writer(image: Image.Image, parameters: str, record: dict) -> Callable[[BinaryIO], None]:
+    """Writes ``image`` as PNG with both metadata chunks; ``record`` is the exact
+    machine-readable request (JSON) that reproduces the image."""
     info = PngInfo()
     info.add_text("parameters", parameters)
-    info.add_text(JSON_KEY, json.dumps(record, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    info.add_text(JSON_KEY, json.dumps(record, sort_keys=True, allow_nan=False))
+    return lambda f: image.save(f, format="PNG", pnginfo=info)
+
+
+def save_png(image: Image.Image, path: Path, parameters: str, record: dict) -> None:
+    """Write one PNG with its metadata, whole or not at all."""
+    write_outputs({Path(path): png_writer(image, parameters, record)})
 
 
 def read_record(path: Path) -> dict:
-    """The JSON record :func:`save_png` stored in ``path``."""
-    with Image.open(path) as image:
-        return json.loads(image.text[JSON_KEY])
+    """The JSON record :func:`save_png` stored in ``path`` (untrusted: checked to be an object)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(JSON_KEY)
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} does not exist") from exc
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path} is not a PNG file that can be read") from exc
+    if text is None:
+        raise UserError(f"{path} holds no pangu-draw record (was it written by pangu-draw?)")
+    record = parse_json(text, f"the record in {path}")
+    if not isinstance(record, dict):
+        raise UserError(f"the record in {path} is not a JSON object")
+    return record
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    """(N, 3, H, W) images in [0, 1] as one PNG grid, ``columns`` wide."""
+def grid_image(images: torch.Tensor, columns: int) -> Image.Image:
+    """(N, 3, H, W) images in [0, 1] as one image, ``columns`` wide (white where none)."""
     n, _, h, w = images.shape
     rows = -(-n // columns)
     grid = torch.ones(3, rows * h, columns * w)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = image
-    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    return Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
+    """(N, 3, H, W) images in [0, 1] as one PNG grid, ``columns`` wide, written whole."""
+    grid = grid_image(images, columns)
+    write_outputs({Path(path): lambda f: grid.save(f, format="PNG")})
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize of (B, C, H, W) images; identity at the same size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def read_image(path: str | Path, mode: str, size: tuple[int, int], what: str) -> torch.Tensor:
+    """An image file as (1, C, H, W) in [0, 1], resized (antialiased) to ``size`` (H, W)."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode), dtype=np.float32)
+    except FileNotFoundError as exc:
+        raise UserError(f"{what} {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise UserError(f"{what} {path} is not an image file that can be read") from exc
+    tensor = torch.from_numpy(array / 255).reshape(*array.shape[:2], -1).permute(2, 0, 1)[None]
+    return resize_images(tensor, size).clamp(0, 1)
+
+
+def read_pixels(path: str | Path, size: tuple[int, int], what: str) -> torch.Tensor:
+    """An RGB image file as (1, 3, H, W) uint8, resized (antialiased) to ``size`` (H, W)."""
+    return (read_image(path, "RGB", size, what) * 255).round().to(torch.uint8)

@@ -7,15 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .bridge import Site, native_size, resize_images
+from .bridge import Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
 from .errors import UserError
 from .experts import Conditioning, Control, Expert, load_expert
+from .imageio import read_image, read_pixels
+from .limits import check_finite, check_memory, check_request, network_estimate
 from .recipes import Recipe, Window
 
 DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500).
@@ -71,6 +72,28 @@ def _canvas(owner: Expert, height: int | None, width: int | None, batch: int) ->
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     return canvas
+
+
+def _check_steps(steps: int, owner: Expert) -> None:
+    last = owner.schedule.num_train_timesteps
+    if steps > last:
+        raise UserError(f"steps {steps} exceed the {last} training timesteps of {owner.name}")
+
+
+def _check_memory(participants: list[Participant], canvas: Site, batch: int) -> None:
+    """Refuse, before sampling, a request that cannot fit in this machine's memory."""
+    vae = canvas.space.vae
+    decoder = vae.config.block_out_channels[-1] if vae is not None else 0
+    height, width = canvas.size
+    worst = 0.0
+    for p in participants:
+        h, w = p.size or canvas.size
+        factor = p.expert.space.factor
+        tokens = (h // factor) * (w // factor)
+        channels = p.expert.unet.config.block_out_channels[0]
+        estimate = network_estimate(batch, tokens, channels, p.cond.guided, height * width, decoder)
+        worst = max(worst, estimate)
+    check_memory(worst, f"{batch} image(s) of {width}x{height}")
 
 
 def _run(
@@ -129,12 +152,12 @@ def generate(
     aspect ratio) unless it shares the texture expert's space and native size; then it
     works on the canvas itself and nothing is bridged.
     """
-    if num_inference_steps < 1:
-        raise UserError(f"steps must be at least 1, got {num_inference_steps}")
-    if num_images < 1:
-        raise UserError(f"num-images must be at least 1, got {num_images}")
+    check_request(num_inference_steps, num_images, seed, width, height)
+    check_finite(guidance_scale, "guidance scale")
+    check_finite(t_split, "split")
     owner = texture or structure
     canvas = _canvas(owner, height, width, num_images)
+    _check_steps(num_inference_steps, owner)
     scheduler = make_scheduler(sampler, owner.scheduler_config)
     prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
     if len(prompts) != num_images:
@@ -151,6 +174,7 @@ def generate(
         cond = encode(expert, prompts, negatives, guidance_scale, size)
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
+    _check_memory(participants, canvas, num_images)
     return _run(participants, canvas, scheduler, num_inference_steps, seeds, callback, noise_policy)
 
 
@@ -167,24 +191,6 @@ def sigma_window(window: Window, expert: Expert) -> tuple[float, float]:
     lo = 0.0 if window.lo == 0 else expert.schedule.t_to_sigma(window.lo)
     hi = math.inf if window.hi >= last else expert.schedule.t_to_sigma(window.hi)
     return lo, hi
-
-
-def read_image(path: str, mode: str, size: tuple[int, int], what: str) -> torch.Tensor:
-    """An image file as (1, C, H, W) in [0, 1], resized (antialiased) to ``size`` (H, W)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert(mode), dtype=np.float32)
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{what} {path} is not an image file that can be read") from exc
-    tensor = torch.from_numpy(array / 255).reshape(*array.shape[:2], -1).permute(2, 0, 1)[None]
-    return resize_images(tensor, size).clamp(0, 1)
-
-
-def read_pixels(path: str, size: tuple[int, int], what: str) -> torch.Tensor:
-    """An RGB image file as (1, 3, H, W) uint8, resized (antialiased) to ``size`` (H, W)."""
-    return (read_image(path, "RGB", size, what) * 255).round().to(torch.uint8)
 
 
 def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
@@ -240,8 +246,7 @@ def coop_generate(
     allow_pickle: bool = False,
 ) -> GenerationOutput:
     """Run a Coop recipe: every expert in its own space and resolution, one fused loop."""
-    if recipe.steps < 1:
-        raise UserError(f"steps must be at least 1, got {recipe.steps}")
+    check_request(recipe.steps, 1, recipe.seed, recipe.width, recipe.height)
     loaded: dict[str, Expert] = {}
     for spec in recipe.experts:
         if spec.model not in loaded:
@@ -251,6 +256,7 @@ def coop_generate(
     )
     owner = loaded[owner_spec.model]
     canvas = _canvas(owner, recipe.height, recipe.width, 1)
+    _check_steps(recipe.steps, owner)
     scheduler = make_scheduler(recipe.sampler, owner.scheduler_config)
     encode = _PromptCache()
     participants = []
@@ -286,6 +292,7 @@ def coop_generate(
                 controls,
             )
         )
+    _check_memory(participants, canvas, 1)
     return _run(
         participants,
         canvas,

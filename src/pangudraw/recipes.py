@@ -37,13 +37,18 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import inside
+from .limits import MAX_SEED, MAX_STEPS, max_side
 from .options import NOISE_POLICIES, SAMPLER_NAMES
 from .tomlconf import TableReader as _Reader
 from .tomlconf import read_toml, tomllib
+
+ZOO_PREFIX, HUB_PREFIX = "zoo:", "hf:"
 
 TOP_KEYS = {
     "prompt",
@@ -120,13 +125,76 @@ class Recipe:
     noise: str = "carry"
     bridge_every: int = 1
 
-    def to_dict(self) -> dict:
-        """A JSON-able form that :func:`recipe_from_dict` reads back (infinity as None)."""
-        data = asdict(self)
-        for spec in [*data["experts"], *(c for e in data["experts"] for c in e["controls"])]:
-            if spec["window"]["hi"] == math.inf:
-                spec["window"]["hi"] = None
-        return data
+    def to_table(self, relative_to: Path | None = None) -> dict:
+        """The recipe as a table in the recipe file's own form, JSON-able: what a PNG stores
+        and :func:`parse_recipe` reads back. File paths are written relative to
+        ``relative_to`` (the PNG's folder), so no machine path is stored."""
+
+        def where(path: str | None) -> str | None:
+            if path is None or path.startswith((ZOO_PREFIX, HUB_PREFIX)) or relative_to is None:
+                return path
+            return Path(os.path.relpath(path, relative_to)).as_posix()
+
+        def window(w: Window) -> dict:
+            return {w.unit: [w.lo, None if w.hi == math.inf else w.hi]}
+
+        def drop_none(table: dict) -> dict:
+            return {k: v for k, v in table.items() if v is not None}
+
+        experts = []
+        for e in self.experts:
+            controls = [
+                drop_none(
+                    {
+                        "model": where(c.model),
+                        "image": where(c.image),
+                        "source": where(c.source),
+                        "scale": c.scale,
+                        "window": window(c.window),
+                    }
+                )
+                for c in e.controls
+            ]
+            experts.append(
+                drop_none(
+                    {
+                        "name": e.name,
+                        "model": where(e.model),
+                        "prompt": e.prompt,
+                        "negative_prompt": e.negative_prompt,
+                        "window": window(e.window),
+                        "weight": e.weight,
+                        "guidance": e.guidance,
+                        "size": None if e.size is None else list(e.size),
+                        "mask": where(e.mask),
+                        "controls": controls,
+                    }
+                )
+            )
+        canvas = {"width": self.width, "height": self.height, "expert": self.canvas_expert}
+        return {
+            "seed": self.seed,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "noise": self.noise,
+            "bridge_every": self.bridge_every,
+            "canvas": drop_none(canvas),
+            "experts": experts,
+        }
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """Which paths a recipe may name. A recipe file its user wrote may name anything; a
+    recipe read from a PNG (someone else's, perhaps) only bundled models and files inside
+    the PNG's folder unless the user allows more."""
+
+    untrusted: str | None = None  # what the recipe came from, for messages; None: trusted
+    allow_outside: bool = False  # absolute paths and paths leaving the folder
+    allow_hub: bool = False  # hf:owner/name downloads
+
+
+TRUSTED = PathPolicy()
 
 
 def _window(reader: _Reader, key: str) -> Window:
@@ -146,17 +214,46 @@ def _window(reader: _Reader, key: str) -> Window:
     return Window(unit, float(lo), float(hi))
 
 
-def _path(reader: _Reader, key: str, base: Path, required: bool = False) -> str | None:
+def _path(
+    reader: _Reader, key: str, base: Path, policy: PathPolicy, required: bool = False
+) -> str | None:
     value = reader.get(key, str, required=required)
     if value is None:
         return None
-    if value.startswith(("zoo:", "hf:")) or Path(value).is_absolute():
-        return value  # a bundled or hub model, or already absolute
+    if not value or "\0" in value:
+        reader.fail(key, "expected a file path or zoo:NAME")
+    if value.startswith(ZOO_PREFIX):
+        return value
+    if value.startswith(HUB_PREFIX):
+        if policy.untrusted and not policy.allow_hub:
+            reader.fail(
+                key,
+                f"names the hub model {value!r}; {policy.untrusted} may name it, but nothing "
+                "is downloaded for a PNG unless you pass --allow-hub",
+            )
+        return value
+    if policy.untrusted and not policy.allow_outside and not inside(base, value):
+        reader.fail(
+            key,
+            f"{value!r} is outside the folder of {policy.untrusted}; pass "
+            "--allow-outside-paths if you trust it to read files there",
+        )
     return str((base / value).resolve())
 
 
-def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
+def _bounded(reader: _Reader, key: str, default: int, lo: int, hi: int, hint: str = "") -> int:
+    value = reader.get(key, int, default)
+    if value is not None and not lo <= value <= hi:
+        reader.fail(key, f"expected an integer in [{lo}, {hi}], got {value}{hint}")
+    return value
+
+
+def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUSTED) -> Recipe:
     """Validate a recipe table; relative paths resolve against ``base``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a table of recipe fields")
+    base = base.resolve()
+    side_hint = " (raise PANGU_DRAW_MAX_SIDE for more)"
     top = _Reader(source, data, "", TOP_KEYS)
     canvas = _Reader(source, top.get("canvas", dict, {}), "canvas", CANVAS_KEYS)
     prompt = top.get("prompt", str)
@@ -172,15 +269,21 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
         r = _Reader(source, table, f"experts[{i}]", EXPERT_KEYS)
         size = r.get("size", list)
         if size is not None and not (
-            len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+            len(size) == 2
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= max_side() for v in size
+            )
         ):
-            r.fail("size", f"expected [height, width] in pixels, got {size!r}")
+            r.fail(
+                "size",
+                f"expected [height, width] in pixels up to {max_side()}, got {size!r}{side_hint}",
+            )
         controls = []
         for j, ctable in enumerate(r.get("controls", list, [])):
             if not isinstance(ctable, dict):
                 r.fail(f"controls[{j}]", "expected a table")
             c = _Reader(source, ctable, f"{r.where}.controls[{j}]", CONTROL_KEYS)
-            image, source_image = _path(c, "image", base), _path(c, "source", base)
+            image, source_image = _path(c, "image", base, policy), _path(c, "source", base, policy)
             if (image is None) == (source_image is None):
                 c.fail(
                     "image",
@@ -189,7 +292,7 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
                 )
             controls.append(
                 ControlSpec(
-                    _path(c, "model", base, required=True),
+                    _path(c, "model", base, policy, required=True),
                     image,
                     c.get("scale", float, 1.0),
                     _window(c, "window"),
@@ -205,14 +308,14 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
         experts.append(
             ExpertSpec(
                 name=r.get("name", str, f"expert{i}"),
-                model=_path(r, "model", base, required=True),
+                model=_path(r, "model", base, policy, required=True),
                 prompt=expert_prompt,
                 negative_prompt=r.get("negative_prompt", str, negative),
                 window=_window(r, "window"),
                 weight=weight,
                 guidance=r.get("guidance", float, guidance),
                 size=None if size is None else tuple(size),
-                mask=_path(r, "mask", base),
+                mask=_path(r, "mask", base, policy),
                 controls=controls,
             )
         )
@@ -224,27 +327,21 @@ def parse_recipe(data: dict, source: str, base: Path) -> Recipe:
     canvas_expert = canvas.get("expert", str)
     if canvas_expert is not None and canvas_expert not in names:
         canvas.fail("expert", f"expected one of the expert names {names}, got {canvas_expert!r}")
-    steps = top.get("steps", int, 25)
-    if steps < 1:
-        top.fail("steps", f"expected an integer >= 1, got {steps}")
-    width, height = canvas.get("width", int), canvas.get("height", int)
-    for key, value in (("width", width), ("height", height)):
-        if value is not None and value <= 0:
-            canvas.fail(key, f"expected a positive integer, got {value}")
+    steps = _bounded(top, "steps", 25, 1, MAX_STEPS)
+    width = _bounded(canvas, "width", None, 1, max_side(), side_hint)
+    height = _bounded(canvas, "height", None, 1, max_side(), side_hint)
     sampler, noise = top.get("sampler", str, "euler"), top.get("noise", str, "carry")
     if sampler not in SAMPLER_NAMES:
         top.fail("sampler", f"expected one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
     if noise not in NOISE_POLICIES:
         top.fail("noise", f"expected one of {', '.join(NOISE_POLICIES)}, got {noise!r}")
-    bridge_every = top.get("bridge_every", int, 1)
-    if bridge_every < 1:
-        top.fail("bridge_every", f"expected an integer >= 1, got {bridge_every}")
+    bridge_every = _bounded(top, "bridge_every", 1, 1, MAX_STEPS)
     return Recipe(
         experts=experts,
         width=width,
         height=height,
         canvas_expert=canvas_expert,
-        seed=top.get("seed", int, 0),
+        seed=_bounded(top, "seed", 0, 0, MAX_SEED),
         steps=steps,
         sampler=sampler,
         noise=noise,
@@ -292,26 +389,24 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return parse_recipe(data, str(path), path.parent.resolve())
 
 
-def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
-    """Inverse of :meth:`Recipe.to_dict` (paths are already absolute)."""
-    data = copy.deepcopy(data)
-    table = {k: data[k] for k in ("seed", "steps", "sampler", "noise", "bridge_every")}
-    table["canvas"] = {
-        k: v
-        for k, v in (
-            ("width", data["width"]),
-            ("height", data["height"]),
-            ("expert", data["canvas_expert"]),
-        )
-        if v is not None
-    }
-    table["experts"] = []
-    for e in data["experts"]:
-        e = {k: v for k, v in e.items() if v is not None}
-        e["window"] = {e["window"]["unit"]: [e["window"]["lo"], e["window"]["hi"]]}
-        for c in e.get("controls", []):
-            c["window"] = {c["window"]["unit"]: [c["window"]["lo"], c["window"]["hi"]]}
-        if "size" in e:
-            e["size"] = list(e["size"])
-        table["experts"].append(e)
-    return parse_recipe(table, source, Path("/"))
+def recipe_from_png(
+    path: Path,
+    overrides: list[str] = (),
+    allow_outside_paths: bool = False,
+    allow_hub: bool = False,
+) -> Recipe:
+    """The recipe stored in a PNG that ``pangu-draw coop`` wrote, checked as untrusted input.
+
+    Paths in it are relative to the PNG's folder; any other path, and any hub model, is
+    refused unless allowed (``allow_outside_paths``, ``allow_hub``).
+    """
+    from .imageio import read_record
+
+    record = read_record(path)
+    table = record.get("recipe")
+    if not isinstance(table, dict):
+        raise UserError(f"{path} holds no pangu-draw coop recipe")
+    source = f"the recipe in {path}"
+    policy = PathPolicy(str(path), allow_outside_paths, allow_hub)
+    table = apply_overrides(table, list(overrides), source)
+    return parse_recipe(table, source, Path(path).parent, policy)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .errors import UserError
+from .files import check_depth, read_text
 
 try:
     import tomllib
@@ -13,13 +15,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 def read_toml(path: Path, what: str) -> dict:
-    """The table in ``path``; a missing file or bad TOML is a :class:`UserError`."""
+    """The table in ``path``; a missing, unreadable or bad file is a :class:`UserError`."""
+    text = read_text(path, what)
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} {path} does not exist") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        table = tomllib.loads(text)
+    except RecursionError as exc:
+        raise UserError(f"{what} {path}: nested too deeply to be read") from exc
+    except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    check_depth(table, f"{what} {path}")
+    return table
 
 
 class TableReader:
@@ -47,6 +52,8 @@ class TableReader:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             self.fail(key, f"expected {_describe(kind)}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            self.fail(key, f"expected a finite number, got {value!r}")
         return value
 
 

@@ -32,26 +32,39 @@ from .progress import allow_pickle_option
     show_default=True,
     help="PNG path.",
 )
+@click.option(
+    "--allow-outside-paths",
+    is_flag=True,
+    help="With --from-png: let the PNG's recipe read files outside the PNG's folder.",
+)
+@click.option(
+    "--allow-hub",
+    is_flag=True,
+    help="With --from-png: let the PNG's recipe download the hub models it names.",
+)
 @allow_pickle_option
-def command(recipe, overrides, from_png, output, allow_pickle) -> None:
-    """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format."""
+def command(
+    recipe, overrides, from_png, output, allow_outside_paths, allow_hub, allow_pickle
+) -> None:
+    """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format.
+
+    A PNG written by this command stores its recipe: `--from-png IMAGE` makes it again.
+    Such a recipe may name bundled models and files in the PNG's own folder; anything else
+    needs --allow-outside-paths or --allow-hub.
+    """
     from .. import __version__
     from ..errors import UserError
-    from ..imageio import a1111_parameters, read_record, save_png
+    from ..files import check_output
+    from ..imageio import a1111_parameters, save_png
     from ..pipelines import coop_generate
-    from ..recipes import apply_overrides, load_recipe, recipe_from_dict
+    from ..recipes import load_recipe, recipe_from_png
     from .progress import quiet_libraries, step_bar
 
     if (recipe is None) == (from_png is None):
         raise UserError("give either a RECIPE file or --from-png IMAGE, not both or neither")
+    check_output(output)
     if from_png is not None:
-        try:
-            stored = read_record(from_png)["recipe"]
-        except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
-            raise UserError(f"{from_png} holds no pangu-draw coop recipe") from exc
-        parsed = recipe_from_dict(
-            apply_overrides(stored, list(overrides), str(from_png)), str(from_png)
-        )
+        parsed = recipe_from_png(from_png, overrides, allow_outside_paths, allow_hub)
     else:
         parsed = load_recipe(recipe, overrides)
 
@@ -73,7 +86,6 @@ def command(recipe, overrides, from_png, output, allow_pickle) -> None:
         "Version": f"pangu-draw {__version__}",
     }
     parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
-    save_png(
-        result.to_pil()[0], output, parameters, {"recipe": parsed.to_dict(), "version": __version__}
-    )
+    record = {"recipe": parsed.to_table(output.parent.resolve()), "version": __version__}
+    save_png(result.to_pil()[0], output, parameters, record)
     click.echo(str(output))

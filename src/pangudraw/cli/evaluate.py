@@ -47,9 +47,12 @@ def command(images_dir, prompts_file, reference, edges_from, layout_from, json_o
     not Inception or CLIP), so the numbers compare emoji generators with each other.
     """
     from ..evaluate.report import evaluate, format_report, read_folder, read_prompts
-    from ..pipelines import read_pixels
+    from ..files import check_output, write_text
+    from ..imageio import read_pixels
     from .progress import quiet_libraries
 
+    if json_out is not None:
+        check_output(json_out, "--json output")
     quiet_libraries()
     paths, images = read_folder(images_dir)
     prompts = read_prompts(paths, prompts_file)
@@ -61,6 +64,4 @@ def command(images_dir, prompts_file, reference, edges_from, layout_from, json_o
     report = evaluate(images, prompts, real, source(edges_from), source(layout_from))
     click.echo(format_report(report))
     if json_out is not None:
-        tmp = json_out.with_name(f".{json_out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(json_out)
+        write_text(json_out, json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..options import SAMPLER_NAMES
-from .progress import allow_pickle_option
+from .progress import FiniteFloat, allow_pickle_option
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -47,7 +47,7 @@ def bundled(path: Path) -> Path:
 @click.option(
     "--split",
     "t_split",
-    type=float,
+    type=FiniteFloat(),
     default=500.0,
     show_default=True,
     help="Hand-off timestep on the structure model's training schedule, in (0, T).",
@@ -56,15 +56,15 @@ def bundled(path: Path) -> Path:
 @click.option(
     "-g",
     "--guidance-scale",
-    type=float,
+    type=FiniteFloat(),
     default=7.0,
     show_default=True,
     help="Classifier-free guidance scale (1 turns guidance off).",
 )
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="euler", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the first image; random if omitted.")
-@click.option("--width", type=int, default=None, help="Pixels; the structure model's by default.")
-@click.option("--height", type=int, default=None, help="Pixels; the structure model's by default.")
+@click.option("--width", type=int, default=None, help="Pixels; the texture model's by default.")
+@click.option("--height", type=int, default=None, help="Pixels; the texture model's by default.")
 @click.option(
     "--size",
     type=int,
@@ -112,11 +112,12 @@ def command(
     """
     from .. import __version__
     from ..experts import load_expert
-    from ..imageio import a1111_parameters, save_png
+    from ..files import check_outputs, write_outputs
+    from ..imageio import a1111_parameters, grid_image, png_writer
+    from ..limits import check_memory, check_request, pixel_estimate
     from ..pipelines import generate
     from .progress import quiet_libraries, step_bar
 
-    quiet_libraries()
     if size is not None:
         if width is not None or height is not None:
             raise click.UsageError("give --size or --width/--height, not both")
@@ -125,14 +126,22 @@ def command(
         if texture is not None:
             raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
         structure, texture = Path("structure"), Path("texture")
-    structure, texture = bundled(structure), texture and bundled(texture)
     seed = random.randrange(2**31) if seed is None else seed
+    count = len(prompts) * num_images
+    check_request(steps, count, seed, width, height)
+    if width is not None and height is not None:
+        check_memory(pixel_estimate(count, height, width), f"{count} image(s) of {width}x{height}")
+    paths = output_paths(output, count)
+    sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
+    check_outputs(paths + ([sheet] if sheet else []))
+
+    quiet_libraries()
+    structure, texture = bundled(structure), texture and bundled(texture)
     structure_expert = load_expert(structure, allow_pickle)
     texture_expert = None
     if texture is not None:
         same = texture.resolve() == structure.resolve()
         texture_expert = structure_expert if same else load_expert(texture, allow_pickle)
-    count = len(prompts) * num_images
     each = [p for p in prompts for _ in range(num_images)]  # image i: prompt i // num_images
     with step_bar() as callback:
         result = generate(
@@ -151,9 +160,8 @@ def command(
             callback,
         )
     height, width = result.images.shape[-2:]
-    for path, image, image_seed, prompt in zip(
-        output_paths(output, count), result.to_pil(), result.seeds, each
-    ):
+    writers = {}
+    for path, image, image_seed, prompt in zip(paths, result.to_pil(), result.seeds, each):
         record = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
@@ -179,13 +187,11 @@ def command(
         if texture is not None:
             settings |= {"Texture model": texture.name, "Split": f"{t_split:g}"}
         settings["Version"] = f"pangu-draw {__version__}"
-        save_png(image, path, a1111_parameters(prompt, negative_prompt, settings), record)
+        parameters = a1111_parameters(prompt, negative_prompt, settings)
+        writers[path] = png_writer(image, parameters, record)
+    if sheet is not None:
+        sheet_image = grid_image(result.images, num_images)
+        writers[sheet] = lambda f: sheet_image.save(f, format="PNG")
+    write_outputs(writers)
+    for path in writers:
         click.echo(str(path))
-    if grid:
-        from ..imageio import save_grid
-
-        sheet = output.with_name(f"{output.stem}-grid.png")
-        tmp = sheet.with_name(f".{sheet.name}.tmp.png")
-        save_grid(result.images, tmp, num_images)
-        tmp.replace(sheet)
-        click.echo(str(sheet))

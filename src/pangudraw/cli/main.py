@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 import click
 
@@ -25,21 +27,34 @@ cli.add_command(models.command)
 cli.add_command(evaluate.command)
 
 
+# Libraries log advisories to stderr on their own; a user may still ask for them.
+LIBRARY_VERBOSITY = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; bad input prints ``error: ...`` on one line and exits with code 2."""
+    """Run the CLI; bad input prints ``error: ...`` on one line and exits with code 2.
+
+    Python warnings raised on the way (a library's deprecation notice, say) are shown
+    after a successful command and dropped when it fails, so an error stays one line.
+    """
     from ..errors import UserError
 
-    try:
-        cli.main(args=argv, prog_name="pangu-draw", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
-    except (click.ClickException, UserError) as exc:
-        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"error: {' '.join(message.split())}", err=True)
-        sys.exit(2)
+    for name in LIBRARY_VERBOSITY:
+        os.environ.setdefault(name, "error")
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            cli.main(args=argv, prog_name="pangu-draw", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
+        except (click.ClickException, UserError) as exc:
+            message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            click.echo(f"error: {' '.join(message.split())}", err=True)
+            sys.exit(2)
+    for w in caught:
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,30 @@ from contextlib import contextmanager
 
 import click
 
+
+class FiniteFloat(click.ParamType):
+    """A float option that refuses NaN and infinity (click's FLOAT takes both)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, min_open: bool = False):
+        self.min, self.min_open = min, min_open
+
+    def convert(self, value, param, ctx) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            relation = ">" if self.min_open else ">="
+            self.fail(f"{value!r} is not {relation} {self.min:g}", param, ctx)
+        return number
+
+
 allow_pickle_option = click.option(
     "--allow-pickle",
     is_flag=True,

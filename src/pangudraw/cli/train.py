@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .progress import FiniteFloat, allow_pickle_option
+
 
 @click.command("train")
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
@@ -17,7 +19,7 @@ import click
 )
 @click.option(
     "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     help="Stop after about this long with a checkpoint; continue with --resume latest.",
 )
@@ -28,8 +30,13 @@ import click
     metavar="KEY=VALUE",
     help="Override a config field, e.g. --set batch_size=256 --set unet.layers_per_block=2.",
 )
+@allow_pickle_option
 def command(
-    config: Path, resume: str | None, max_minutes: float | None, overrides: tuple[str, ...]
+    config: Path,
+    resume: str | None,
+    max_minutes: float | None,
+    overrides: tuple[str, ...],
+    allow_pickle: bool,
 ) -> None:
     """Train the stage in CONFIG (vae, structure, texture, full or controlnet) and export it.
 
@@ -43,7 +50,7 @@ def command(
 
     quiet_libraries()
     parsed = load_config(config, overrides)
-    exported = train(parsed, resume, max_minutes=max_minutes)
+    exported = train(parsed, resume, max_minutes=max_minutes, allow_pickle=allow_pickle)
     if exported is not None:  # the main process of a finished run
         click.echo(str(exported))
     elif max_minutes is not None:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..files import read_text
 
 FID_NOTE = "FID (emoji features, domain-trained, not Inception)"
 
@@ -29,8 +30,8 @@ def read_folder(folder: Path, size: int = 64) -> tuple[list[Path], torch.Tensor]
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
                 arrays.append(np.asarray(rgb))
-        except OSError as exc:
-            raise UserError(f"{path} is not a readable image: {exc}") from exc
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{path} is not a readable image") from exc
     return paths, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -38,11 +39,8 @@ def read_prompts(paths: list[Path], prompts_file: Path | None) -> list[str]:
     """One prompt per image: from the file (one line per image in sorted order, or one line
     for all), else from each PNG's pangu-draw record."""
     if prompts_file is not None:
-        try:
-            lines = [line.strip() for line in prompts_file.read_text().splitlines()]
-        except OSError as exc:
-            raise UserError(f"cannot read prompts file {prompts_file}: {exc}") from exc
-        lines = [line for line in lines if line]
+        text = read_text(prompts_file, "prompts file")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         if len(lines) == 1:
             return lines * len(paths)
         if len(lines) != len(paths):
@@ -56,9 +54,12 @@ def read_prompts(paths: list[Path], prompts_file: Path | None) -> list[str]:
     prompts = []
     for path in paths:
         try:
-            prompts.append(read_record(path)["prompt"])
-        except (KeyError, ValueError, OSError) as exc:
-            raise UserError(f"{path} carries no pangu-draw prompt; give --prompts FILE") from exc
+            prompt = read_record(path).get("prompt")
+        except UserError:
+            prompt = None
+        if not isinstance(prompt, str):
+            raise UserError(f"{path} carries no pangu-draw prompt; give --prompts FILE")
+        prompts.append(prompt)
     return prompts
 
 

@@ -134,17 +134,15 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
 
     values = {k: r.get(k, int) for k in INT_KEYS} | {k: r.get(k, float) for k in FLOAT_KEYS}
     values = {k: v for k, v in values.items() if v is not None}
-    for key in (
-        "resolution",
-        "batch_size",
-        "grad_accum",
-        "max_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "pixel_unshuffle",
-    ):
-        if key in values and values[key] < 1:
-            r.fail(key, f"expected an integer >= 1, got {values[key]}")
+    for key, (lo, hi, open_lo, open_hi) in RANGES.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if value < lo or value > hi or (open_lo and value == lo) or (open_hi and value == hi):
+            interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+            r.fail(key, f"expected a value in {interval}, got {value}")
+    for key, cls in (("unet", "UNet2DConditionModel"), ("vae_model", "AutoencoderKL")):
+        _check_architecture(r, key, cls)
     t_range = r.get("t_range", list)
     if t_range is not None:
         if not (
@@ -192,14 +190,46 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
             r.fail("base", "missing; the controlnet stage needs the expert folder it controls")
         from ..controls import ControlTransform
 
-        try:
-            ControlTransform(**config.control)
-        except TypeError as exc:
-            r.fail(
-                "control",
-                f"expected {{kind = 'canny', low, high}} or {{kind = 'colour', cells}}: {exc}",
-            )
+        ControlTransform.from_dict(config.control, f"{source}: control")
     return config
+
+
+# Ranges of the numeric fields: (lo, hi, lo excluded, hi excluded).
+RANGES = {
+    "resolution": (1, 8192, False, False),
+    "min_size": (0, 1 << 20, False, False),
+    "pixel_unshuffle": (1, 64, False, False),
+    "seed": (0, 2**32 - 1, False, False),
+    "batch_size": (1, 1 << 16, False, False),
+    "grad_accum": (1, 1 << 10, False, False),
+    "max_steps": (1, 10**8, False, False),
+    "checkpoint_every": (1, 10**8, False, False),
+    "keep_checkpoints": (1, 1000, False, False),
+    "sample_every": (0, 10**8, False, False),
+    "snapshot_every": (0, 10**8, False, False),
+    "lr": (0, 1, True, False),
+    "ema_decay": (0, 1, False, True),
+    "cfg_dropout": (0, 1, False, False),
+    "grad_clip": (0, 1e6, True, False),
+    "kl_weight": (0, 1e6, False, False),
+}
+# Set by the stage itself (from the data, the latent space and the text encoder).
+DERIVED = {"sample_size", "in_channels", "out_channels", "cross_attention_dim"}
+
+
+def _check_architecture(reader: TableReader, key: str, class_name: str) -> None:
+    """Every key of an architecture table must be an argument of the diffusers class."""
+    import inspect
+
+    import diffusers
+
+    table = reader.get(key, dict, {})
+    known = set(inspect.signature(getattr(diffusers, class_name).__init__).parameters) - {"self"}
+    for name in sorted(table):
+        if name in DERIVED:
+            reader.fail(f"{key}.{name}", "is set by the stage; remove it")
+        if name not in known:
+            reader.fail(f"{key}.{name}", f"unknown key; not an argument of diffusers' {class_name}")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

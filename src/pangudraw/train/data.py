@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
+from ..files import inside, parse_json, read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -28,19 +28,21 @@ class Record:
 
 
 def _imagefolder(folder: Path) -> list[Record]:
+    metadata = folder / "metadata.jsonl"
+    root = folder.resolve()
     records = []
-    for n, line in enumerate((folder / "metadata.jsonl").read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(metadata, "dataset metadata").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            name, text = row.pop("file_name"), row.pop("text")
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise UserError(
-                f"{folder / 'metadata.jsonl'} line {n}: expected JSON with file_name and text"
-            ) from exc
-        path = folder / name
-        records.append(Record(name, text, path.read_bytes, row))
+        where = f"{metadata} line {n}"
+        row = parse_json(line, where)
+        name = row.pop("file_name", None) if isinstance(row, dict) else None
+        text = row.pop("text", None) if isinstance(row, dict) else None
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise UserError(f"{where}: expected an object with string file_name and text")
+        if not inside(root, name):
+            raise UserError(f"{where}: file_name {name!r} leaves the dataset folder")
+        records.append(Record(name, text, (folder / name).read_bytes, row))
     return records
 
 
@@ -48,25 +50,45 @@ def _webdataset(shards: list[Path]) -> list[Record]:
     """Samples are members sharing a key: ``key.png`` (or jpg/webp) with ``key.txt``/``.json``."""
     records = []
     for shard in shards:
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-            for name, member in members.items():
-                key, _, suffix = name.rpartition(".")
-                groups.setdefault(key, {})["." + suffix.lower()] = member
-            for key, parts in sorted(groups.items()):
-                image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
-                if image is None:
-                    continue
-                if ".txt" in parts:
-                    text = tar.extractfile(parts[".txt"]).read().decode()
-                elif ".json" in parts:
-                    text = json.loads(tar.extractfile(parts[".json"]).read()).get("text", "")
-                else:
-                    continue
-                records.append(
-                    Record(f"{shard.name}/{key}", text.strip(), _tar_reader(shard, image.name))
-                )
+        try:
+            records += _shard(shard)
+        except (tarfile.TarError, OSError) as exc:
+            raise UserError(f"dataset shard {shard} is not a tar file that can be read") from exc
+    return records
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: caption is not UTF-8 text") from exc
+
+
+def _shard(shard: Path) -> list[Record]:
+    records = []
+    with tarfile.open(shard) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        for name, member in members.items():
+            key, _, suffix = name.rpartition(".")
+            groups.setdefault(key, {})["." + suffix.lower()] = member
+        for key, parts in sorted(groups.items()):
+            image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
+            if image is None:
+                continue
+            where = f"{shard} member {key}"
+            if ".txt" in parts:
+                text = _utf8(tar.extractfile(parts[".txt"]).read(), where)
+            elif ".json" in parts:
+                row = parse_json(_utf8(tar.extractfile(parts[".json"]).read(), where), where)
+                text = row.get("text", "") if isinstance(row, dict) else None
+                if not isinstance(text, str):
+                    raise UserError(f"{where}.json: expected an object with a string text")
+            else:
+                continue
+            records.append(
+                Record(f"{shard.name}/{key}", text.strip(), _tar_reader(shard, image.name))
+            )
     return records
 
 

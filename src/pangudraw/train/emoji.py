@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -15,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import UserError
+from ..files import check_output_folder
 from .data import to_rgb
 
 VERSION = "16.0.0"
@@ -70,9 +72,30 @@ def caption(name: str, short_names: list[str]) -> str:
 
 
 def build_emoji(style: str, out: Path) -> dict:
-    """Write ``out/images/*.png`` (RGBA composited on white) and ``out/metadata.jsonl``."""
+    """Write ``out/images/*.png`` (RGBA composited on white) and ``out/metadata.jsonl``.
+
+    The dataset is built in a temporary folder beside ``out`` and renamed into place when
+    whole; ``out`` must not exist yet or be empty.
+    """
     if style not in INTEGRITY:
         raise UserError(f"unknown emoji style {style!r}; use google or twitter")
+    out = Path(out)
+    check_output_folder(out, "dataset folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"dataset folder {out} is not empty; give a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        info = _build(style, staging)
+        if out.is_dir():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def _build(style: str, out: Path) -> dict:
     zh = chinese_names()
     with tempfile.TemporaryDirectory() as tmp:
         tarball = fetch(style, Path(tmp))

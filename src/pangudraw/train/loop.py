@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,14 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..experts import Expert, SDText
+from ..files import check_output_folder
 from ..imageio import save_grid
 from ..latents import LatentSpace
 from ..noise import DiscreteVPSchedule
+from .checkpoint import check_trusted, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import SCHEDULE, TrainConfig
 from .data import Pool, load_records, stage_pool
 from .losses import Batch, ControlNetLoss, DenoisingLoss, VAELoss
-
-CHECKPOINT_PREFIX = "checkpoint-"
-
 
 # ---------------------------------------------------------------------------- data
 
@@ -245,7 +243,7 @@ class Run:
     base: Expert | None = None  # the frozen expert a ControlNet controls
 
 
-def build(config: TrainConfig, resume: str | None = None) -> Run:
+def build(config: TrainConfig, resume: str | None = None, allow_pickle: bool = False) -> Run:
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision if torch.cuda.is_available() else "no",
         cpu=not torch.cuda.is_available(),
@@ -259,7 +257,7 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
     if config.stage == "controlnet":
         from ..experts import load_expert
 
-        base = load_expert(config.base)
+        base = load_expert(config.base, allow_pickle)
         space, text, codec = base.space, base.text, config.base
     else:
         vae = load_vae(config.vae) if config.vae and config.stage != "vae" else None
@@ -283,32 +281,12 @@ def build(config: TrainConfig, resume: str | None = None) -> Run:
         loss = DenoisingLoss(schedule.alphas_cumprod.float(), config.timestep_range)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)  # the shadow weights live beside the model's
-    accelerator.register_for_checkpointing(ema)
     state = {"step": 0, "images_seen": 0, "wall_time_s": 0.0}
+    run = Run(config, accelerator, model, ema, optimizer, data, loss, space, text, state, base)
     if resume is not None:
         folder = resolve_checkpoint(Path(config.output), resume)
-        try:
-            accelerator.load_state(str(folder))
-            ema.to(accelerator.device)
-            state = json.loads((folder / "state.json").read_text())
-        except Exception as exc:  # any failure means the checkpoint cannot be used
-            raise UserError(
-                f"checkpoint {folder} cannot be loaded: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from exc
-    return Run(config, accelerator, model, ema, optimizer, data, loss, space, text, state, base)
-
-
-def resolve_checkpoint(output: Path, resume: str) -> Path:
-    if resume != "latest":
-        folder = Path(resume)
-        if not (folder / "state.json").is_file():
-            raise UserError(f"checkpoint {folder} does not exist or is incomplete")
-        return folder
-    found = sorted((output / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
-    if not found:
-        raise UserError(f"no checkpoint to resume in {output / 'checkpoints'}")
-    return found[-1]
+        run.state = load_checkpoint(run, folder, allow_pickle)
+    return run
 
 
 # ---------------------------------------------------------------------------- step
@@ -383,29 +361,6 @@ def measure_flops(run: Run) -> float:
 
 
 # ---------------------------------------------------------------------------- save
-
-
-def save_checkpoint(run: Run) -> Path:
-    """accelerate's save_state into a temporary folder, renamed into place when whole."""
-    folders = Path(run.config.output) / "checkpoints"
-    final = folders / f"{CHECKPOINT_PREFIX}{run.state['step']:07d}"
-    tmp = folders / f".tmp-{run.state['step']:07d}"
-    if run.accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    run.accelerator.wait_for_everyone()
-    run.accelerator.save_state(str(tmp), safe_serialization=True)
-    if run.accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps(run.state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        # Old checkpoints leave by an atomic rename first: a kill mid-delete leaves trash,
-        # never a partial checkpoint-* folder.
-        for old in sorted(folders.glob(f"{CHECKPOINT_PREFIX}*"))[: -run.config.keep_checkpoints]:
-            os.replace(old, folders / f".trash-{old.name}")
-        for trash in folders.glob(".trash-*"):
-            shutil.rmtree(trash)
-    run.accelerator.wait_for_everyone()
-    return final
 
 
 def ema_model(run: Run) -> torch.nn.Module:
@@ -505,6 +460,7 @@ def train(
     resume: str | None = None,
     progress: bool = True,
     max_minutes: float | None = None,
+    allow_pickle: bool = False,
 ) -> Path | None:
     """Train one stage to ``config.max_steps`` (resuming if asked) and export it.
 
@@ -516,7 +472,11 @@ def train(
 
     from .export import export_stage
 
-    run = build(config, resume)
+    check_output_folder(Path(config.output), "training output")
+    if resume is not None:  # before any work: a foreign checkpoint is refused at once
+        resume = str(resolve_checkpoint(Path(config.output), resume))
+        check_trusted(Path(resume), allow_pickle)
+    run = build(config, resume, allow_pickle)
     output = Path(config.output)
     main = run.accelerator.is_main_process
     if main:
