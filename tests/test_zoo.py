@@ -145,3 +145,8 @@ def test_default_generate_uses_the_zoo_deterministically_and_draws_an_emoji(tmp_
     corr = torch.corrcoef(torch.stack([gray[:, :-1].flatten(), gray[:, 1:].flatten()]))[0, 1]
     assert corr > 0.8, corr
     assert not torch.equal(first, _generate(tmp_path, "c.png", "--seed", "4"))
+    # The PNG names the bundled models, not this machine's folders.
+    from pangudraw.imageio import read_record
+
+    record = read_record(tmp_path / "a.png")
+    assert (record["structure"], record["texture"]) == ("zoo:structure", "zoo:texture")

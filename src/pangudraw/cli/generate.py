@@ -28,6 +28,15 @@ def bundled(path: Path) -> Path:
     return resolve_model(str(path))
 
 
+def model_label(path: Path) -> str:
+    """How a PNG records a model: ``zoo:NAME`` for a bundled one (no machine path)."""
+    from ..zoo import MODELS
+
+    if path.parent.resolve() == MODELS.resolve():
+        return f"zoo:{path.name}"
+    return str(path)
+
+
 @click.command("generate")
 @click.argument("prompts", metavar="PROMPT...", nargs=-1, required=True)
 @click.option("-n", "--negative-prompt", default=None, help="What the image should not show.")
@@ -171,8 +180,8 @@ def command(
             "seed": image_seed,
             "width": width,
             "height": height,
-            "structure": str(structure),
-            "texture": None if texture is None else str(texture),
+            "structure": model_label(structure),
+            "texture": None if texture is None else model_label(texture),
             "split": t_split if texture is not None else None,
             "version": __version__,
         }
