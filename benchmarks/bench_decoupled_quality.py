@@ -30,7 +30,7 @@ SNAPSHOTS = ROOT / "zoo/snapshot_images"  # decoupled.npz, full.npz: made on the
 
 def real_images() -> tuple[torch.Tensor, list[str]]:
     from pangudraw.train.config import TrainConfig
-    from pangudraw.train.loop import load_pool
+    from pangudraw.train.stagedata import load_pool
 
     if not (DATA / "metadata.jsonl").is_file():
         subprocess.run(

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from pangudraw.cli.progress import quiet_libraries
 from pangudraw.testing import mini_dataset, tiny_sd
+from pangudraw.train.accounting import measure_flops
+from pangudraw.train.build import build
 from pangudraw.train.config import TrainConfig
-from pangudraw.train.loop import build, measure_flops, train_step
+from pangudraw.train.loop import train_step
 
 RESULTS = Path(__file__).parent / "results"
 UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 4}

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from pangudraw.imageio import save_grid
 from pangudraw.latents import LatentSpace
 from pangudraw.train.data import load_records, stage_pool
-from pangudraw.train.loop import save_grid
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("model", type=Path)

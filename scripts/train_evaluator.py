@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from pangudraw.evaluate.features import EmojiNet, caption_embeddings, retrieval_accuracy
 from pangudraw.train.config import TrainConfig
-from pangudraw.train.loop import load_pool
+from pangudraw.train.stagedata import load_pool
 from pangudraw.zoo import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]

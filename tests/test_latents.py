@@ -63,3 +63,32 @@ def test_same_space_means_same_codec():
     assert not a.same_as(LatentSpace(tiny_vae(latent_channels=8)))  # other config
     assert not a.same_as(LatentSpace(None))
     assert LatentSpace(None).same_as(LatentSpace(None))
+
+
+def test_the_training_cache_encodes_as_inference_does(tmp_path, models):
+    """One latent codec: for a VAE with latents_mean / latents_std the cached training
+    latents (mean and std of the posterior) are exactly what inference encodes to."""
+    from pangudraw.experts import load_expert
+    from pangudraw.testing import mini_dataset
+    from pangudraw.train.config import TrainConfig
+    from pangudraw.train.stagedata import prepare_data
+
+    vae = tiny_vae()
+    mean, std = [0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 1.5]
+    vae.register_to_config(scaling_factor=0.5, latents_mean=mean, latents_std=std)
+    vae.save_pretrained(tmp_path / "vae")
+    space = LatentSpace(vae)
+    mini_dataset(tmp_path / "data", n=4, size=16, small=0, broken=0)
+    config = TrainConfig(stage="texture", data=str(tmp_path / "data"), output="", resolution=16)
+    text = load_expert(models["sd"]).text
+    data = prepare_data(config, space, text, str(tmp_path / "vae"))
+    images = data.pool.pixels.float() / 127.5 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(data.mean, space.encode(images))
+        generator = torch.Generator().manual_seed(0)
+        sample = space.encode(images, generator)
+        noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(sample, data.mean + data.std * noise)
+        # Not the old shift-and-scale rule, which ignored latents_mean / latents_std.
+        raw = vae.encode(images).latent_dist.mean
+        assert not torch.allclose(data.mean, raw * 0.5, atol=1e-3)

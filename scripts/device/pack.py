@@ -64,7 +64,7 @@ def trimmed_minilm(texts: list[str], folder: Path) -> None:
 
 def main() -> None:
     from pangudraw.train.config import load_config
-    from pangudraw.train.loop import load_pool
+    from pangudraw.train.stagedata import load_pool
 
     shutil.rmtree(DEV, ignore_errors=True)
     stage = DEV / "stage"

@@ -79,15 +79,27 @@ class LatentSpace:
 
         Deterministic (the posterior mode) unless a generator is given, then a sample.
         """
+        mean, std = self.encode_posterior(images)
+        if generator is None or std is None:
+            return mean
+        return mean + std * torch.randn(mean.shape, generator=generator).to(mean)
+
+    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, 3, H, W) in [-1, 1] -> the scaled posterior's mean and standard
+        deviation, each (B, C, H/f, W/f); std is None for a pixel space.
+
+        Training caches these and samples ``mean + std * n``: the same normalisation as
+        :meth:`encode`, so a model is trained on the latents it is sampled with.
+        """
         if self.vae is None:
-            return F.pixel_unshuffle(images, self.unshuffle) if self.unshuffle > 1 else images
+            pixels = F.pixel_unshuffle(images, self.unshuffle) if self.unshuffle > 1 else images
+            return pixels, None
         where = images.device
-        images = images.to(self._device, self._dtype)
-        posterior = self.vae.encode(images).latent_dist
-        raw = posterior.mode() if generator is None else posterior.sample(generator)
-        raw = raw.to(where)
-        mean, std = self._normalisation(raw)
-        return (raw - mean) * self.vae.config.scaling_factor / std
+        posterior = self.vae.encode(images.to(self._device, self._dtype)).latent_dist
+        mean, std = posterior.mean.to(where), posterior.std.to(where)
+        shift, spread = self._normalisation(mean)
+        scale = self.vae.config.scaling_factor / spread
+        return (mean - shift) * scale, std * scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) -> images (B, 3, h*f, w*f) in about [-1, 1] (not clamped)."""

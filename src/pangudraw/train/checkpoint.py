@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from .loop import Run
+    from .build import Run
 
 PREFIX = "checkpoint-"
 FILES = {"model.safetensors", "optimizer.safetensors", "optimizer.json", "ema.safetensors"}
