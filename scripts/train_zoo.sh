@@ -21,8 +21,8 @@ for name in vae_a vae_b structure texture full generator_b controlnet_canny cont
     "$BIN/pangu-draw" train "zoo/configs/$name.toml" "${resume[@]}" --max-minutes "$MINUTES"
     if [ -n "${ONE_CHUNK:-}" ] && [ ! -f "runs/$name/model/README.md" ]; then exit 0; fi
   done
-  mkdir -p "$(dirname "$dest")" && rm -rf "$dest" && cp -r "runs/$name/model" "$dest"
-  "$BIN/python" -c "from pangudraw.zoo import write_manifest; write_manifest()"
+  # Into the package; a VAE copy becomes a reference to the bundled VAE (zoo.bundle).
+  "$BIN/python" -c "from pangudraw.zoo import bundle, write_manifest; bundle('runs/$name/model', '$name'); write_manifest()"
   echo "$dest is ready: commit it (and src/pangudraw/zoo/manifest.json)"
 done
 # The offline evaluator (issue 6): features for FID and caption retrieval.

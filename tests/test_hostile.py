@@ -226,6 +226,14 @@ def test_a_png_may_name_only_bundled_models_and_its_own_folder(expert, option, w
     assert "experts[0]" in line  # which entry
 
 
+@pytest.mark.parametrize("name", ["zoo:../../train", "zoo:vae_a/../../..", "zoo:", "zoo:.."])
+def test_a_zoo_name_cannot_leave_the_zoo(name):
+    from pangudraw.experts import resolve_model
+
+    with pytest.raises(UserError, match="no bundled model"):
+        resolve_model(name)
+
+
 def test_refusing_an_outside_path_says_nothing_of_whether_it_exists(work, tmp_path, capsys):
     lines = []
     for target in ("/etc/passwd", "/etc/no-such-file-here"):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,34 @@ def test_default_generate_uses_the_zoo_deterministically_and_draws_an_emoji(tmp_
 
     record = read_record(tmp_path / "a.png")
     assert (record["structure"], record["texture"]) == ("zoo:structure", "zoo:texture")
+
+
+def test_the_package_ships_each_vae_once():
+    for name in ("texture", "full", "generator_b"):
+        folder = MODELS / name
+        assert not (folder / "vae").exists()
+        index = json.loads((folder / "model_index.json").read_text())
+        assert index["vae"] == ["pangudraw", "zoo:vae_b" if name == "generator_b" else "zoo:vae_a"]
+
+
+def test_a_bundled_model_exports_as_a_standalone_folder(tmp_path):
+    from pangudraw.cli.main import main
+    from pangudraw.experts import load_expert
+
+    main(["models", "--export", "texture", str(tmp_path / "texture")])
+    exported = tmp_path / "texture"
+    index = json.loads((exported / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    vae = AutoencoderKL.from_pretrained(exported / "vae")
+    shared = AutoencoderKL.from_pretrained(MODELS / "vae_a")
+    assert all(torch.equal(a, b) for a, b in zip(vae.parameters(), shared.parameters()))
+    # The same expert either way: the same latent space.
+    assert load_expert(exported).space.same_as(load_expert("zoo:texture").space)
+
+
+def test_no_bundled_file_records_a_machine_path():
+    re_machine_path = re.compile(r'"/(?:work|root|home|tmp|Users)/|_name_or_path')
+    for path in MODELS.rglob("*"):
+        if path.suffix in (".json", ".md"):
+            text = path.read_text()
+            assert not re_machine_path.search(text), (path, re_machine_path.search(text))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
 from .errors import UserError
 from .files import read_json
@@ -267,7 +267,8 @@ def resolve_model(path: str | Path) -> Path:
         from .zoo import MODELS, list_models
 
         name = str(path)[len(ZOO_PREFIX) :]
-        if not (MODELS / name / "README.md").is_file():
+        plain = name and "/" not in name and "\\" not in name and name not in (".", "..")
+        if not plain or not (MODELS / name / "README.md").is_file():
             known = ", ".join(m.name for m in list_models()) or "none installed"
             raise UserError(f"no bundled model {name!r}; the zoo has: {known}")
         return MODELS / name
@@ -319,6 +320,25 @@ def component_class(index_file: Path, name: str, spec) -> type:
         raise UserError(f"{index_file}: {name} is {shown}; pangu-draw loads only {known} there")
     library, class_name = entry
     return getattr(importlib.import_module(library), class_name)
+
+
+BUNDLED = "pangudraw"  # ["pangudraw", "zoo:NAME"] in model_index.json: a bundled component
+
+
+def _bundled(spec) -> bool:
+    return isinstance(spec, list) and len(spec) == 2 and spec[0] == BUNDLED
+
+
+def bundled_vae(index_file: Path, spec: list) -> AutoencoderKL:
+    """The bundled VAE that ``["pangudraw", "zoo:NAME"]`` names (the zoo's generators share
+    their space's VAE instead of each carrying a copy)."""
+    name = spec[1]
+    if not isinstance(name, str) or not name.startswith(ZOO_PREFIX):
+        raise UserError(f"{index_file}: vae {spec!r} names no bundled model; use zoo:NAME")
+    folder = resolve_model(name)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{index_file}: {name} is not a bundled VAE")
+    return AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
 
 
 def read_scheduler_config(path: Path) -> tuple[dict, DiscreteVPSchedule]:
@@ -411,7 +431,7 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     unet = component("unet")
     if not isinstance(unet, UNet2DConditionModel):
         raise UserError(f"{folder}: unsupported denoiser {type(unet).__name__}")
-    vae = component("vae")
+    vae = bundled_vae(index_file, index["vae"]) if _bundled(index.get("vae")) else component("vae")
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")

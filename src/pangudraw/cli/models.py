@@ -6,9 +6,25 @@ import click
 
 
 @click.command("models")
-def command() -> None:
+@click.option(
+    "--export",
+    nargs=2,
+    metavar="NAME FOLDER",
+    default=None,
+    help="Copy bundled model NAME to a new FOLDER that diffusers loads on its own "
+    "(a shared VAE is copied in).",
+)
+def command(export: tuple[str, str] | None) -> None:
     """List the bundled models with their sizes and model cards."""
+    from pathlib import Path
+
     from ..zoo import MODELS, list_models
+    from ..zoo import export as export_model
+
+    if export is not None:
+        name, folder = export
+        click.echo(str(export_model(name, Path(folder))))
+        return
 
     models = list_models()
     if not models:

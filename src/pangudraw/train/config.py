@@ -37,6 +37,7 @@ latent_channels = 4
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class TrainConfig:
     vae_model: dict = field(default_factory=dict)
     base: str | None = None
     control: dict = field(default_factory=dict)
+    config_dir: str | None = field(default=None, compare=False, repr=False)  # paths' base
 
     @property
     def timestep_range(self) -> tuple[int, int]:
@@ -100,7 +102,13 @@ class TrainConfig:
         }[self.stage]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as saved beside an exported model: bundled models as ``zoo:NAME`` and
+        other paths relative to the config file's folder, so no machine path is stored."""
+        data = asdict(self)
+        folder = data.pop("config_dir")
+        for key in PATH_KEYS:
+            data[key] = portable_path(data[key], folder)
+        return data
 
 
 INT_KEYS = (
@@ -130,6 +138,10 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
         value = r.get(key, str, required=required)
         if value is None or (key == "text_encoder" and value == "minilm"):
             return value
+        if value.startswith("zoo:"):
+            from ..experts import resolve_model
+
+            return str(resolve_model(value))
         return str((base / value).resolve())
 
     values = {k: r.get(k, int) for k in INT_KEYS} | {k: r.get(k, float) for k in FLOAT_KEYS}
@@ -172,6 +184,7 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
         if value is not None:
             values[key] = value
     config = TrainConfig(
+        config_dir=str(base),
         stage=stage,
         data=path("data", required=True),
         output=path("output", required=True),
@@ -230,6 +243,20 @@ def _check_architecture(reader: TableReader, key: str, class_name: str) -> None:
             reader.fail(f"{key}.{name}", "is set by the stage; remove it")
         if name not in known:
             reader.fail(f"{key}.{name}", f"unknown key; not an argument of diffusers' {class_name}")
+
+
+PATH_KEYS = ("data", "output", "text_encoder", "vae", "base")
+
+
+def portable_path(path: str | None, folder: str | None) -> str | None:
+    """``zoo:NAME`` for a bundled model, else ``path`` relative to ``folder`` (if given)."""
+    from ..zoo import MODELS
+
+    if path is None or path == "minilm" or not Path(path).is_absolute():
+        return path
+    if Path(path).parent.resolve() == MODELS.resolve():
+        return f"zoo:{Path(path).name}"
+    return os.path.relpath(path, folder) if folder else path
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

