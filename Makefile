@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of torch; GPU users: install your CUDA torch into .venv first, then `make install`.
 TORCH := torch==2.13.0
 
-.PHONY: install dev demo test lint bench zoo clean
+.PHONY: install dev demo test test-fast lint bench zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Everything but the subprocess-heavy tests (marked slow): a quick local check.
+test-fast: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_time_decoupled.py

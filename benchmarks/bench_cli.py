@@ -51,11 +51,15 @@ def main() -> None:
     from pangudraw.zoo import MODELS
 
     structure, texture = load_expert(MODELS / "structure"), load_expert(MODELS / "texture")
-    generate(structure, texture, "red apple", None, 25, 7.0, 0)  # warm-up
+    generate(
+        structure, texture, "red apple", num_inference_steps=25, guidance_scale=7.0, seed=0
+    )  # warm-up
     warm = []
     for seed in range(RUNS):
         tick = time.perf_counter()
-        generate(structure, texture, "red apple", None, 25, 7.0, seed)
+        generate(
+            structure, texture, "red apple", num_inference_steps=25, guidance_scale=7.0, seed=seed
+        )
         warm.append(time.perf_counter() - tick)
 
     result = {

@@ -22,6 +22,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ from pangudraw.bridge import Site
 from pangudraw.cli.progress import quiet_libraries
 from pangudraw.coop import Participant, make_scheduler, sample
 from pangudraw.experts import Conditioning, load_expert
-from pangudraw.testing import gaussian_expert, tiny_sd
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
+from tiny_models import gaussian_expert, tiny_sd  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -53,7 +53,8 @@ def metrics(images, prompts, net, fid, edges=None, layouts=None) -> dict:
     """``fid``: a scorer from :func:`pangudraw.evaluate.fid.fid_against`."""
     from pangudraw.evaluate.control import colour_layout_error, edge_f1
     from pangudraw.evaluate.features import caption_embeddings
-    from pangudraw.evaluate.report import resize_pixels, retrieval
+    from pangudraw.evaluate.report import retrieval
+    from pangudraw.imageio import resize_pixels
 
     images = resize_pixels(images, (64, 64))  # the evaluator sees 64 px
     distinct = sorted(set(prompts))
@@ -83,8 +84,8 @@ def main(only_sizes: tuple[int, ...] = ()) -> None:
     from pangudraw.evaluate.features import load_evaluator
     from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import read_folder
-    from pangudraw.experts import Control, load_expert
-    from pangudraw.pipelines import load_controlnet, split_sigma
+    from pangudraw.experts import Control, load_controlnet, load_expert
+    from pangudraw.pipelines import split_sigma
 
     real, texts = real_images()
     net = load_evaluator()

@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
 from pangudraw.cli.progress import quiet_libraries
 from pangudraw.experts import load_expert
 from pangudraw.pipelines import generate
-from pangudraw.testing import tiny_sdxl
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
+from tiny_models import tiny_sdxl  # noqa: E402
 
 PROMPT = "a red apple on a white background"
 
@@ -58,7 +61,15 @@ def measure(size: int, runs: int, steps: int) -> dict:
     expert = load_expert(folder)
 
     def ours() -> torch.Tensor:
-        return generate(expert, expert, PROMPT, None, steps, 5.0, 0, t_split=500).images
+        return generate(
+            expert,
+            expert,
+            PROMPT,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            seed=0,
+            t_split=500,
+        ).images
 
     def theirs() -> torch.Tensor:
         base.scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pangudraw.testing import tiny_controlnet, tiny_sd, tiny_sdxl
+from tiny_models import tiny_controlnet, tiny_sd, tiny_sdxl
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pangudraw.cli.main import main
 from pangudraw.coop import SAMPLERS
 from pangudraw.imageio import read_record
 from pangudraw.options import SAMPLER_NAMES
-from pangudraw.testing import tiny_vae
+from tiny_models import tiny_vae
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -189,7 +189,16 @@ def test_structure_and_texture_in_different_latent_spaces(models, other_space_mo
             str(out),
         ]
     )
-    assert Image.open(out).size == (16, 16)
+    from pangudraw.experts import load_expert
+    from pangudraw.pipelines import generate
+
+    structure, texture = load_expert(models["sd"]), load_expert(other_space_model)
+    expected = generate(structure, texture, "x", num_inference_steps=4, seed=1).to_pil()[0]
+    alone = generate(texture, None, "x", num_inference_steps=4, seed=1).to_pil()[0]
+    with Image.open(out) as image:
+        assert image.size == (16, 16)
+        assert image.tobytes() == expected.tobytes()  # the CLI is the library's pair
+        assert image.tobytes() != alone.tobytes()  # and the structure model took part
 
 
 def test_pickle_weights_load_when_allowed(pickle_model, tmp_path, capsys):

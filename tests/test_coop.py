@@ -22,13 +22,17 @@ def spec(name, model, **kwargs) -> ExpertSpec:
 
 def test_shared_site_coop_never_calls_a_vae_and_equals_the_core_loop(models, monkeypatch):
     structure, texture = load_expert(models["sdxl"]), load_expert(models["sdxl"])
-    expected = generate(structure, texture, PROMPT, None, 8, 2.0, seed=3).images
+    expected = generate(
+        structure, texture, PROMPT, num_inference_steps=8, guidance_scale=2.0, seed=3
+    ).images
     calls = []
     for expert in (structure, texture):
         vae = expert.space.vae
         monkeypatch.setattr(vae, "encode", lambda *a, **k: calls.append("encode"))
     # Sampling only: the final decode is the one VAE call.
-    result = generate(structure, texture, PROMPT, None, 8, 2.0, seed=3).images
+    result = generate(
+        structure, texture, PROMPT, num_inference_steps=8, guidance_scale=2.0, seed=3
+    ).images
     assert calls == []
     assert torch.equal(result, expected)
 
@@ -74,9 +78,24 @@ def test_experts_trained_on_different_beta_schedules_share_the_sigma_axis(models
     assert a.schedule.sigma_max != pytest.approx(b.schedule.sigma_max)
     sigma = 1.0
     assert a.schedule.sigma_to_t(sigma) != pytest.approx(b.schedule.sigma_to_t(sigma))
+    # In one loop both experts see the same noise levels, each through its own timesteps.
+    from pangudraw.experts import Expert
+
+    seen = []
+    denoise = Expert.denoise
+
+    def record(self, x, sigma, *args, **kwargs):
+        seen.append((self.name, sigma, self.schedule.sigma_to_t(sigma)))
+        return denoise(self, x, sigma, *args, **kwargs)
+
     recipe = Recipe(experts=[spec("a", models["sd"]), spec("b", models["sd_linear"])], steps=5)
-    images = coop_generate(recipe).images
-    assert torch.isfinite(images).all() and images.std() > 0.01
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Expert, "denoise", record)
+        coop_generate(recipe)
+    by_expert = {name: [(s, t) for n, s, t in seen if n == name] for name, _, _ in seen}
+    (sigmas_a, ts_a), (sigmas_b, ts_b) = (list(zip(*v)) for v in by_expert.values())
+    assert sigmas_a == sigmas_b and len(sigmas_a) == 5
+    assert all(t_a != pytest.approx(t_b) for t_a, t_b in zip(ts_a, ts_b))
 
 
 def test_controlnet_expert_equals_diffusers_controlnet_pipeline(models):
@@ -214,10 +233,18 @@ def test_controlnet_for_another_base_is_refused(models):
 
 
 def test_sigma_windows_are_used_as_given(models):
-    recipe = Recipe(
-        experts=[spec("a", models["sd"], window=Window("sigma", 0.0, math.inf))], steps=3
-    )
-    assert coop_generate(recipe).images.shape == (1, 3, 16, 16)
+    """A split given on sigma is the split given on t at that sigma, to the bit."""
+    sigma = load_expert(models["sd"]).schedule.t_to_sigma(500)
+
+    def pair(high: Window, low: Window) -> torch.Tensor:
+        experts = [spec("a", models["sd"], window=high), spec("b", models["sd_b"], window=low)]
+        return coop_generate(Recipe(experts=experts, steps=6)).images
+
+    on_t = pair(Window("t", 500, 1000), Window("t", 0, 500))
+    on_sigma = pair(Window("sigma", sigma, math.inf), Window("sigma", 0.0, sigma))
+    assert torch.equal(on_t, on_sigma)
+    elsewhere = pair(Window("sigma", 2 * sigma, math.inf), Window("sigma", 0.0, 2 * sigma))
+    assert not torch.equal(on_t, elsewhere)
 
 
 def test_bridging_every_k_steps_runs_the_off_canvas_expert_less_often(models):

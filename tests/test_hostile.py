@@ -29,7 +29,7 @@ from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.files import write_outputs
 from pangudraw.imageio import JSON_KEY, read_record
-from pangudraw.testing import mini_dataset
+from tiny_models import mini_dataset
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 PREVIOUS = b"a file the user had before"
@@ -258,6 +258,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_png_naming_a_hub_model_sends_no_request(work):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Hub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -363,43 +364,38 @@ def test_generate_numbers_are_checked_before_any_work(case, work, capsys):
     refuse(["generate", "red apple", *args, "-o", work / "out.png"], work, capsys, pattern)
 
 
-RECIPE_NUMBERS = {
-    "NaN guidance": ("guidance=nan", r"guidance: expected a finite number"),
-    "infinite weight": ("experts.0.weight=inf", r"weight: expected a finite number"),
-    "NaN window": ("experts.0.window={ t = [nan, 500] }", r"window: expected"),
-    "zero width": ("canvas.width=0", r"canvas.width: expected an integer in \[1, 4096\]"),
-    "huge steps": ("steps=99999", r"steps: expected an integer in \[1, 1000\]"),
-    "negative seed": ("seed=-3", r"seed: expected an integer in"),
-    "NaN control scale": ("experts.0.controls.0.scale=nan", r"scale: expected a finite"),
+# --set overrides of a recipe (coop) or a training config (train), each refused.
+OVERRIDES = {
+    "recipe NaN guidance": ("coop", "guidance=nan", r"guidance: expected a finite number"),
+    "recipe infinite weight": ("coop", "experts.0.weight=inf", r"weight: expected a finite"),
+    "recipe NaN window": ("coop", "experts.0.window={ t = [nan, 500] }", r"window: expected"),
+    "recipe zero width": ("coop", "canvas.width=0", r"width: expected an integer in \[1, 4096\]"),
+    "recipe huge steps": ("coop", "steps=99999", r"steps: expected an integer in \[1, 1000\]"),
+    "recipe negative seed": ("coop", "seed=-3", r"seed: expected an integer in"),
+    "recipe NaN control scale": ("coop", "experts.0.controls.0.scale=nan", r"scale: expected a"),
+    "config NaN learning rate": ("train", "lr=nan", r"lr: expected a finite number"),
+    "config zero learning rate": ("train", "lr=0", r"lr: expected a value in \(0, 1\]"),
+    "EMA decay 1": ("train", "ema_decay=1.0", r"ema_decay: expected a value in \[0, 1\)"),
+    "config dropout above one": ("train", "cfg_dropout=1.5", r"cfg_dropout: expected a value in"),
+    "UNet key": ("train", "unet.block_out_channel=[8]", r"unet.block_out_channel: unk"),
+    "UNet derived": ("train", "unet.in_channels=3", r"unet.in_channels: is set by the"),
+    "VAE key": ("train", "vae_model.latent_channel=4", r"vae_model.latent_channel: u"),
+    "config negative batch": ("train", "batch_size=-4", r"batch_size: expected a value in \[1, "),
 }
 
 
-@pytest.mark.parametrize("case", list(RECIPE_NUMBERS))
-def test_recipe_numbers_are_checked(case, work, capsys):
-    override, pattern = RECIPE_NUMBERS[case]
-    for name in ("zoo_multicontrol.toml", "grinning.png", "heart.png"):
-        shutil.copy(EXAMPLES / name, work / name)
-    argv = ["coop", work / "zoo_multicontrol.toml", "--set", override, "-o", work / "out.png"]
-    refuse(argv, work, capsys, pattern)
-
-
-TRAIN_NUMBERS = {
-    "NaN learning rate": ("lr=nan", r"lr: expected a finite number"),
-    "zero learning rate": ("lr=0", r"lr: expected a value in \(0, 1\]"),
-    "EMA decay of one": ("ema_decay=1.0", r"ema_decay: expected a value in \[0, 1\)"),
-    "dropout above one": ("cfg_dropout=1.5", r"cfg_dropout: expected a value in \[0, 1\]"),
-    "unknown UNet key": ("unet.block_out_channel=[8]", r"unet.block_out_channel: unknown key"),
-    "derived UNet key": ("unet.in_channels=3", r"unet.in_channels: is set by the stage"),
-    "unknown VAE key": ("vae_model.latent_channel=4", r"vae_model.latent_channel: unknown key"),
-    "negative batch": ("batch_size=-4", r"batch_size: expected a value in \[1, "),
-}
-
-
-@pytest.mark.parametrize("case", list(TRAIN_NUMBERS))
-def test_training_config_numbers_and_keys_are_checked(case, train_work, capsys):
-    override, pattern = TRAIN_NUMBERS[case]
-    argv = ["train", train_work / "full.toml", "--set", override]
-    refuse(argv, train_work, capsys, pattern)
+@pytest.mark.parametrize("case", list(OVERRIDES))
+def test_numbers_and_keys_of_recipes_and_training_configs_are_checked(case, request, capsys):
+    command, override, pattern = OVERRIDES[case]
+    if command == "coop":
+        folder = request.getfixturevalue("work")
+        for name in ("zoo_multicontrol.toml", "grinning.png", "heart.png"):
+            shutil.copy(EXAMPLES / name, folder / name)
+        argv = ["coop", folder / "zoo_multicontrol.toml", "-o", folder / "out.png"]
+    else:
+        folder = request.getfixturevalue("train_work")
+        argv = ["train", folder / "full.toml"]
+    refuse([*argv, "--set", override], folder, capsys, pattern)
 
 
 def test_max_minutes_must_be_finite(train_work, capsys):

@@ -15,7 +15,7 @@ from pangudraw.bridge import Site
 from pangudraw.coop import Participant, make_scheduler, sample
 from pangudraw.experts import Conditioning
 from pangudraw.noise import DiscreteVPSchedule
-from pangudraw.testing import gaussian_expert
+from tiny_models import gaussian_expert
 
 MU, TAU = 0.1, 0.3
 COND = Conditioning(torch.zeros(4, 1, 1), guided=False)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pangudraw.latents import LatentSpace
-from pangudraw.testing import tiny_vae
+from tiny_models import tiny_vae
 
 
 def test_scaled_latents_follow_scaling_and_shift():
@@ -69,9 +69,9 @@ def test_the_training_cache_encodes_as_inference_does(tmp_path, models):
     """One latent codec: for a VAE with latents_mean / latents_std the cached training
     latents (mean and std of the posterior) are exactly what inference encodes to."""
     from pangudraw.experts import load_expert
-    from pangudraw.testing import mini_dataset
     from pangudraw.train.config import TrainConfig
     from pangudraw.train.stagedata import prepare_data
+    from tiny_models import mini_dataset
 
     vae = tiny_vae()
     mean, std = [0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 1.5]

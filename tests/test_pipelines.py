@@ -25,6 +25,11 @@ PROMPT = "a red apple"
 TOL = 1e-4
 
 
+def single(expert, sampler: str, **kwargs) -> torch.Tensor:
+    """Our single-expert sampling at the settings ``reference`` gives diffusers."""
+    return generate(expert, None, PROMPT, seed=3, sampler=sampler, **kwargs).images
+
+
 def reference(pipe, sampler: str, **kwargs) -> torch.Tensor:
     pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -37,7 +42,7 @@ def reference(pipe, sampler: str, **kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_single_expert_equals_stable_diffusion_pipeline(models, sampler, guidance):
     expert = load_expert(models["sd"])
-    ours = generate(expert, None, PROMPT, None, 8, guidance, seed=3, sampler=sampler).images
+    ours = single(expert, sampler, num_inference_steps=8, guidance_scale=guidance)
     pipe = StableDiffusionPipeline.from_pretrained(models["sd"])
     theirs = reference(pipe, sampler, num_inference_steps=8, guidance_scale=guidance)
     assert ours.std() > 0.01
@@ -48,7 +53,9 @@ def test_single_expert_equals_stable_diffusion_pipeline(models, sampler, guidanc
 def test_v_prediction_expert_equals_its_pipeline(models, sampler):
     expert = load_expert(models["sd_v"])
     assert expert.prediction_type == "v_prediction"
-    ours = generate(expert, None, PROMPT, "blurry", 8, 2.0, seed=3, sampler=sampler).images
+    ours = single(
+        expert, sampler, negative_prompt="blurry", num_inference_steps=8, guidance_scale=2.0
+    )
     pipe = StableDiffusionPipeline.from_pretrained(models["sd_v"])
     theirs = reference(
         pipe, sampler, num_inference_steps=8, guidance_scale=2.0, negative_prompt="blurry"
@@ -59,7 +66,7 @@ def test_v_prediction_expert_equals_its_pipeline(models, sampler):
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_single_sdxl_expert_equals_sdxl_pipeline(models, guidance):
     expert = load_expert(models["sdxl"])
-    ours = generate(expert, None, PROMPT, None, 8, guidance, seed=3, sampler="euler").images
+    ours = single(expert, "euler", num_inference_steps=8, guidance_scale=guidance)
     pipe = StableDiffusionXLPipeline.from_pretrained(models["sdxl"])
     theirs = reference(pipe, "euler", num_inference_steps=8, guidance_scale=guidance)
     assert (ours - theirs).abs().max() <= TOL
@@ -72,7 +79,14 @@ def test_structure_texture_equals_sdxl_base_plus_refiner(models, sampler, t_spli
     texture = load_expert(models["sdxl"])
     steps, guidance = 10, 2.0
     ours = generate(
-        structure, texture, PROMPT, None, steps, guidance, seed=3, sampler=sampler, t_split=t_split
+        structure,
+        texture,
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seed=3,
+        sampler=sampler,
+        t_split=t_split,
     ).images
 
     base = StableDiffusionXLPipeline.from_pretrained(models["sdxl"])
@@ -108,8 +122,8 @@ def test_two_copies_with_half_weights_equal_one_model(models):
 def test_a_different_expert_changes_the_result(models):
     """The split matters: texture from another model gives another image (the test can fail)."""
     a, b = load_expert(models["sd"]), load_expert(models["sd_other"])
-    alone = generate(a, None, PROMPT, None, 8, 2.0, seed=3).images
-    split = generate(a, b, PROMPT, None, 8, 2.0, seed=3).images
+    alone = generate(a, None, PROMPT, num_inference_steps=8, guidance_scale=2.0, seed=3).images
+    split = generate(a, b, PROMPT, num_inference_steps=8, guidance_scale=2.0, seed=3).images
     assert (alone - split).abs().max() > 1e-2
 
 
@@ -138,12 +152,18 @@ def test_gap_in_windows_is_an_error(models):
 
 def test_generation_is_deterministic_and_seed_dependent(models):
     expert = load_expert(models["sd"])
-    first = generate(expert, None, PROMPT, None, 5, 2.0, seed=7, num_images=2)
-    again = generate(expert, None, PROMPT, None, 5, 2.0, seed=7, num_images=2)
+    first = generate(
+        expert, None, PROMPT, num_inference_steps=5, guidance_scale=2.0, seed=7, num_images=2
+    )
+    again = generate(
+        expert, None, PROMPT, num_inference_steps=5, guidance_scale=2.0, seed=7, num_images=2
+    )
     assert torch.equal(first.images, again.images)
     assert first.seeds == [7, 8]
     # Image i of a batch is the image of seed + i alone.
-    single = generate(expert, None, PROMPT, None, 5, 2.0, seed=8).images
+    single = generate(
+        expert, None, PROMPT, num_inference_steps=5, guidance_scale=2.0, seed=8
+    ).images
     assert (first.images[1] - single[0]).abs().max() <= TOL
     assert (first.images[0] - first.images[1]).abs().max() > 1e-2
 

@@ -8,7 +8,8 @@ from PIL import Image
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.imageio import read_record
-from pangudraw.recipes import apply_overrides, load_recipe, parse_recipe
+from pangudraw.recipes import load_recipe, parse_recipe
+from pangudraw.tomlconf import apply_overrides
 
 RECIPE = """
 prompt = "a red apple"

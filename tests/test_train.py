@@ -19,10 +19,10 @@ from pangudraw.errors import UserError
 from pangudraw.experts import load_expert
 from pangudraw.pipelines import coop_generate, generate
 from pangudraw.recipes import ExpertSpec, Recipe, Window
-from pangudraw.testing import mini_dataset
 from pangudraw.train.config import load_config, parse_config
 from pangudraw.train.data import load_records, stage_pool
 from pangudraw.train.losses import sample_timesteps
+from tiny_models import mini_dataset
 
 TINY = {
     "data": "data",
@@ -122,7 +122,9 @@ def test_every_stage_trains_and_exports_an_expert_that_generates(workspace):
         assert (folder / "model" / "README.md").read_text().startswith("# pangu-draw")
         assert (folder / "samples" / "final.png").is_file()
         expert = load_expert(folder / "model")
-        image = generate(expert, None, "red circle", None, 4, 2.0, 0).images
+        image = generate(
+            expert, None, "red circle", num_inference_steps=4, guidance_scale=2.0, seed=0
+        ).images
         assert torch.isfinite(image).all()
 
     texture = json.loads((root / "runs/texture/resources.json").read_text())
@@ -195,6 +197,7 @@ def final_weights(root: Path, name: str) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(workspace):
     root = workspace["root"]
     steps = 60
@@ -220,6 +223,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(work
     assert json.loads((root / "runs/killed/resources.json").read_text())["optimizer_steps"] == 60
 
 
+@pytest.mark.slow
 def test_a_kill_during_saving_never_leaves_a_half_written_checkpoint(workspace):
     root = workspace["root"]
     config = write_config(workspace, "saves", "full", steps=400, every=1, keep_checkpoints=3)
@@ -256,6 +260,7 @@ def test_a_kill_during_saving_never_leaves_a_half_written_checkpoint(workspace):
     assert process.wait(timeout=120) == 0, process.stderr.read()
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch(workspace):
     root = workspace["root"]
     config = write_config(workspace, "twoproc", "full", steps=3, every=3)

@@ -60,8 +60,7 @@ def test_every_model_loads_and_matches_its_card(model):
         assert len(net.classes) == resources["subcategories"]
         assert f"{resources['held_out_subcategory_accuracy']:.3f}" in card
     elif config["stage"] == "controlnet":
-        from pangudraw.experts import load_expert
-        from pangudraw.pipelines import load_controlnet
+        from pangudraw.experts import load_controlnet, load_expert
 
         base = load_expert(MODELS / CONTROLNET_BASES[model.name])
         load_controlnet(str(model.path), base)  # refused if built for another UNet

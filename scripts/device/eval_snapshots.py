@@ -74,7 +74,13 @@ def main(out: Path, n: int = 256, device: str = "cuda") -> None:
             structure = move(load_expert(first), device)
             texture = None if second is None else move(load_expert(second), device)
             result = generate(
-                structure, texture, prompts, None, STEPS, GUIDANCE, 0, sampler=SAMPLER, num_images=n
+                structure,
+                texture,
+                prompts,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                sampler=SAMPLER,
+                num_images=n,
             )
             images.append((result.images.permute(0, 2, 3, 1) * 255).round().byte().numpy())
             point = [figures(first)] + ([figures(second)] if second else [])

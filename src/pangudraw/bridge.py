@@ -1,4 +1,4 @@
-"""Moving estimates between experts' latent spaces and resolutions (DESIGN.md 2.2).
+"""Moving estimates between experts' latent spaces and resolutions (docs/design.md, section 3).
 
 Only clean estimates (x0) are bridged. A noisy latent is never resized or re-encoded:
 upsampled noise is spatially correlated and has the wrong variance. Noise is added

@@ -1,4 +1,4 @@
-"""The Coop-Diffusion denoising loop (DESIGN.md 2.3).
+"""The Coop-Diffusion denoising loop (docs/design.md, section 4).
 
 State: the canvas latents (one latent space at the target size, stepped by a diffusers
 scheduler) and, for every active expert that works elsewhere (another latent space or
@@ -39,7 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .bridge import Site, bridge, renoise
 from .errors import UserError
 from .experts import Conditioning, Control, Expert
-from .noise import DiscreteVPSchedule, from_x0
+from .noise import DiscreteVPSchedule, SigmaWindow, from_x0
 from .options import NOISE_POLICIES
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
@@ -83,14 +83,13 @@ class Participant:
     cond: Conditioning
     guidance_scale: float = 1.0
     weight: float = 1.0
-    window: tuple[float, float] = (0.0, math.inf)
+    window: SigmaWindow = SigmaWindow()
     size: tuple[int, int] | None = None
     mask: torch.Tensor | None = None
     controls: list[Control] = field(default_factory=list)
 
     def active(self, sigma: float) -> bool:
-        lo, hi = self.window
-        return lo <= sigma < hi
+        return SigmaWindow(*self.window).contains(sigma)
 
     def site(self, canvas: Site) -> Site:
         return Site(self.expert.space, self.size or canvas.size)
@@ -203,9 +202,9 @@ def sample(
 
     step_kwargs = _step_kwargs(scheduler, generator)
     latents = noise * scheduler.init_noise_sigma
-    own: dict[int, torch.Tensor] = {}  # latents (x = x0 + sigma n) of experts off the canvas
-    held: dict[int, torch.Tensor] = {}  # their last estimates, bridged to the canvas
-    due: dict[int, int] = {}  # the step at which each of them runs next
+    off_latents: dict[int, torch.Tensor] = {}  # x = x0 + sigma n of experts off the canvas
+    bridged: dict[int, torch.Tensor] = {}  # their last x0 estimates, bridged to the canvas
+    next_run: dict[int, int] = {}  # the step at which each of them runs next
     x0 = None
     for i, t in enumerate(timesteps):
         sigma = sigmas[i]
@@ -214,27 +213,27 @@ def sample(
         # Variance-exploding view of the canvas: x = x0 + sigma * n.
         x = z / alpha
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
-        for k in [k for k in own if k not in active]:
-            del own[k], held[k], due[k]  # re-enters by re-sampling if active again
+        for k in [k for k in off_latents if k not in active]:
+            del off_latents[k], bridged[k], next_run[k]  # re-enters by re-sampling if active again
         estimates = []
         for k in active:
             p, site = participants[k], sites[k]
             if on_canvas[k]:
                 estimates.append(p.expert.denoise(x, sigma, p.cond, p.guidance_scale, p.controls))
                 continue
-            if k not in own:
+            if k not in off_latents:
                 # Entry by noise re-sampling (pure noise before any estimate exists).
                 if x0 is None:
                     shape = site.latent_shape(noise.shape[0])
                     pure = randn_tensor(shape, generator=generator, dtype=noise.dtype)
-                    own[k] = pure * math.sqrt(1.0 + sigma * sigma)
+                    off_latents[k] = pure * math.sqrt(1.0 + sigma * sigma)
                 else:
-                    own[k] = renoise(bridge(x0, canvas, site), sigma, generator)
-                due[k] = i
-            if due[k] == i:
-                x0_k = p.expert.denoise(own[k], sigma, p.cond, p.guidance_scale, p.controls)
-                held[k] = bridge(x0_k, site, canvas)
-            estimates.append(held[k])
+                    off_latents[k] = renoise(bridge(x0, canvas, site), sigma, generator)
+                next_run[k] = i
+            if next_run[k] == i:
+                x0_k = p.expert.denoise(off_latents[k], sigma, p.cond, p.guidance_scale, p.controls)
+                bridged[k] = bridge(x0_k, site, canvas)
+            estimates.append(bridged[k])
         # Fusion on x0.
         x0 = fuse(estimates, [weight_maps[k] for k in active])
         # Canvas step.
@@ -242,16 +241,16 @@ def sample(
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         # Experts that ran off the canvas step, in their own spaces, to the noise level of
         # their next run (a DDIM step can jump several sampler steps) around the fused x0.
-        for k in [k for k in own if due[k] == i]:
-            due[k] = i + bridge_every
-            sigma_next = sigmas[due[k]] if due[k] < len(sigmas) else 0.0
+        for k in [k for k in off_latents if next_run[k] == i]:
+            next_run[k] = i + bridge_every
+            sigma_next = sigmas[next_run[k]] if next_run[k] < len(sigmas) else 0.0
             if sigma_next == 0.0:
                 continue
             target = bridge(x0, canvas, sites[k])
             if noise_policy == "carry":
-                own[k] = target + sigma_next * (own[k] - target) / sigma
+                off_latents[k] = target + sigma_next * (off_latents[k] - target) / sigma
             else:
-                own[k] = renoise(target, sigma_next, generator)
+                off_latents[k] = renoise(target, sigma_next, generator)
         if callback is not None:
             callback(Step(i, len(timesteps), float(t), sigma, x0, latents, active))
     return latents

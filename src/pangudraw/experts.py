@@ -5,12 +5,13 @@ shared noise axis of :mod:`pangudraw.noise`. An ``Expert`` holds only loaded mod
 everything that belongs to one generation (prompt, guidance, window, weight) lives in
 the caller's locals or in :class:`pangudraw.coop.Participant`, so one loaded expert can
 serve concurrent requests.
+
+Design: docs/design.md, section 2.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from .errors import UserError
 from .files import read_json
 from .latents import LatentSpace
-from .noise import PREDICTION_TYPES, DiscreteVPSchedule, Schedule, to_x0
+from .noise import PREDICTION_TYPES, DiscreteVPSchedule, Schedule, SigmaWindow, to_x0
 from .textenc import MINILM_REFERENCE, load_minilm
 
 
@@ -141,10 +142,10 @@ class Control:
     model: ControlNetModel
     image: torch.Tensor
     scale: float = 1.0
-    window: tuple[float, float] = (0.0, math.inf)
+    window: SigmaWindow = SigmaWindow()
 
     def active(self, sigma: float) -> bool:
-        return self.window[0] <= sigma < self.window[1]
+        return SigmaWindow(*self.window).contains(sigma)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Expert:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (codec factor x UNet downsampling)."""
+        """Image sides must be multiples of this (latent factor x UNet downsampling)."""
         return self.space.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def encode_prompt(
@@ -469,3 +470,29 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
         sample_size=(height * space.factor, width * space.factor),
         dtype=next(unet.parameters()).dtype,
     )
+
+
+def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
+    """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
+    path = str(resolve_model(path))
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path} is not a diffusers ControlNet folder (no config.json)")
+    try:
+        model = ControlNetModel.from_pretrained(
+            path, use_safetensors=None if allow_pickle else True
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load ControlNet {path}: {str(exc).splitlines()[0]}") from exc
+    keys = ("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type")
+    theirs, ours = model.config, expert.unet.config
+    mismatched = [k for k in keys if list(_listify(theirs.get(k))) != list(_listify(ours.get(k)))]
+    if mismatched:
+        raise UserError(
+            f"ControlNet {path} was built for another base than {expert.name} "
+            f"(differs in {', '.join(mismatched)}); use a ControlNet trained for that model"
+        )
+    return model.eval()
+
+
+def _listify(value) -> list:
+    return value if isinstance(value, list | tuple) else [value]

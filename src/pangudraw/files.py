@@ -8,6 +8,8 @@ Writing: every output is checked before the work starts (:func:`check_outputs`) 
 written whole or not at all (:func:`write_outputs`): files go to temporary names beside
 their targets and are renamed into place only when all of them are written, so a run
 that fails part-way leaves every pre-existing file as it was and no temporary file.
+
+Design: docs/design.md, section 5.
 """
 
 from __future__ import annotations

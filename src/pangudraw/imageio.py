@@ -100,3 +100,51 @@ def read_image(path: str | Path, mode: str, size: tuple[int, int], what: str) ->
 def read_pixels(path: str | Path, size: tuple[int, int], what: str) -> torch.Tensor:
     """An RGB image file as (1, 3, H, W) uint8, resized (antialiased) to ``size`` (H, W)."""
     return (read_image(path, "RGB", size, what) * 255).round().to(torch.uint8)
+
+
+def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images resized (antialiased) to ``size``; unchanged if already so."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    resized = torch.nn.functional.interpolate(
+        images.float(), size=tuple(size), mode="bilinear", antialias=True
+    )
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white (emoji art is RGBA)."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def square_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Short side resized to ``resolution`` (Lanczos), centre crop: (3, R, R) uint8."""
+    image = to_rgb(image)
+    w, h = image.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    image = image.resize(size, Image.LANCZOS)
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    return (
+        torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        .view(resolution, resolution, 3)
+        .permute(2, 0, 1)
+        .clone()
+    )
+
+
+def read_rgb(path: Path, size: int) -> np.ndarray:
+    """An image file as (size, size, 3) uint8, Lanczos-resized (the evaluator's input)."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(rgb)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path} is not a readable image") from exc

@@ -1,4 +1,7 @@
-"""Latent spaces: the codec between pixel images in [-1, 1] and an expert's scaled latents."""
+"""Latent spaces: the codec between pixel images in [-1, 1] and an expert's scaled latents.
+
+Design: docs/design.md, section 3.
+"""
 
 from __future__ import annotations
 

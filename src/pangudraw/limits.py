@@ -5,6 +5,8 @@ need, instead of running for days or dying in an allocation. The bounds on sizes
 the number of images can be raised with environment variables (``PANGU_DRAW_MAX_SIDE``,
 ``PANGU_DRAW_MAX_IMAGES``) by a user who has the machine for more; the memory check
 compares an estimate with this machine's memory and cannot be turned off.
+
+Design: docs/design.md, section 5.
 """
 
 from __future__ import annotations

@@ -11,18 +11,30 @@ expert's own network sees ``z = alpha(sigma) * x0 + s(sigma) * n = alpha * x``:
 
 Prediction types (epsilon, v, sample, flow velocity) are converted to and from
 the denoised estimate ``x0`` here and nowhere else.
+
+Design: docs/design.md, section 1.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample", "flow")
+
+
+class SigmaWindow(NamedTuple):
+    """The noise levels [lo, hi) on the shared axis where an expert or a ControlNet acts."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+
+    def contains(self, sigma: float) -> bool:
+        return self.lo <= sigma < self.hi
 
 
 def to_x0(

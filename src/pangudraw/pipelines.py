@@ -1,11 +1,13 @@
-"""User-facing generation built from experts: time-decoupled pairs and Coop recipes."""
+"""User-facing generation built from experts: time-decoupled pairs and Coop recipes.
+
+Design: docs/design.md, section 5.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -14,12 +16,12 @@ from PIL import Image
 from .bridge import Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
 from .errors import UserError
-from .experts import Conditioning, Control, Expert, load_expert
+from .experts import Conditioning, Control, Expert, load_controlnet, load_expert
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
+from .noise import SigmaWindow
+from .options import DEFAULT_SPLIT
 from .recipes import Recipe, Window
-
-DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500).
 
 
 @dataclass
@@ -56,17 +58,21 @@ def split_sigma(expert: Expert, t_split: float) -> float:
     return expert.schedule.t_to_sigma(t_split)
 
 
-def working_size(expert: Expert, owner: Expert, canvas: Site) -> tuple[int, int]:
+def working_size(expert: Expert, canvas_expert: Expert, canvas: Site) -> tuple[int, int]:
     """The canvas size for the canvas expert and its twins, else the expert's native size."""
-    if expert is owner or (
-        expert.space.same_as(owner.space) and expert.sample_size == owner.sample_size
+    if expert is canvas_expert or (
+        expert.space.same_as(canvas_expert.space)
+        and expert.sample_size == canvas_expert.sample_size
     ):
         return canvas.size
     return native_size(expert.sample_size, canvas.size, expert.size_multiple)
 
 
-def _canvas(owner: Expert, height: int | None, width: int | None, batch: int) -> Site:
-    canvas = Site(owner.space, (height or owner.sample_size[0], width or owner.sample_size[1]))
+def _canvas(canvas_expert: Expert, height: int | None, width: int | None, batch: int) -> Site:
+    canvas = Site(
+        canvas_expert.space,
+        (height or canvas_expert.sample_size[0], width or canvas_expert.sample_size[1]),
+    )
     try:
         canvas.latent_shape(batch)
     except ValueError as exc:
@@ -74,10 +80,12 @@ def _canvas(owner: Expert, height: int | None, width: int | None, batch: int) ->
     return canvas
 
 
-def _check_steps(steps: int, owner: Expert) -> None:
-    last = owner.schedule.num_train_timesteps
+def _check_steps(steps: int, canvas_expert: Expert) -> None:
+    last = canvas_expert.schedule.num_train_timesteps
     if steps > last:
-        raise UserError(f"steps {steps} exceed the {last} training timesteps of {owner.name}")
+        raise UserError(
+            f"steps {steps} exceed the {last} training timesteps of {canvas_expert.name}"
+        )
 
 
 def _check_memory(participants: list[Participant], canvas: Site, batch: int) -> None:
@@ -128,6 +136,7 @@ def generate(
     structure: Expert,
     texture: Expert | None,
     prompt: str | list[str],
+    *,
     negative_prompt: str | None = None,
     num_inference_steps: int = 25,
     guidance_scale: float = 7.0,
@@ -155,22 +164,22 @@ def generate(
     check_request(num_inference_steps, num_images, seed, width, height)
     check_finite(guidance_scale, "guidance scale")
     check_finite(t_split, "split")
-    owner = texture or structure
-    canvas = _canvas(owner, height, width, num_images)
-    _check_steps(num_inference_steps, owner)
-    scheduler = make_scheduler(sampler, owner.scheduler_config)
+    canvas_expert = texture or structure
+    canvas = _canvas(canvas_expert, height, width, num_images)
+    _check_steps(num_inference_steps, canvas_expert)
+    scheduler = make_scheduler(sampler, canvas_expert.scheduler_config)
     prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
     if len(prompts) != num_images:
         raise UserError(f"{len(prompts)} prompts for {num_images} images; give one per image")
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
     encode = _PromptCache()
-    roles = [(structure, (0.0, math.inf))]
+    roles = [(structure, SigmaWindow())]
     if texture is not None:
         sigma_split = split_sigma(structure, t_split)
-        roles = [(structure, (sigma_split, math.inf)), (texture, (0.0, sigma_split))]
+        roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
     participants = []
     for expert, window in roles:
-        size = working_size(expert, owner, canvas)
+        size = working_size(expert, canvas_expert, canvas)
         cond = encode(expert, prompts, negatives, guidance_scale, size)
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
@@ -178,10 +187,10 @@ def generate(
     return _run(participants, canvas, scheduler, num_inference_steps, seeds, callback, noise_policy)
 
 
-def sigma_window(window: Window, expert: Expert) -> tuple[float, float]:
+def sigma_window(window: Window, expert: Expert) -> SigmaWindow:
     """A recipe window on the shared sigma axis (``t`` windows use the expert's schedule)."""
     if window.unit == "sigma":
-        return window.lo, window.hi
+        return SigmaWindow(window.lo, window.hi)
     last = expert.schedule.num_train_timesteps
     if window.hi > last:
         raise UserError(
@@ -190,7 +199,7 @@ def sigma_window(window: Window, expert: Expert) -> tuple[float, float]:
         )
     lo = 0.0 if window.lo == 0 else expert.schedule.t_to_sigma(window.lo)
     hi = math.inf if window.hi >= last else expert.schedule.t_to_sigma(window.hi)
-    return lo, hi
+    return SigmaWindow(lo, hi)
 
 
 def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
@@ -209,36 +218,6 @@ def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
     return transform(read_pixels(spec.source, size, "source image"))
 
 
-def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
-    """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
-    from diffusers import ControlNetModel
-
-    from .experts import resolve_model
-
-    path = str(resolve_model(path))
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"{path} is not a diffusers ControlNet folder (no config.json)")
-    try:
-        model = ControlNetModel.from_pretrained(
-            path, use_safetensors=None if allow_pickle else True
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load ControlNet {path}: {str(exc).splitlines()[0]}") from exc
-    keys = ("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type")
-    theirs, ours = model.config, expert.unet.config
-    mismatched = [k for k in keys if list(_listify(theirs.get(k))) != list(_listify(ours.get(k)))]
-    if mismatched:
-        raise UserError(
-            f"ControlNet {path} was built for another base than {expert.name} "
-            f"(differs in {', '.join(mismatched)}); use a ControlNet trained for that model"
-        )
-    return model.eval()
-
-
-def _listify(value) -> list:
-    return value if isinstance(value, list | tuple) else [value]
-
-
 @torch.inference_mode()
 def coop_generate(
     recipe: Recipe,
@@ -251,18 +230,18 @@ def coop_generate(
     for spec in recipe.experts:
         if spec.model not in loaded:
             loaded[spec.model] = load_expert(spec.model, allow_pickle)
-    owner_spec = next(
+    canvas_spec = next(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )
-    owner = loaded[owner_spec.model]
-    canvas = _canvas(owner, recipe.height, recipe.width, 1)
-    _check_steps(recipe.steps, owner)
-    scheduler = make_scheduler(recipe.sampler, owner.scheduler_config)
+    canvas_expert = loaded[canvas_spec.model]
+    canvas = _canvas(canvas_expert, recipe.height, recipe.width, 1)
+    _check_steps(recipe.steps, canvas_expert)
+    scheduler = make_scheduler(recipe.sampler, canvas_expert.scheduler_config)
     encode = _PromptCache()
     participants = []
     for spec in recipe.experts:
         expert = loaded[spec.model]
-        size = spec.size or working_size(expert, owner, canvas)
+        size = spec.size or working_size(expert, canvas_expert, canvas)
         if size[0] % expert.size_multiple or size[1] % expert.size_multiple:
             raise UserError(
                 f"size {list(size)} of expert {spec.name} is not a multiple of "

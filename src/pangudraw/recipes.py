@@ -35,7 +35,6 @@ top of the trajectory); a ``sigma`` window is on the shared noise axis.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from .files import inside
 from .limits import MAX_SEED, MAX_STEPS, max_side
 from .options import NOISE_POLICIES, SAMPLER_NAMES
 from .tomlconf import TableReader as _Reader
-from .tomlconf import read_toml, tomllib
+from .tomlconf import apply_overrides, read_toml
 
 ZOO_PREFIX, HUB_PREFIX = "zoo:", "hf:"
 
@@ -347,39 +346,6 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         noise=noise,
         bridge_every=bridge_every,
     )
-
-
-def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
-    """``key=value`` overrides on dotted paths (``seed=3``, ``experts.1.weight=0.5``).
-
-    Values are read as TOML values (``7``, ``0.5``, ``"text"``, ``[32, 32]``); anything
-    that is not a TOML value is taken as a string.
-    """
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. seed=3")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node, parts = data, key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict):
-                node = node.setdefault(part, {})
-            else:
-                raise UserError(f"--set {key}: {source} has no {part!r} there")
-        last = parts[-1]
-        if isinstance(node, list):
-            if not (last.isdigit() and int(last) < len(node)):
-                raise UserError(f"--set {key}: index {last} is out of range")
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return data
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -65,3 +66,36 @@ def _describe(kind) -> str:
         dict: "a table",
         list: "a list",
     }.get(kind, str(kind))
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
+    """``key=value`` overrides on dotted paths (``seed=3``, ``experts.1.weight=0.5``).
+
+    Values are read as TOML values (``7``, ``0.5``, ``"text"``, ``[32, 32]``); anything
+    that is not a TOML value is taken as a string.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. seed=3")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise UserError(f"--set {key}: {source} has no {part!r} there")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not (last.isdigit() and int(last) < len(node)):
+                raise UserError(f"--set {key}: index {last} is out of range")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data

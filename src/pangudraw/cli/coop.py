@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .progress import allow_pickle_option
+from .progress import allow_pickle_option, file_option, output_option
 
 
 @click.command("coop")
@@ -18,20 +18,8 @@ from .progress import allow_pickle_option
     metavar="KEY=VALUE",
     help="Override a recipe field, e.g. --set seed=3 --set experts.1.weight=0.5.",
 )
-@click.option(
-    "--from-png",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Reproduce an image from the recipe stored in its metadata.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("coop.png"),
-    show_default=True,
-    help="PNG path.",
-)
+@file_option("--from-png", help="Reproduce an image from the recipe stored in its metadata.")
+@output_option("coop.png", help="PNG path.")
 @click.option(
     "--allow-outside-paths",
     is_flag=True,

@@ -3,43 +3,34 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from .progress import FOLDER, file_option
+
 
 @click.command("eval")
-@click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
+@click.argument("images_dir", type=FOLDER)
+@file_option(
     "--prompts",
     "prompts_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="One prompt per image (sorted by file name), or one line for all; by default each "
     "PNG's own pangu-draw record.",
 )
 @click.option(
     "--reference",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=FOLDER,
     default=None,
     help="A folder of real images: adds FID in the bundled evaluator's emoji features.",
 )
-@click.option(
-    "--edges-from",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="The image whose Canny edges conditioned the images: adds edge F1.",
+@file_option(
+    "--edges-from", help="The image whose Canny edges conditioned the images: adds edge F1."
 )
-@click.option(
+@file_option(
     "--layout-from",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="The image whose colour layout conditioned the images: adds the layout error.",
 )
-@click.option(
-    "--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="Also write the numbers as JSON.",
-)  # fmt: skip
+@file_option("--json", "json_out", help="Also write the numbers as JSON.")
 def command(images_dir, prompts_file, reference, edges_from, layout_from, json_out) -> None:
     """Caption retrieval, FID and control fidelity of the PNGs in IMAGES_DIR (64x64).
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..options import SAMPLER_NAMES
-from .progress import FiniteFloat, allow_pickle_option
+from ..options import DEFAULT_SPLIT, SAMPLER_NAMES
+from .progress import FiniteFloat, allow_pickle_option, output_option
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -57,7 +57,7 @@ def model_label(path: Path) -> str:
     "--split",
     "t_split",
     type=FiniteFloat(),
-    default=500.0,
+    default=float(DEFAULT_SPLIT),
     show_default=True,
     help="Hand-off timestep on the structure model's training schedule, in (0, T).",
 )
@@ -82,14 +82,7 @@ def model_label(path: Path) -> str:
     "models' own are made with Coop (the structure model at its native size).",
 )
 @click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("pangu-draw.png"),
-    show_default=True,
-    help="PNG path; several images get -0, -1, ... before the suffix.",
-)
+@output_option("pangu-draw.png", help="PNG path; several images get -0, -1, ... before the suffix.")
 @click.option(
     "--grid",
     is_flag=True,
@@ -97,6 +90,7 @@ def model_label(path: Path) -> str:
 )
 @allow_pickle_option
 def command(
+    *,
     prompts,
     negative_prompt,
     structure,
@@ -157,16 +151,16 @@ def command(
             structure_expert,
             texture_expert,
             each,
-            negative_prompt,
-            steps,
-            guidance_scale,
-            seed,
-            width,
-            height,
-            sampler,
-            t_split,
-            count,
-            callback,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            width=width,
+            height=height,
+            sampler=sampler,
+            t_split=t_split,
+            num_images=count,
+            callback=callback,
         )
     height, width = result.images.shape[-2:]
     writers = {}

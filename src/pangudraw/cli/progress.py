@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -29,6 +30,22 @@ class FiniteFloat(click.ParamType):
             relation = ">" if self.min_open else ">="
             self.fail(f"{value!r} is not {relation} {self.min:g}", param, ctx)
         return number
+
+
+FILE = click.Path(path_type=Path, dir_okay=False)
+FOLDER = click.Path(path_type=Path, file_okay=False)
+
+
+def file_option(*names: str, help: str):
+    """An optional file path option (default None)."""
+    return click.option(*names, type=FILE, default=None, help=help)
+
+
+def output_option(default: str, help: str):
+    """``-o/--output``: the PNG to write."""
+    return click.option(
+        "-o", "--output", type=FILE, default=Path(default), show_default=True, help=help
+    )
 
 
 allow_pickle_option = click.option(

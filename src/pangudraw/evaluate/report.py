@@ -1,4 +1,7 @@
-"""``pangu-draw eval``: the offline metrics on a folder of generated images."""
+"""``pangu-draw eval``: the offline metrics on a folder of generated images.
+
+Design: docs/design.md, section 8.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import UserError
 from ..files import read_text
+from ..imageio import read_rgb, resize_pixels
 
 FID_NOTE = "FID (emoji features, domain-trained, not Inception)"
 
@@ -22,16 +25,7 @@ def read_folder(folder: Path, size: int = 64) -> tuple[list[Path], torch.Tensor]
     paths = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("-grid"))
     if not paths:
         raise UserError(f"{folder} has no .png images")
-    arrays = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-                if rgb.size != (size, size):
-                    rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
-                arrays.append(np.asarray(rgb))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UserError(f"{path} is not a readable image") from exc
+    arrays = [read_rgb(path, size) for path in paths]
     return paths, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -117,16 +111,6 @@ def retrieval(net, images: torch.Tensor, captions: torch.Tensor, truth: torch.Te
     from .features import retrieval_accuracy
 
     return retrieval_accuracy(net, images.float() / 255, captions, truth)
-
-
-def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 3, H, W) uint8 images resized (antialiased) to ``size``; unchanged if already so."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    resized = torch.nn.functional.interpolate(
-        images.float(), size=tuple(size), mode="bilinear", antialias=True
-    )
-    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def format_report(report: dict) -> str:

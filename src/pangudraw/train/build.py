@@ -76,14 +76,14 @@ def build(config: TrainConfig, resume: str | None = None, allow_pickle: bool = F
         from ..experts import load_expert
 
         base = load_expert(config.base, allow_pickle)
-        space, text, codec = base.space, base.text, config.base
+        space, text, encoder_folder = base.space, base.text, config.base
     else:
         vae = load_vae(config.vae) if config.vae and config.stage != "vae" else None
         space = LatentSpace(vae, config.pixel_unshuffle if vae is None else 1)
         text = None if config.stage == "vae" else load_text_stack(config.text_encoder)
-        codec = config.vae
+        encoder_folder = config.vae
     with accelerator.main_process_first():
-        data = prepare_data(config, space, text, codec)
+        data = prepare_data(config, space, text, encoder_folder)
     text_dim = 0 if data.embeds is None else data.embeds.shape[-1]
     model = build_model(config, space, text_dim, base)
     ema = EMAModel(model.parameters(), decay=config.ema_decay, foreach=True)

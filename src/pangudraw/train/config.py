@@ -41,7 +41,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..tomlconf import TableReader, read_toml
+from ..options import DEFAULT_SPLIT
+from ..tomlconf import TableReader, apply_overrides, read_toml
 
 STAGES = ("vae", "structure", "texture", "full", "controlnet")
 NUM_TRAIN_TIMESTEPS = 1000
@@ -62,7 +63,7 @@ class TrainConfig:
     output: str
     resolution: int = 64
     min_size: int = 0
-    t_split: int = 500
+    t_split: int = DEFAULT_SPLIT
     t_range: tuple[int, int] | None = None
     text_encoder: str = "minilm"
     vae: str | None = None
@@ -168,7 +169,7 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
                 f"{NUM_TRAIN_TIMESTEPS}, got {t_range!r}",
             )
         t_range = tuple(t_range)
-    t_split = values.get("t_split", 500)
+    t_split = values.get("t_split", DEFAULT_SPLIT)
     if not 0 < t_split < NUM_TRAIN_TIMESTEPS:
         r.fail("t_split", f"expected 0 < t_split < {NUM_TRAIN_TIMESTEPS}, got {t_split}")
     prompts = r.get("sample_prompts", list)
@@ -261,8 +262,6 @@ def portable_path(path: str | None, folder: str | None) -> str | None:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a config file; ``overrides`` are ``key=value`` strings as for recipes' --set."""
-    from ..recipes import apply_overrides
-
     path = Path(path)
     data = apply_overrides(read_toml(path, "training config"), list(overrides), str(path))
     return parse_config(data, str(path), path.parent.resolve())

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 from ..files import inside, parse_json, read_text
+from ..imageio import square_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -121,32 +122,6 @@ def load_records(path: str | Path) -> list[Record]:
     return records
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white (emoji art is RGBA)."""
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
-
-
-def prepare(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Short side resized to ``resolution`` (Lanczos), centre crop: (3, R, R) uint8."""
-    image = to_rgb(image)
-    w, h = image.size
-    scale = resolution / min(w, h)
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    image = image.resize(size, Image.LANCZOS)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    return (
-        torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-        .view(resolution, resolution, 3)
-        .permute(2, 0, 1)
-        .clone()
-    )
-
-
 @dataclass
 class Pool:
     """A stage's usable images at its resolution, and what was left out."""
@@ -172,7 +147,7 @@ def stage_pool(records: list[Record], resolution: int, min_size: int) -> Pool:
                 if min(image.size) < min_size:
                     too_small += 1
                     continue
-                pixels.append(prepare(image, resolution))
+                pixels.append(square_pixels(image, resolution))
         except (UnidentifiedImageError, OSError, ValueError):
             unreadable += 1
             continue

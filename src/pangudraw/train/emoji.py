@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..files import check_output_folder
-from .data import to_rgb
+from ..imageio import to_rgb
 
 VERSION = "16.0.0"
 INTEGRITY = {  # npm's sha512 of each pinned package tarball

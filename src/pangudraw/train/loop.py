@@ -5,6 +5,8 @@ Every random draw of a step (batch order, noise, timesteps, caption dropout) is 
 function of (seed, step), so a run resumed from a checkpoint continues exactly as if it
 had never stopped. Building the run, its data, checkpoints, previews and accounting live
 in their own modules beside this one.
+
+Design: docs/design.md, section 6.
 """
 
 from __future__ import annotations

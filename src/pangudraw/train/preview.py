@@ -41,7 +41,16 @@ def sample_grid(run: Run, path: Path) -> None:
 
     expert = as_expert(run, model)
     images = [
-        generate(expert, None, prompt, None, 25, 4.0, seed, sampler="dpmpp_2m", num_images=4).images
+        generate(
+            expert,
+            None,
+            prompt,
+            num_inference_steps=25,
+            guidance_scale=4.0,
+            seed=seed,
+            sampler="dpmpp_2m",
+            num_images=4,
+        ).images
         for seed, prompt in enumerate(run.config.sample_prompts)
     ]
     save_grid(torch.cat(images), path, 4)

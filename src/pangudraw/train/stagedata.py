@@ -82,12 +82,15 @@ def load_pool(config: TrainConfig) -> Pool:
 
 
 def prepare_data(
-    config: TrainConfig, space: LatentSpace, text: SDText | None, codec: str | None = None
+    config: TrainConfig,
+    space: LatentSpace,
+    text: SDText | None,
+    encoder_folder: str | None = None,
 ) -> StageData:
     """Stage pool, latents and text embeddings, each cached once per ingredient set.
 
-    ``codec`` names the folder whose VAE and text encoder are used (the trained VAE, or the
-    base expert of a ControlNet); it keys the latent and text caches.
+    ``encoder_folder`` names the folder whose VAE and text encoder are used (the trained
+    VAE, or the base expert of a ControlNet); it keys the latent and text caches.
     """
     pool = load_pool(config)
     pool_key = pool.report["cache_key"]
@@ -99,7 +102,7 @@ def prepare_data(
     if space.vae is None:
         mean, std = space.encode_posterior(images)
     else:
-        vae_key = _fingerprint(pool_key, codec, os.path.getmtime(codec))
+        vae_key = _fingerprint(pool_key, encoder_folder, os.path.getmtime(encoder_folder))
 
         @torch.no_grad()
         def encode() -> dict[str, torch.Tensor]:

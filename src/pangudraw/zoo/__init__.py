@@ -4,6 +4,8 @@ Each model is a folder under ``zoo/models/`` with safetensors weights, JSON conf
 model card (README.md): two VAEs (spaces A and B), the structure + texture pair, the
 monolithic baseline ``full`` (also the Canny ControlNet's base), generator B and two
 ControlNets.
+
+Design: docs/design.md, section 7.
 """
 
 from __future__ import annotations

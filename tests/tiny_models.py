@@ -1,4 +1,4 @@
-"""Tiny seeded diffusers models, built offline, for tests, benchmarks and the no-zoo demo.
+"""Tiny seeded diffusers models and a toy dataset, built offline, for tests and benchmarks.
 
 They have random weights: they exercise every code path in seconds but draw nothing.
 """
@@ -206,9 +206,9 @@ def gaussian_expert(
     mu: float = 0.3, tau: float = 0.5, size: int = 16, unshuffle: int = 1, name: str = "gauss"
 ):
     """An :class:`~pangudraw.experts.Expert` in pixel space whose denoiser is exact."""
-    from .experts import Expert, SDText
-    from .latents import LatentSpace
-    from .noise import DiscreteVPSchedule
+    from pangudraw.experts import Expert, SDText
+    from pangudraw.latents import LatentSpace
+    from pangudraw.noise import DiscreteVPSchedule
 
     schedule = DiscreteVPSchedule.from_config(TRAINING_SCHEDULE)
     space = LatentSpace(None, unshuffle=unshuffle)
