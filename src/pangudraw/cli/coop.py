@@ -44,6 +44,7 @@ def command(
     from ..errors import UserError
     from ..files import check_output
     from ..imageio import a1111_parameters, save_png
+    from ..limits import check_memory, pixel_estimate
     from ..pipelines import coop_generate
     from ..recipes import load_recipe, recipe_from_png
     from .progress import quiet_libraries, step_bar
@@ -56,6 +57,9 @@ def command(
     else:
         parsed = load_recipe(recipe, overrides)
 
+    if parsed.width is not None and parsed.height is not None:
+        size = f"an image of {parsed.width}x{parsed.height}"
+        check_memory(pixel_estimate(1, parsed.height, parsed.width), size)
     quiet_libraries()
     with step_bar() as callback:
         result = coop_generate(parsed, callback, allow_pickle)

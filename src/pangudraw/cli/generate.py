@@ -113,13 +113,9 @@ def command(
     With no model options the bundled emoji models are used (64x64, offline):
     pangu-draw generate "red apple" "grinning face" --num-images 4 --grid --seed 1
     """
-    from .. import __version__
-    from ..experts import load_expert
-    from ..files import check_outputs, write_outputs
-    from ..imageio import a1111_parameters, grid_image, png_writer
+    # The request is checked before torch and the models load: a refusal is immediate.
+    from ..files import check_outputs
     from ..limits import check_memory, check_request, pixel_estimate
-    from ..pipelines import generate
-    from .progress import quiet_libraries, step_bar
 
     if size is not None:
         if width is not None or height is not None:
@@ -137,6 +133,13 @@ def command(
     paths = output_paths(output, count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
     check_outputs(paths + ([sheet] if sheet else []))
+
+    from .. import __version__
+    from ..experts import load_expert
+    from ..files import write_outputs
+    from ..imageio import a1111_parameters, grid_image, png_writer
+    from ..pipelines import generate
+    from .progress import quiet_libraries, step_bar
 
     quiet_libraries()
     structure, texture = bundled(structure), texture and bundled(texture)
