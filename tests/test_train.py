@@ -183,6 +183,23 @@ def test_every_stage_trains_and_exports_an_expert_that_generates(workspace):
     )
     assert coop_generate(recipe).images.shape == (1, 3, 16, 16)
 
+    # Claim (a) as the paper sets it up: a structure model in the texture model's latent
+    # space at half its side. It costs about a quarter per image (FLOPs follow the latent
+    # positions; the text projections add a little), and it hands over to the texture
+    # model through the resolution bridge.
+    low = write_config(workspace, "low", "structure", vae=str(vae), resolution=8, min_size=0)
+    run_cli(["train", str(low)])
+    low_cost = json.loads((root / "runs/low/resources.json").read_text())["flops_per_image"]
+    assert 0.2 < low_cost / texture["flops_per_image"] < 0.35
+    assert load_expert(root / "runs/low/model").sample_size == (8, 8)
+    recipe.experts[0].model = str(root / "runs/low/model")
+    handed_over = coop_generate(recipe).images
+    assert handed_over.shape == (1, 3, 16, 16)
+    texture_alone = coop_generate(
+        Recipe(experts=[ExpertSpec("t", str(root / "runs/texture/model"), "red circle")], steps=6)
+    ).images
+    assert (handed_over - texture_alone).abs().max() > 1e-3  # the structure model took part
+
 
 def train_process(config: Path, *extra) -> subprocess.Popen:
     command = [sys.executable, "-m", "pangudraw.cli.main", "train", str(config), *extra]

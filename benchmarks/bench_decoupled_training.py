@@ -1,0 +1,274 @@
+"""Claim (a), measured as the paper sets it up: a LOW-resolution structure model.
+
+The structure generator trains on t in [500, 1000) at half the side of the texture
+generator (a quarter of the latent positions, about a quarter of the FLOPs per image), in
+the same latent space A; the texture generator trains on t in [0, 500) at full size; the
+monolithic baseline trains on t in [0, 1000) at full size. Same data, UNet widths,
+optimiser, batch and seed. Snapshots along the way are sampled with identical settings
+(the pair hands over at t = 500 through the resolution bridge) and scored with FID in the
+bundled evaluator's emoji features and caption retrieval, against measured training FLOPs.
+
+Headline: the FLOPs the pair needs to reach the monolithic model's final FID, divided by
+the monolithic model's FLOPs (the paper reports 0.49).
+
+Scales: ``cpu`` (default) fits the 2-core machine (32 px against a 16 px structure
+model, small UNets); ``zoo`` is the bundled models' scale (64 against 32 px) for a GPU.
+Training runs in resumable chunks; run the script again to continue. Every finished
+point is saved, so an interrupted evaluation resumes too.
+
+    .venv/bin/pip install -e ".[bench]"
+    .venv/bin/python benchmarks/bench_decoupled_training.py [--scale cpu] [--chunk-minutes 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_decoupled_quality import DATA, RESULTS, ROOT, crossing, real_images  # noqa: E402
+
+SCALES = {
+    "cpu": {
+        "resolution": 32,
+        "structure_resolution": 16,
+        "unet": {"block_out_channels": [32, 64], "attention_head_dim": 4},
+        "batch_size": 32,
+        "max_steps": 1600,
+        "snapshot_every": 320,
+        "samples": 192,
+    },
+    "smoke": {  # seconds: checks that the script runs end to end, measures nothing
+        "resolution": 32,
+        "structure_resolution": 16,
+        "unet": {"block_out_channels": [32, 64], "attention_head_dim": 4},
+        "batch_size": 8,
+        "max_steps": 4,
+        "snapshot_every": 2,
+        "samples": 16,
+    },
+    "zoo": {
+        "resolution": 64,
+        "structure_resolution": 32,
+        "unet": {"block_out_channels": [64, 128, 128], "attention_head_dim": 4},
+        "batch_size": 256,
+        "max_steps": 3000,
+        "snapshot_every": 250,
+        "samples": 192,
+    },
+}
+STEPS, GUIDANCE, SAMPLER, SPLIT = 25, 4.0, "dpmpp_2m", 500
+STAGES = ("full", "texture", "structure")
+
+
+def config_text(stage: str, scale: dict, seed: int, run: Path) -> str:
+    resolution = scale["structure_resolution"] if stage == "structure" else scale["resolution"]
+    unet = ", ".join(f"{k} = {json.dumps(v)}" for k, v in scale["unet"].items())
+    return "\n".join(
+        [
+            f'stage = "{stage}"',
+            f'data = "{DATA}"',
+            f'output = "{run}"',
+            f"resolution = {resolution}",
+            "min_size = 64",  # the same pool for every stage (item 4 of the issue varies it)
+            'vae = "zoo:vae_a"',
+            f"seed = {seed}",
+            f"batch_size = {scale['batch_size']}",
+            "lr = 2e-4",
+            f"max_steps = {scale['max_steps']}",
+            f"checkpoint_every = {scale['snapshot_every']}",
+            f"snapshot_every = {scale['snapshot_every']}",
+            'sample_prompts = ["red apple"]',
+            f"unet = {{ {unet} }}",
+            "",
+        ]
+    )
+
+
+def train(scale_name: str, seed: int, chunk_minutes: float) -> Path:
+    """Train the three stages to the end (resuming where a chunk stopped)."""
+    root = ROOT / "runs" / f"claim_a-{scale_name}-seed{seed}"
+    pangu = str(Path(sys.executable).parent / "pangu-draw")
+    for stage in STAGES:
+        run = root / stage
+        config = root / f"{stage}.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(config_text(stage, SCALES[scale_name], seed, run))
+        while not (run / "model" / "README.md").is_file():
+            resume = ["--resume", "latest"] if list(run.glob("checkpoints/checkpoint-*")) else []
+            command = [pangu, "train", str(config), "--max-minutes", str(chunk_minutes), *resume]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=True)
+    return root
+
+
+def points(root: Path, stage: str, final_only: bool = False) -> list[Path]:
+    """Snapshots in step order (those before the last step), then the final model."""
+    final = root / stage / "model"
+    last = cost(final)[0]
+    snaps = sorted((root / stage / "snapshots").glob("step-*"))
+    earlier = [p for p in snaps if int(p.name.split("-")[1]) < last]
+    return [final] if final_only else [*earlier, final]
+
+
+def cost(folder: Path) -> tuple[int, float]:
+    figures = json.loads((folder / "resources.json").read_text())
+    return figures["optimizer_steps"], figures["training_flops"]
+
+
+def evaluate(root: Path, scale: dict, out: Path, final_only: bool = False) -> dict:
+    """Images and scores at every point of both curves; saved after each point."""
+    from pangudraw.evaluate.features import caption_embeddings, load_evaluator
+    from pangudraw.evaluate.fid import FeatureExtractor, fid_against
+    from pangudraw.evaluate.report import retrieval
+    from pangudraw.experts import load_expert
+    from pangudraw.imageio import resize_pixels
+    from pangudraw.pipelines import generate
+
+    real, texts = real_images()
+    n = scale["samples"]
+    index = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:n]
+    prompts = [texts[i] for i in index]
+    distinct = sorted(set(prompts))
+    truth = torch.tensor([distinct.index(p) for p in prompts])
+    net = load_evaluator()
+    captions = caption_embeddings(distinct)
+    extractor = FeatureExtractor(net, net.num_features, 64)
+    # Real images at the generators' resolution, shown to the evaluator at 64 px like the
+    # samples: the floor both curves approach.
+    side = scale["resolution"]
+    real_low = resize_pixels(resize_pixels(real, (side, side)), (64, 64))
+    fid = fid_against(real_low.float() / 255, extractor)
+
+    def score(images: torch.Tensor) -> dict:
+        pixels = resize_pixels(images, (64, 64))
+        top = retrieval(net, pixels, captions, truth)
+        return {"fid": fid(pixels.float() / 255), "top1": top[1], "top5": top[5]}
+
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.setdefault("floor", score(real_low[index]))
+    structures = points(root, "structure", final_only)
+    textures = points(root, "texture", final_only)
+    for label, pairs in (
+        ("monolithic", [(p, None) for p in points(root, "full", final_only)]),
+        ("decoupled", list(zip(structures, textures))),
+    ):
+        done = results.setdefault(label, [])
+        for first, second in pairs[len(done) :]:
+            tick = time.perf_counter()
+            structure = load_expert(first)
+            texture = None if second is None else load_expert(second)
+            images = generate(
+                structure,
+                texture,
+                prompts,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                sampler=SAMPLER,
+                t_split=SPLIT,
+                num_images=n,
+                seed=0,
+            ).images
+            pixels = (images * 255).round().to(torch.uint8)
+            folders = [first] if second is None else [first, second]
+            costs = [cost(f) for f in folders]
+            point = {
+                "steps": [s for s, _ in costs],
+                "training_flops": sum(f for _, f in costs),
+                **score(pixels),
+            }
+            done.append(point)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print(label, point, f"{time.perf_counter() - tick:.0f} s", flush=True)
+    return results
+
+
+def report(results: dict, root: Path, scale_name: str) -> dict:
+    mono, pair = results["monolithic"], results["decoupled"]
+    target = mono[-1]["fid"]
+    reach = crossing(
+        np.array([p["training_flops"] for p in pair]), np.array([p["fid"] for p in pair]), target
+    )
+    per_image = {
+        stage: json.loads((root / stage / "model" / "resources.json").read_text())[
+            "flops_per_image"
+        ]
+        for stage in STAGES
+    }
+    summary = {
+        "scale": scale_name,
+        "settings": {"steps": STEPS, "guidance": GUIDANCE, "sampler": SAMPLER, "split": SPLIT},
+        "monolithic_final_fid": target,
+        "monolithic_final_flops": mono[-1]["training_flops"],
+        "decoupled_flops_to_reach_it": reach,
+        "flops_ratio": None if reach is None else reach / mono[-1]["training_flops"],
+        "decoupled_final_fid": pair[-1]["fid"],
+        "flops_per_image": per_image,
+        "structure_share_of_pair_flops": per_image["structure"]
+        / (per_image["structure"] + per_image["texture"]),
+    }
+    return summary
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    style = {
+        "decoupled": ("low-res structure + texture", "#c44"),
+        "monolithic": ("monolithic", "#48c"),
+    }
+    for label in ("decoupled", "monolithic"):
+        name, colour = style[label]
+        x = [p["training_flops"] for p in results[label]]
+        axes[0].plot(x, [p["fid"] for p in results[label]], "o-", c=colour, label=name)
+        axes[1].plot(x, [p["top5"] for p in results[label]], "o-", c=colour, label=name)
+    axes[0].axhline(results["floor"]["fid"], ls="--", c="k", lw=1, label="real images")
+    axes[1].axhline(results["floor"]["top5"], ls="--", c="k", lw=1, label="real images")
+    axes[0].set_ylabel("FID (emoji features, lower is better)")
+    axes[1].set_ylabel("caption retrieval top-5")
+    for ax in axes:
+        ax.set_xlabel("training FLOPs")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-minutes", type=float, default=40.0)
+    parser.add_argument("--part", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument(
+        "--final-only", action="store_true", help="Score only the final models (another seed)."
+    )
+    args = parser.parse_args()
+    root = train(args.scale, args.seed, args.chunk_minutes)
+    if args.part == "train":
+        return
+    RESULTS.mkdir(exist_ok=True)
+    name = f"decoupled_training_{args.scale}_seed{args.seed}"
+    results = evaluate(root, SCALES[args.scale], RESULTS / f"{name}.json", args.final_only)
+    results["summary"] = report(results, root, args.scale)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"], indent=2))
+    if args.final_only:
+        return
+    title = f"{args.scale} scale, seed {args.seed}: structure at half the side, split t = {SPLIT}"
+    plot(results, RESULTS / f"{name}.png", title)
+
+
+if __name__ == "__main__":
+    main()
