@@ -12,7 +12,10 @@ Headline: the FLOPs the pair needs to reach the monolithic model's final FID, di
 the monolithic model's FLOPs (the paper reports 0.49).
 
 Scales: ``cpu`` (default) fits the 2-core machine (32 px against a 16 px structure
-model, small UNets); ``zoo`` is the bundled models' scale (64 against 32 px) for a GPU.
+model, small UNets, 1,600 steps, about 15 minutes); ``cpu_long`` is the same for 4,800
+steps; ``zoo`` is the bundled models' scale (64 against 32 px) for a GPU. ``--seed 1
+--final-only`` scores another seed's final models; ``--part data`` runs the
+mixed-resolution pool (half of the emoji kept only at 24 px).
 Training runs in resumable chunks; run the script again to continue. Every finished
 point is saved, so an interrupted evaluation resumes too.
 
@@ -43,6 +46,15 @@ SCALES = {
         "batch_size": 32,
         "max_steps": 1600,
         "snapshot_every": 320,
+        "samples": 192,
+    },
+    "cpu_long": {  # the cpu scale trained three times longer (about 35 minutes)
+        "resolution": 32,
+        "structure_resolution": 16,
+        "unet": {"block_out_channels": [32, 64], "attention_head_dim": 4},
+        "batch_size": 32,
+        "max_steps": 4800,
+        "snapshot_every": 480,
         "samples": 192,
     },
     "smoke": {  # seconds: checks that the script runs end to end, measures nothing
@@ -95,18 +107,70 @@ def config_text(stage: str, scale: dict, seed: int, run: Path) -> str:
 def train(scale_name: str, seed: int, chunk_minutes: float) -> Path:
     """Train the three stages to the end (resuming where a chunk stopped)."""
     root = ROOT / "runs" / f"claim_a-{scale_name}-seed{seed}"
-    pangu = str(Path(sys.executable).parent / "pangu-draw")
     for stage in STAGES:
-        run = root / stage
-        config = root / f"{stage}.toml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(config_text(stage, SCALES[scale_name], seed, run))
-        while not (run / "model" / "README.md").is_file():
-            resume = ["--resume", "latest"] if list(run.glob("checkpoints/checkpoint-*")) else []
-            command = [pangu, "train", str(config), "--max-minutes", str(chunk_minutes), *resume]
-            print(" ".join(command), flush=True)
-            subprocess.run(command, check=True)
+        text = config_text(stage, SCALES[scale_name], seed, root / stage)
+        _train_until_done(root / f"{stage}.toml", text, root / stage, chunk_minutes)
     return root
+
+
+def _train_until_done(config: Path, text: str, run: Path, chunk_minutes: float) -> None:
+    pangu = str(Path(sys.executable).parent / "pangu-draw")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    while not (run / "model" / "README.md").is_file():
+        resume = ["--resume", "latest"] if list(run.glob("checkpoints/checkpoint-*")) else []
+        command = [pangu, "train", str(config), "--max-minutes", str(chunk_minutes), *resume]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+
+
+MIXED = ROOT / "data" / "emoji-google-mixed"
+LOW_SIDE = 24  # between the structure stage's side and the texture stage's: only it can use
+
+
+def mixed_dataset() -> Path:
+    """The emoji set with every other image (by a hash of its name) kept only at 24 px: a
+    pool where part of the data exists at low resolution alone, as the paper's structure
+    stage exploits. Simulated (downsampled copies of real emoji), and said so."""
+    import hashlib
+
+    from PIL import Image
+
+    if (MIXED / "metadata.jsonl").is_file():
+        return MIXED
+    real_images()  # builds the source set when missing
+    (MIXED / "images").mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (DATA / "metadata.jsonl").read_text().splitlines()]
+    for row in rows:
+        low = hashlib.sha256(row["file_name"].encode()).digest()[0] % 2 == 1
+        with Image.open(DATA / row["file_name"]) as image:
+            image = image.convert("RGB")
+            if low:
+                image = image.resize((LOW_SIDE, LOW_SIDE), Image.Resampling.LANCZOS)
+            image.save(MIXED / row["file_name"])
+    (MIXED / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return MIXED
+
+
+def data_preparation(scale_name: str, seed: int, chunk_minutes: float) -> dict:
+    """Item 4: who can use the low-resolution-only images, and does it pay?"""
+    scale = SCALES[scale_name]
+    data = mixed_dataset()
+    root = ROOT / "runs" / f"claim_a-mixed-{scale_name}-seed{seed}"
+    side, low_side = scale["resolution"], scale["structure_resolution"]
+    runs = {
+        "texture": ("texture", side),  # needs images of at least its side: the high-res half
+        "structure_all": ("structure", low_side),  # every image
+        "structure_high": ("structure", side),  # min_size as the texture stage: high half only
+    }
+    for name, (stage, min_size) in runs.items():
+        text = config_text(stage, scale, seed, root / name).replace(f'"{DATA}"', f'"{data}"')
+        text = text.replace("min_size = 64", f"min_size = {min_size}")
+        _train_until_done(root / f"{name}.toml", text, root / name, chunk_minutes)
+    usable = {
+        name: json.loads((root / name / "resources.json").read_text())["data"] for name in runs
+    }
+    return {"root": str(root.relative_to(ROOT)), "usable": usable}
 
 
 def points(root: Path, stage: str, final_only: bool = False) -> list[Path]:
@@ -123,37 +187,69 @@ def cost(folder: Path) -> tuple[int, float]:
     return figures["optimizer_steps"], figures["training_flops"]
 
 
-def evaluate(root: Path, scale: dict, out: Path, final_only: bool = False) -> dict:
-    """Images and scores at every point of both curves; saved after each point."""
-    from pangudraw.evaluate.features import caption_embeddings, load_evaluator
-    from pangudraw.evaluate.fid import FeatureExtractor, fid_against
-    from pangudraw.evaluate.report import retrieval
-    from pangudraw.experts import load_expert
-    from pangudraw.imageio import resize_pixels
-    from pangudraw.pipelines import generate
+class Scorer:
+    """Samples a model (or a structure + texture pair) on fixed captions and seeds and
+    scores the images: FID in the evaluator's emoji features, caption retrieval."""
 
-    real, texts = real_images()
-    n = scale["samples"]
-    index = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:n]
-    prompts = [texts[i] for i in index]
-    distinct = sorted(set(prompts))
-    truth = torch.tensor([distinct.index(p) for p in prompts])
-    net = load_evaluator()
-    captions = caption_embeddings(distinct)
-    extractor = FeatureExtractor(net, net.num_features, 64)
-    # Real images at the generators' resolution, shown to the evaluator at 64 px like the
-    # samples: the floor both curves approach.
-    side = scale["resolution"]
-    real_low = resize_pixels(resize_pixels(real, (side, side)), (64, 64))
-    fid = fid_against(real_low.float() / 255, extractor)
+    def __init__(self, scale: dict):
+        from pangudraw.evaluate.features import caption_embeddings, load_evaluator
+        from pangudraw.evaluate.fid import FeatureExtractor, fid_against
+        from pangudraw.imageio import resize_pixels
 
-    def score(images: torch.Tensor) -> dict:
+        real, texts = real_images()
+        self.n = scale["samples"]
+        index = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[: self.n]
+        self.prompts = [texts[i] for i in index]
+        distinct = sorted(set(self.prompts))
+        self.truth = torch.tensor([distinct.index(p) for p in self.prompts])
+        self.net = load_evaluator()
+        self.captions = caption_embeddings(distinct)
+        # Real images at the generators' resolution, shown to the evaluator at 64 px like
+        # the samples: the floor every curve approaches.
+        side = scale["resolution"]
+        real_low = resize_pixels(resize_pixels(real, (side, side)), (64, 64))
+        self.fid = fid_against(
+            real_low.float() / 255, FeatureExtractor(self.net, self.net.num_features, 64)
+        )
+        self.floor = self.score(real_low[index])
+
+    def score(self, images: torch.Tensor) -> dict:
+        from pangudraw.evaluate.report import retrieval
+        from pangudraw.imageio import resize_pixels
+
         pixels = resize_pixels(images, (64, 64))
-        top = retrieval(net, pixels, captions, truth)
-        return {"fid": fid(pixels.float() / 255), "top1": top[1], "top5": top[5]}
+        top = retrieval(self.net, pixels, self.captions, self.truth)
+        return {"fid": self.fid(pixels.float() / 255), "top1": top[1], "top5": top[5]}
 
+    def point(self, first: Path, second: Path | None) -> dict:
+        from pangudraw.experts import load_expert
+        from pangudraw.pipelines import generate
+
+        structure = load_expert(first)
+        texture = None if second is None else load_expert(second)
+        images = generate(
+            structure,
+            texture,
+            self.prompts,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE,
+            sampler=SAMPLER,
+            t_split=SPLIT,
+            num_images=self.n,
+            seed=0,
+        ).images
+        costs = [cost(f) for f in ([first] if second is None else [first, second])]
+        return {
+            "steps": [s for s, _ in costs],
+            "training_flops": sum(f for _, f in costs),
+            **self.score((images * 255).round().to(torch.uint8)),
+        }
+
+
+def evaluate(root: Path, scorer: Scorer, out: Path, final_only: bool = False) -> dict:
+    """Scores at every point of both curves; saved after each point."""
     results = json.loads(out.read_text()) if out.is_file() else {}
-    results.setdefault("floor", score(real_low[index]))
+    results.setdefault("floor", scorer.floor)
     structures = points(root, "structure", final_only)
     textures = points(root, "texture", final_only)
     for label, pairs in (
@@ -163,30 +259,9 @@ def evaluate(root: Path, scale: dict, out: Path, final_only: bool = False) -> di
         done = results.setdefault(label, [])
         for first, second in pairs[len(done) :]:
             tick = time.perf_counter()
-            structure = load_expert(first)
-            texture = None if second is None else load_expert(second)
-            images = generate(
-                structure,
-                texture,
-                prompts,
-                num_inference_steps=STEPS,
-                guidance_scale=GUIDANCE,
-                sampler=SAMPLER,
-                t_split=SPLIT,
-                num_images=n,
-                seed=0,
-            ).images
-            pixels = (images * 255).round().to(torch.uint8)
-            folders = [first] if second is None else [first, second]
-            costs = [cost(f) for f in folders]
-            point = {
-                "steps": [s for s, _ in costs],
-                "training_flops": sum(f for _, f in costs),
-                **score(pixels),
-            }
-            done.append(point)
+            done.append(scorer.point(first, second))
             out.write_text(json.dumps(results, indent=2) + "\n")
-            print(label, point, f"{time.perf_counter() - tick:.0f} s", flush=True)
+            print(label, done[-1], f"{time.perf_counter() - tick:.0f} s", flush=True)
     return results
 
 
@@ -250,17 +325,30 @@ def main() -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-minutes", type=float, default=40.0)
-    parser.add_argument("--part", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument("--part", choices=["train", "evaluate", "all", "data"], default="all")
     parser.add_argument(
         "--final-only", action="store_true", help="Score only the final models (another seed)."
     )
     args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.part == "data":
+        found = data_preparation(args.scale, args.seed, args.chunk_minutes)
+        root, scorer = ROOT / found["root"], Scorer(SCALES[args.scale])
+        texture = root / "texture" / "model"
+        for name in ("structure_all", "structure_high"):
+            found[name] = scorer.point(root / name / "model", texture)
+            print(name, found[name], flush=True)
+        found["floor"] = scorer.floor
+        out = RESULTS / f"decoupled_data_{args.scale}_seed{args.seed}.json"
+        out.write_text(json.dumps(found, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return
     root = train(args.scale, args.seed, args.chunk_minutes)
     if args.part == "train":
         return
-    RESULTS.mkdir(exist_ok=True)
     name = f"decoupled_training_{args.scale}_seed{args.seed}"
-    results = evaluate(root, SCALES[args.scale], RESULTS / f"{name}.json", args.final_only)
+    scorer = Scorer(SCALES[args.scale])
+    results = evaluate(root, scorer, RESULTS / f"{name}.json", args.final_only)
     results["summary"] = report(results, root, args.scale)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
