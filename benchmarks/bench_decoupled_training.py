@@ -265,6 +265,37 @@ def evaluate(root: Path, scorer: Scorer, out: Path, final_only: bool = False) ->
     return results
 
 
+def budget_split(root: Path, scorer: Scorer, out: Path, steps: list[int]) -> dict:
+    """Pairs of a structure snapshot and a texture snapshot trained for different numbers
+    of steps: how the pair's compute is best shared. Saved after each point."""
+    results = json.loads(out.read_text()) if out.is_file() else {"points": []}
+    done = {tuple(p["steps"]) for p in results["points"]}
+
+    def folder(stage: str, step: int) -> Path:
+        final = root / stage / "model"
+        return final if cost(final)[0] == step else root / stage / "snapshots" / f"step-{step:07d}"
+
+    for s_steps in steps:
+        for t_steps in steps:
+            if (s_steps, t_steps) in done:
+                continue
+            point = scorer.point(folder("structure", s_steps), folder("texture", t_steps))
+            results["points"].append(point)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print("split", point, flush=True)
+    return results
+
+
+def frontier(points: list[dict]) -> list[dict]:
+    """The points no cheaper point beats on FID: the best pair for each budget."""
+    best, front = float("inf"), []
+    for p in sorted(points, key=lambda p: p["training_flops"]):
+        if p["fid"] < best:
+            best = p["fid"]
+            front.append(p)
+    return front
+
+
 def report(results: dict, root: Path, scale_name: str) -> dict:
     mono, pair = results["monolithic"], results["decoupled"]
     target = mono[-1]["fid"]
@@ -325,7 +356,14 @@ def main() -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-minutes", type=float, default=40.0)
-    parser.add_argument("--part", choices=["train", "evaluate", "all", "data"], default="all")
+    parser.add_argument(
+        "--part", choices=["train", "evaluate", "all", "data", "split"], default="all"
+    )
+    parser.add_argument(
+        "--split-steps",
+        default="960,1920,2880,4800",
+        help="With --part split: the snapshot steps combined (structure x texture).",
+    )
     parser.add_argument(
         "--final-only", action="store_true", help="Score only the final models (another seed)."
     )
@@ -345,6 +383,21 @@ def main() -> None:
         return
     root = train(args.scale, args.seed, args.chunk_minutes)
     if args.part == "train":
+        return
+    if args.part == "split":
+        steps = [int(s) for s in args.split_steps.split(",")]
+        name = f"{args.scale}_seed{args.seed}"
+        out = RESULTS / f"decoupled_split_{name}.json"
+        found = budget_split(root, Scorer(SCALES[args.scale]), out, steps)
+        mono = json.loads((RESULTS / f"decoupled_training_{name}.json").read_text())["monolithic"]
+        target, flops = mono[-1]["fid"], mono[-1]["training_flops"]
+        front = frontier(found["points"])
+        x, y = (np.array([p[k] for p in front]) for k in ("training_flops", "fid"))
+        reach = crossing(x, y, target)
+        found["frontier"] = front
+        found["flops_ratio_best_split"] = None if reach is None else reach / flops
+        out.write_text(json.dumps(found, indent=2) + "\n")
+        print(json.dumps({"frontier": front, "ratio": found["flops_ratio_best_split"]}, indent=2))
         return
     name = f"decoupled_training_{args.scale}_seed{args.seed}"
     scorer = Scorer(SCALES[args.scale])
