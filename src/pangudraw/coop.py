@@ -88,8 +88,11 @@ class Participant:
     mask: torch.Tensor | None = None
     controls: list[Control] = field(default_factory=list)
 
+    def __post_init__(self):
+        self.window = SigmaWindow(*self.window)  # a plain (lo, hi) pair is accepted too
+
     def active(self, sigma: float) -> bool:
-        return SigmaWindow(*self.window).contains(sigma)
+        return self.window.contains(sigma)
 
     def site(self, canvas: Site) -> Site:
         return Site(self.expert.space, self.size or canvas.size)

@@ -22,6 +22,7 @@ from .errors import UserError
 from .files import read_json
 from .latents import LatentSpace
 from .noise import PREDICTION_TYPES, DiscreteVPSchedule, Schedule, SigmaWindow, to_x0
+from .options import HUB_PREFIX, ZOO_PREFIX
 from .textenc import MINILM_REFERENCE, load_minilm
 
 
@@ -144,8 +145,11 @@ class Control:
     scale: float = 1.0
     window: SigmaWindow = SigmaWindow()
 
+    def __post_init__(self):
+        self.window = SigmaWindow(*self.window)  # a plain (lo, hi) pair is accepted too
+
     def active(self, sigma: float) -> bool:
-        return SigmaWindow(*self.window).contains(sigma)
+        return self.window.contains(sigma)
 
 
 @dataclass
@@ -258,21 +262,12 @@ class Expert:
         return to_x0(out, z, alpha, s, self.prediction_type)
 
 
-HUB_PREFIX = "hf:"
-ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
-
-
 def resolve_model(path: str | Path) -> Path:
     """``zoo:NAME`` as the bundled model's folder; anything else as a path."""
     if str(path).startswith(ZOO_PREFIX):
-        from .zoo import MODELS, list_models
+        from . import zoo
 
-        name = str(path)[len(ZOO_PREFIX) :]
-        plain = name and "/" not in name and "\\" not in name and name not in (".", "..")
-        if not plain or not (MODELS / name / "README.md").is_file():
-            known = ", ".join(m.name for m in list_models()) or "none installed"
-            raise UserError(f"no bundled model {name!r}; the zoo has: {known}")
-        return MODELS / name
+        return zoo.folder(str(path).removeprefix(ZOO_PREFIX))
     return Path(path)
 
 
@@ -323,22 +318,14 @@ def component_class(index_file: Path, name: str, spec) -> type:
     return getattr(importlib.import_module(library), class_name)
 
 
-BUNDLED = "pangudraw"  # ["pangudraw", "zoo:NAME"] in model_index.json: a bundled component
+def bundled_vae(name: str) -> AutoencoderKL:
+    """The bundled VAE ``name`` (the zoo's generators share their space's VAE instead of
+    each carrying a copy)."""
+    from . import zoo
 
-
-def _bundled(spec) -> bool:
-    return isinstance(spec, list) and len(spec) == 2 and spec[0] == BUNDLED
-
-
-def bundled_vae(index_file: Path, spec: list) -> AutoencoderKL:
-    """The bundled VAE that ``["pangudraw", "zoo:NAME"]`` names (the zoo's generators share
-    their space's VAE instead of each carrying a copy)."""
-    name = spec[1]
-    if not isinstance(name, str) or not name.startswith(ZOO_PREFIX):
-        raise UserError(f"{index_file}: vae {spec!r} names no bundled model; use zoo:NAME")
-    folder = resolve_model(name)
+    folder = zoo.folder(name)
     if not (folder / "config.json").is_file():
-        raise UserError(f"{index_file}: {name} is not a bundled VAE")
+        raise UserError(f"bundled model {name} is not a VAE")
     return AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
 
 
@@ -432,7 +419,13 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     unet = component("unet")
     if not isinstance(unet, UNet2DConditionModel):
         raise UserError(f"{folder}: unsupported denoiser {type(unet).__name__}")
-    vae = bundled_vae(index_file, index["vae"]) if _bundled(index.get("vae")) else component("vae")
+    from . import zoo
+
+    try:
+        shared = zoo.referenced(index.get("vae"))
+    except UserError as exc:
+        raise UserError(f"{index_file}: vae {exc}") from exc
+    vae = component("vae") if shared is None else bundled_vae(shared)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")

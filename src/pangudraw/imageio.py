@@ -4,7 +4,8 @@ text chunk and our JSON record), sample grids, and reading control images and ma
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,15 +44,23 @@ def save_png(image: Image.Image, path: Path, parameters: str, record: dict) -> N
     write_outputs({Path(path): png_writer(image, parameters, record)})
 
 
-def read_record(path: Path) -> dict:
-    """The JSON record :func:`save_png` stored in ``path`` (untrusted: checked to be an object)."""
+@contextmanager
+def opened(path: str | Path, what: str, kind: str = "an image file") -> Iterator[Image.Image]:
+    """``Image.open`` for a file someone else may have made: a missing, undecodable or
+    oversized image (in opening or in the caller's decoding) is a one-line error."""
     try:
         with Image.open(path) as image:
-            text = getattr(image, "text", {}).get(JSON_KEY)
+            yield image
     except FileNotFoundError as exc:
-        raise UserError(f"{path} does not exist") from exc
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path} is not a PNG file that can be read") from exc
+        raise UserError(f"{what} {path} does not exist".lstrip()) from exc
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{what} {path} is not {kind} that can be read".lstrip()) from exc
+
+
+def read_record(path: Path) -> dict:
+    """The JSON record :func:`save_png` stored in ``path`` (untrusted: checked to be an object)."""
+    with opened(path, "", "a PNG file") as image:
+        text = getattr(image, "text", {}).get(JSON_KEY)
     if text is None:
         raise UserError(f"{path} holds no pangu-draw record (was it written by pangu-draw?)")
     record = parse_json(text, f"the record in {path}")
@@ -86,13 +95,8 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def read_image(path: str | Path, mode: str, size: tuple[int, int], what: str) -> torch.Tensor:
     """An image file as (1, C, H, W) in [0, 1], resized (antialiased) to ``size`` (H, W)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert(mode), dtype=np.float32)
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise UserError(f"{what} {path} is not an image file that can be read") from exc
+    with opened(path, what) as image:
+        array = np.asarray(image.convert(mode), dtype=np.float32)
     tensor = torch.from_numpy(array / 255).reshape(*array.shape[:2], -1).permute(2, 0, 1)[None]
     return resize_images(tensor, size).clamp(0, 1)
 
@@ -106,9 +110,7 @@ def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, 3, H, W) uint8 images resized (antialiased) to ``size``; unchanged if already so."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    resized = torch.nn.functional.interpolate(
-        images.float(), size=tuple(size), mode="bilinear", antialias=True
-    )
+    resized = F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True)
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -140,11 +142,8 @@ def square_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
     """An image file as (size, size, 3) uint8, Lanczos-resized (the evaluator's input)."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(rgb)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path} is not a readable image") from exc
+    with opened(path, "") as image:
+        rgb = image.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+        return np.asarray(rgb)

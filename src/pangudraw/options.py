@@ -3,3 +3,5 @@
 SAMPLER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")  # keys of coop.SAMPLERS
 NOISE_POLICIES = ("carry", "resample")
 DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500)
+ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
+HUB_PREFIX = "hf:"  # a Hugging Face hub model, downloaded only when a user names one

@@ -43,11 +43,9 @@ from pathlib import Path
 from .errors import UserError
 from .files import inside
 from .limits import MAX_SEED, MAX_STEPS, max_side
-from .options import NOISE_POLICIES, SAMPLER_NAMES
+from .options import HUB_PREFIX, NOISE_POLICIES, SAMPLER_NAMES, ZOO_PREFIX
 from .tomlconf import TableReader as _Reader
 from .tomlconf import apply_overrides, read_toml
-
-ZOO_PREFIX, HUB_PREFIX = "zoo:", "hf:"
 
 TOP_KEYS = {
     "prompt",
@@ -352,7 +350,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
     data = apply_overrides(read_toml(path, "recipe"), list(overrides), str(path))
-    return parse_recipe(data, str(path), path.parent.resolve())
+    return parse_recipe(data, str(path), path.parent)
 
 
 def recipe_from_png(

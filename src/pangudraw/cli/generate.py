@@ -20,21 +20,19 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 def bundled(path: Path) -> Path:
     """A model folder, or the bundled model of that name when no such folder exists."""
+    from .. import zoo
     from ..experts import resolve_model
-    from ..zoo import MODELS
 
-    if not path.exists() and len(path.parts) == 1 and (MODELS / path / "README.md").is_file():
-        return MODELS / path
+    if not path.exists() and len(path.parts) == 1 and zoo.is_model(str(path)):
+        return zoo.folder(str(path))
     return resolve_model(str(path))
 
 
 def model_label(path: Path) -> str:
     """How a PNG records a model: ``zoo:NAME`` for a bundled one (no machine path)."""
-    from ..zoo import MODELS
+    from .. import zoo
 
-    if path.parent.resolve() == MODELS.resolve():
-        return f"zoo:{path.name}"
-    return str(path)
+    return zoo.name_of(path) or str(path)
 
 
 @click.command("generate")

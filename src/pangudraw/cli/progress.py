@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,6 @@ class FiniteFloat(click.ParamType):
         self.min, self.min_open = min, min_open
 
     def convert(self, value, param, ctx) -> float:
-        import math
-
         try:
             number = float(value)
         except (TypeError, ValueError):

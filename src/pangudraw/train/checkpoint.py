@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..files import read_json
 
 if TYPE_CHECKING:
     from .build import Run
@@ -150,9 +151,9 @@ def _load(run: Run, folder: Path) -> dict:
     model = run.accelerator.unwrap_model(run.model)
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
 
-    groups = json.loads((folder / "optimizer.json").read_text())
+    groups = read_json(folder / "optimizer.json", "optimizer state", list)
     template = run.optimizer.state_dict()
-    if not isinstance(groups, list) or len(groups) != len(template["param_groups"]):
+    if len(groups) != len(template["param_groups"]):
         raise ValueError("optimizer.json does not describe this optimizer's parameter groups")
     for group, ours in zip(groups, template["param_groups"]):
         if not isinstance(group, dict) or set(group) != set(ours):
@@ -197,11 +198,9 @@ def _load(run: Run, folder: Path) -> dict:
 
 
 def _read_state(folder: Path) -> dict:
-    state = json.loads((folder / STATE).read_text())
+    state = read_json(folder / STATE, "checkpoint state")
     counts = ("step", "images_seen", "ema_step")
-    if not isinstance(state, dict) or not all(
-        isinstance(state.get(k), int) and state[k] >= 0 for k in counts
-    ):
+    if not all(isinstance(state.get(k), int) and state[k] >= 0 for k in counts):
         raise ValueError(f"{STATE} needs non-negative integers {', '.join(counts)}")
     wall = state.get("wall_time_s")
     if not isinstance(wall, int | float) or not math.isfinite(wall) or wall < 0:
@@ -214,5 +213,5 @@ def _load_accelerate_state(run: Run, folder: Path) -> dict:
     run.accelerator.register_for_checkpointing(run.ema)
     run.accelerator.load_state(str(folder))
     run.ema.to(run.accelerator.device)
-    state = json.loads((folder / STATE).read_text())
+    state = read_json(folder / STATE, "checkpoint state")
     return {k: state[k] for k in ("step", "images_seen", "wall_time_s")}

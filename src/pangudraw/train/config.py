@@ -251,13 +251,11 @@ PATH_KEYS = ("data", "output", "text_encoder", "vae", "base")
 
 def portable_path(path: str | None, folder: str | None) -> str | None:
     """``zoo:NAME`` for a bundled model, else ``path`` relative to ``folder`` (if given)."""
-    from ..zoo import MODELS
+    from .. import zoo
 
     if path is None or path == "minilm" or not Path(path).is_absolute():
         return path
-    if Path(path).parent.resolve() == MODELS.resolve():
-        return f"zoo:{Path(path).name}"
-    return os.path.relpath(path, folder) if folder else path
+    return zoo.name_of(path) or (os.path.relpath(path, folder) if folder else path)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

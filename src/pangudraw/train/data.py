@@ -37,8 +37,8 @@ def _imagefolder(folder: Path) -> list[Record]:
             continue
         where = f"{metadata} line {n}"
         row = parse_json(line, where)
-        name = row.pop("file_name", None) if isinstance(row, dict) else None
-        text = row.pop("text", None) if isinstance(row, dict) else None
+        row = row if isinstance(row, dict) else {}
+        name, text = row.pop("file_name", None), row.pop("text", None)
         if not isinstance(name, str) or not isinstance(text, str):
             raise UserError(f"{where}: expected an object with string file_name and text")
         if not inside(root, name):

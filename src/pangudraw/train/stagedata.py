@@ -102,7 +102,10 @@ def prepare_data(
     if space.vae is None:
         mean, std = space.encode_posterior(images)
     else:
-        vae_key = _fingerprint(pool_key, encoder_folder, os.path.getmtime(encoder_folder))
+        # "posterior-v2": latents normalised by LatentSpace (latents_mean / latents_std
+        # included); caches made by the earlier shift-and-scale rule are not reused.
+        mtime = os.path.getmtime(encoder_folder)
+        vae_key = _fingerprint(pool_key, encoder_folder, mtime, "posterior-v2")
 
         @torch.no_grad()
         def encode() -> dict[str, torch.Tensor]:

@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+from ..options import ZOO_PREFIX
+
 MODELS = Path(__file__).parent / "models"
 MANIFEST = Path(__file__).parent / "manifest.json"  # sha256 of every weight file, by path
+REFERENCE = "pangudraw"  # ["pangudraw", "zoo:NAME"] in model_index.json: a bundled component
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,36 @@ def list_models() -> list[ZooModel]:
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         found.append(ZooModel(folder.name, folder, title, size / 2**20))
     return found
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a bundled model (a plain name: it cannot leave the zoo)."""
+    plain = bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+    return plain and (MODELS / name / "README.md").is_file()
+
+
+def folder(name: str) -> Path:
+    """The folder of bundled model ``name``; an error listing the zoo for any other name."""
+    if not is_model(name):
+        known = ", ".join(m.name for m in list_models()) or "none installed"
+        raise UserError(f"no bundled model {name!r}; the zoo has: {known}")
+    return MODELS / name
+
+
+def name_of(path: str | Path) -> str | None:
+    """``zoo:NAME`` when ``path`` is a bundled model's folder, else None."""
+    path = Path(path)
+    return f"{ZOO_PREFIX}{path.name}" if path.parent.resolve() == MODELS.resolve() else None
+
+
+def referenced(spec) -> str | None:
+    """The bundled model a ``model_index.json`` entry ``["pangudraw", "zoo:NAME"]`` names."""
+    if isinstance(spec, list) and len(spec) == 2 and spec[0] == REFERENCE:
+        name = spec[1]
+        if not isinstance(name, str) or not name.startswith(ZOO_PREFIX):
+            raise UserError(f"{spec!r} names no bundled model; use zoo:NAME")
+        return name.removeprefix(ZOO_PREFIX)
+    return None
 
 
 def bundle(source: Path, name: str) -> Path:
@@ -57,7 +91,7 @@ def bundle(source: Path, name: str) -> Path:
         if same:
             index_file = target / "model_index.json"
             index = json.loads(index_file.read_text())
-            index["vae"] = ["pangudraw", f"zoo:{same[0].name}"]
+            index["vae"] = [REFERENCE, f"{ZOO_PREFIX}{same[0].name}"]
             index_file.write_text(json.dumps(index, indent=2) + "\n")
             shutil.rmtree(target / "vae")
     return target
@@ -70,11 +104,7 @@ def export(name: str, target: Path) -> Path:
     import json
     import shutil
 
-    from ..errors import UserError
-
-    source = MODELS / name
-    if not (source / "README.md").is_file() or "/" in name or name in (".", ".."):
-        raise UserError(f"no bundled model {name!r}; `pangu-draw models` lists them")
+    source = folder(name)
     if target.exists():
         raise UserError(f"{target} exists; give a new folder")
     tmp = target.with_name(f".{target.name}.partial")
@@ -83,9 +113,9 @@ def export(name: str, target: Path) -> Path:
     index_file = tmp / "model_index.json"
     if index_file.is_file():
         index = json.loads(index_file.read_text())
-        vae = index.get("vae")
-        if isinstance(vae, list) and vae[0] == "pangudraw":
-            shutil.copytree(MODELS / vae[1].removeprefix("zoo:"), tmp / "vae")
+        vae = referenced(index.get("vae"))
+        if vae is not None:
+            shutil.copytree(folder(vae), tmp / "vae")
             for extra in ("README.md", "samples.png", "resources.json", "training_config.json"):
                 (tmp / "vae" / extra).unlink(missing_ok=True)
             index["vae"] = ["diffusers", "AutoencoderKL"]
