@@ -60,7 +60,7 @@ def speed(runs: int, steps: int) -> dict:
     tiny_sd(root / "a", sample_size=32)
     tiny_sd(root / "b", seed=3, vae_seed=7, latent_channels=8, vae_blocks=3, sample_size=16)
     a, b = load_expert(root / "a"), load_expert(root / "b")
-    clocks = {"a": NetworkClock(a.unet), "b": NetworkClock(b.unet)}
+    clocks = {"a": NetworkClock(a.network), "b": NetworkClock(b.network)}
     canvas = Site(a.space, (64, 64))
     conds = {k: e.encode_prompt(["a red apple"], None, 5.0) for k, e in (("a", a), ("b", b))}
 

@@ -10,12 +10,8 @@ split at t = 500, guidance 5, batch 1, alternating runs; reported as the ratio o
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +22,8 @@ from pangudraw.experts import load_expert
 from pangudraw.pipelines import generate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
+from side_by_side import compare, save  # noqa: E402
+
 from tiny_models import tiny_sdxl  # noqa: E402
 
 PROMPT = "a red apple on a white background"
@@ -41,15 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     results = [measure(size, args.runs, args.steps) for size in args.sizes]
-    out = Path(__file__).parent / "results" / "time_decoupled.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    for r in results:
-        print(
-            f"{r['image_size']}px: ours {r['median_s']['ours']:.3f}s, diffusers "
-            f"{r['median_s']['diffusers']:.3f}s, ratio {r['ratio_ours_over_diffusers']:.3f}, "
-            f"max |diff| {r['max_abs_image_difference']:.1e}"
-        )
+    save(results, Path(__file__).parent / "results" / "time_decoupled.json")
 
 
 def measure(size: int, runs: int, steps: int) -> dict:
@@ -84,25 +74,11 @@ def measure(size: int, runs: int, steps: int) -> dict:
             PROMPT, image=latents, denoising_start=0.5, output_type="pt", **common
         ).images
 
-    diff = (ours() - theirs()).abs().max().item()  # also a warm-up of both
-    times: dict[str, list[float]] = {"ours": [], "diffusers": []}
-    for _ in range(runs):
-        for name, fn in (("ours", ours), ("diffusers", theirs)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    medians = {k: statistics.median(v) for k, v in times.items()}
     return {
         "benchmark": "time_decoupled_vs_diffusers_base_refiner",
         "steps": steps,
         "image_size": size * 2,
-        "runs": runs,
-        "median_s": medians,
-        "times_s": times,
-        "ratio_ours_over_diffusers": medians["ours"] / medians["diffusers"],
-        "max_abs_image_difference": diff,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
+        **compare(ours, theirs, runs),
     }
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import tiny_controlnet, tiny_sd, tiny_sdxl
+from tiny_models import tiny_controlnet, tiny_flux, tiny_sd, tiny_sdxl
 
 
 @pytest.fixture(scope="session")
@@ -19,5 +19,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tiny_sd(root / "sd_linear", seed=4, schedule={"beta_schedule": "linear", "beta_end": 0.02})
     tiny_controlnet(root / "sd", root / "cn_sd")
     tiny_controlnet(root / "sd_b", root / "cn_sd_b", seed=1)
+    # Flux.1 dev (guidance embedding) and schnell: 16-channel VAE, packed latents, T5.
+    tiny_flux(root / "flux_dev")
+    tiny_flux(root / "flux_schnell", seed=1, guidance_embeds=False)
     names = ("sd", "sd_v", "sd_other", "sdxl", "sd_b", "sd_linear", "cn_sd", "cn_sd_b")
+    names += ("flux_dev", "flux_schnell")
     return {name: root / name for name in names}

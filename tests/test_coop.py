@@ -82,15 +82,15 @@ def test_experts_trained_on_different_beta_schedules_share_the_sigma_axis(models
     from pangudraw.experts import Expert
 
     seen = []
-    denoise = Expert.denoise
+    predict = Expert.predict
 
-    def record(self, x, sigma, *args, **kwargs):
+    def record(self, y, sigma, *args, **kwargs):
         seen.append((self.name, sigma, self.schedule.sigma_to_t(sigma)))
-        return denoise(self, x, sigma, *args, **kwargs)
+        return predict(self, y, sigma, *args, **kwargs)
 
     recipe = Recipe(experts=[spec("a", models["sd"]), spec("b", models["sd_linear"])], steps=5)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Expert, "denoise", record)
+        patch.setattr(Expert, "predict", record)
         coop_generate(recipe)
     by_expert = {name: [(s, t) for n, s, t in seen if n == name] for name, _, _ in seen}
     (sigmas_a, ts_a), (sigmas_b, ts_b) = (list(zip(*v)) for v in by_expert.values())
@@ -250,7 +250,7 @@ def test_sigma_windows_are_used_as_given(models):
 def test_bridging_every_k_steps_runs_the_off_canvas_expert_less_often(models):
     a, b = load_expert(models["sd"]), load_expert(models["sd_b"])
     calls = []
-    b.unet.register_forward_hook(lambda *_: calls.append(1))
+    b.network.register_forward_hook(lambda *_: calls.append(1))
     participants = [
         Participant(a, a.encode_prompt([PROMPT])),
         Participant(b, b.encode_prompt([PROMPT]), size=(32, 32)),

@@ -37,7 +37,7 @@ def test_denoise_matches_the_network_through_the_noise_axis(models):
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     alpha, s = expert.schedule.coefficients(sigma)
     t = expert.schedule.sigma_to_t(sigma)
-    out = expert.unet(alpha * x, torch.tensor(t), encoder_hidden_states=cond.embeds).sample
+    out = expert.network(alpha * x, torch.tensor(t), encoder_hidden_states=cond.embeds).sample
     x0 = expert.denoise(x, sigma, cond)
     torch.testing.assert_close(from_x0(x0, alpha * x, alpha, s, "v_prediction"), out)
 

@@ -72,7 +72,7 @@ def test_every_model_loads_and_matches_its_card(model):
         assert expert.space.factor == (config["pixel_unshuffle"] if config["vae"] is None else
                                        expert.space.factor)  # fmt: skip
         unet = config["unet"]
-        assert list(expert.unet.config.block_out_channels) == unet["block_out_channels"]
+        assert list(expert.network.config.block_out_channels) == unet["block_out_channels"]
 
 
 @pytest.mark.skipif(not (MODELS / "vae_a").is_dir(), reason="vae_a not bundled")

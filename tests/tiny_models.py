@@ -22,6 +22,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 
 TRAINING_SCHEDULE = {
@@ -179,22 +182,114 @@ def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffus
     return pipe
 
 
+def t5_tokenizer() -> T5TokenizerFast:
+    """A T5 (unigram) tokenizer over printable ASCII characters: offline, tiny."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(chr(c), -1.0) for c in range(32, 127)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+    )
+
+
+def tiny_flux(folder: Path, seed: int = 0, guidance_embeds: bool = True, vae_seed: int = 0):
+    """A Flux.1-style pipeline (dev with ``guidance_embeds``, else schnell) saved to ``folder``:
+    16-channel VAE with a shift factor, CLIP pooled + T5 text, packed 2x2 latents."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=[4, 4, 8],
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=99,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    torch.manual_seed(vae_seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=16,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config(32)),
+        tokenizer=byte_tokenizer(folder / "_tok"),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
+    pipe.save_pretrained(folder)
+    return pipe
+
+
 class GaussianDenoiser(torch.nn.Module):
-    """The exact epsilon-prediction for data ``x0 ~ N(mu, tau^2)``, i.i.d. per element.
+    """The exact epsilon-prediction (or flow velocity ``n - x0`` with ``flow``) for data
+    ``x0 ~ N(mu, tau^2)``, i.i.d. per element.
 
     Called like a diffusers UNet; with it the loop's output distribution is known in
     closed form, so samplers and fusion rules can be checked against the truth.
     """
 
-    def __init__(self, schedule, mu: float, tau: float, channels: int):
+    def __init__(self, schedule, mu: float, tau: float, channels: int, flow: bool = False):
         super().__init__()
-        self.schedule, self.mu, self.tau = schedule, mu, tau
+        self.schedule, self.mu, self.tau, self.flow = schedule, mu, tau, flow
         self.config = _Config(block_out_channels=(channels,), in_channels=channels)
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a dtype
 
     def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False, **_):
         alpha, s = self.schedule.coefficients(self.schedule.t_to_sigma(float(timestep)))
-        eps = s * (sample - alpha * self.mu) / (alpha**2 * self.tau**2 + s**2)
+        var = alpha**2 * self.tau**2 + s**2
+        eps = s * (sample - alpha * self.mu) / var
+        if self.flow:
+            x0 = self.mu + alpha * self.tau**2 * (sample - alpha * self.mu) / var
+            return (eps - x0,)
         return (eps,)
 
 
@@ -202,24 +297,39 @@ class _Config(dict):
     __getattr__ = dict.__getitem__
 
 
+FLOW_SCHEDULE = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}
+
+
 def gaussian_expert(
-    mu: float = 0.3, tau: float = 0.5, size: int = 16, unshuffle: int = 1, name: str = "gauss"
+    mu: float = 0.3,
+    tau: float = 0.5,
+    size: int = 16,
+    unshuffle: int = 1,
+    name: str = "gauss",
+    flow: bool = False,
 ):
-    """An :class:`~pangudraw.experts.Expert` in pixel space whose denoiser is exact."""
+    """An :class:`~pangudraw.experts.Expert` in pixel space whose denoiser is exact: epsilon
+    on the SD training schedule, or with ``flow`` a rectified-flow velocity model."""
     from pangudraw.experts import Expert, SDText
     from pangudraw.latents import LatentSpace
-    from pangudraw.noise import DiscreteVPSchedule
+    from pangudraw.noise import DiscreteVPSchedule, RectifiedFlowSchedule
 
-    schedule = DiscreteVPSchedule.from_config(TRAINING_SCHEDULE)
+    if flow:
+        schedule, config = RectifiedFlowSchedule(1000), dict(FLOW_SCHEDULE)
+    else:
+        schedule, config = (
+            DiscreteVPSchedule.from_config(TRAINING_SCHEDULE),
+            dict(TRAINING_SCHEDULE),
+        )
     space = LatentSpace(None, unshuffle=unshuffle)
     return Expert(
         name=name,
-        unet=GaussianDenoiser(schedule, mu, tau, space.channels),
+        network=GaussianDenoiser(schedule, mu, tau, space.channels, flow),
         space=space,
         text=SDText(None, None),
         schedule=schedule,
-        prediction_type="epsilon",
-        scheduler_config=dict(TRAINING_SCHEDULE),
+        prediction_type="flow" if flow else "epsilon",
+        scheduler_config=config,
         sample_size=(size, size),
     )
 

@@ -35,7 +35,7 @@ def snapshots(name: str) -> list[Path]:
 
 
 def move(expert, device: str):
-    expert.unet.to(device)
+    expert.network.to(device)
     if expert.space.vae is not None:
         expert.space.vae.to(device)
     expert.text.encoder.to(device)

@@ -46,10 +46,13 @@ def bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
 def renoise(
     x0: torch.Tensor, sigma: float, generator: torch.Generator | list[torch.Generator] | None
 ) -> torch.Tensor:
-    """Noise re-sampling: ``x = x0 + sigma * n`` with fresh ``n ~ N(0, I)`` at ``x0``'s shape."""
+    """Noise re-sampling: ``x0 + sigma * n`` with fresh ``n ~ N(0, I)`` at ``x0``'s shape, in
+    the unit view of :mod:`pangudraw.noise` (finite at sigma = inf: pure noise)."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    return x0 + sigma * randn_tensor(x0.shape, generator=generator, dtype=x0.dtype)
+    from .noise import noisy
+
+    return noisy(x0, randn_tensor(x0.shape, generator=generator, dtype=x0.dtype), sigma)
 
 
 def native_size(native: tuple[int, int], target: tuple[int, int], multiple: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -31,6 +32,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -39,7 +41,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .bridge import Site, bridge, renoise
 from .errors import UserError
 from .experts import Conditioning, Control, Expert
-from .noise import DiscreteVPSchedule, SigmaWindow, from_x0
+from .noise import DiscreteVPSchedule, SigmaWindow, flow_sigma, from_x0, noise_of, noisy
 from .options import NOISE_POLICIES
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
@@ -55,12 +57,20 @@ NoisePolicy = Literal["carry", "resample"]
 def make_scheduler(sampler: str, training_config: dict, **overrides) -> SchedulerMixin:
     """A fresh sampler (per call: schedulers hold state) on a model's training schedule.
 
-    The scheduler receives the fused estimate converted to epsilon, whatever the experts
-    predict, so its prediction type is "epsilon".
+    A DDPM-family scheduler receives the fused estimate converted to epsilon, whatever the
+    experts predict, so its prediction type is "epsilon". A rectified-flow model's canvas
+    is stepped by ``FlowMatchEulerDiscreteScheduler`` (sampler "euler").
     """
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     config = {k: v for k, v in training_config.items() if not k.startswith("_")}
+    if training_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        if sampler != "euler":
+            raise UserError(
+                f"sampler {sampler!r} cannot step a rectified-flow canvas; use euler "
+                "(or put an epsilon/v model on the canvas)"
+            )
+        return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
     return SAMPLERS[sampler].from_config(config, **{**overrides, "prediction_type": "epsilon"})
 
 
@@ -157,9 +167,116 @@ def fuse(estimates: list[torch.Tensor], weight_maps: list[torch.Tensor]) -> torc
     return sum(w * x0 for w, x0 in zip(weight_maps, estimates)) / total
 
 
+class SchedulerGrid:
+    """A DDPM-family diffusers scheduler as the canvas trajectory (its latents, its steps).
+
+    The scheduler receives the fused estimate converted to epsilon, the one prediction type
+    every such scheduler takes.
+    """
+
+    def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int, generator=None):
+        scheduler.set_timesteps(num_inference_steps)
+        self.scheduler = scheduler
+        self.schedule = DiscreteVPSchedule(scheduler.alphas_cumprod.to(torch.float64))
+        self.timesteps = [float(t) for t in scheduler.timesteps]
+        self.sigmas = [self.schedule.t_to_sigma(t) for t in self.timesteps]
+        self._t = scheduler.timesteps
+        self._kwargs = _step_kwargs(scheduler, generator)
+
+    def start(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise * self.scheduler.init_noise_sigma
+
+    def view(self, latents: torch.Tensor, i: int) -> torch.Tensor:
+        """The unit view of the canvas at step ``i`` (a VP network's input)."""
+        return self.scheduler.scale_model_input(latents, self._t[i])
+
+    def step(self, latents: torch.Tensor, y: torch.Tensor, x0: torch.Tensor, i: int):
+        alpha, s = self.schedule.coefficients(self.sigmas[i])
+        eps = from_x0(x0, y, alpha, s, "epsilon")
+        return self.scheduler.step(eps, self._t[i], latents, **self._kwargs).prev_sample
+
+
+class FlowGrid:
+    """``FlowMatchEulerDiscreteScheduler``'s trajectory: latents ``(1 - u) x0 + u n`` from
+    ``u = 1`` (sigma = inf), stepped with the velocity ``(z - x0) / u``.
+
+    ``flux``: the sigmas FluxPipeline passes, ``linspace(1, 1/N, N)`` shifted by the
+    resolution-dependent ``mu`` when the config asks for dynamic shifting; otherwise the
+    scheduler's own grid (StableDiffusion3Pipeline), shifted by its ``shift``.
+    """
+
+    def __init__(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        num_inference_steps: int,
+        latent_hw: tuple[int, int],
+        flux: bool = False,
+    ):
+        config = scheduler.config
+        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # 2x2 patches, as both pipelines count
+        mu = None
+        if config.get("use_dynamic_shifting"):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            mu = calculate_shift(
+                seq,
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.15),
+            )
+        if flux:
+            grid = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+            scheduler.set_timesteps(sigmas=grid, mu=mu)
+        else:
+            scheduler.set_timesteps(num_inference_steps, mu=mu)
+        self.scheduler = scheduler
+        self._u = [float(u) for u in scheduler.sigmas[:-1]]
+        self.timesteps = [float(t) for t in scheduler.timesteps]
+        self.sigmas = [flow_sigma(u) for u in self._u]
+        self._t = scheduler.timesteps
+
+    def start(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise
+
+    def view(self, latents: torch.Tensor, i: int) -> torch.Tensor:
+        u = self._u[i]
+        return latents / math.sqrt((1 - u) ** 2 + u**2)
+
+    def step(self, latents: torch.Tensor, y: torch.Tensor, x0: torch.Tensor, i: int):
+        velocity = (latents - x0) / self._u[i]
+        return self.scheduler.step(velocity, self._t[i], latents).prev_sample
+
+
+Grid = SchedulerGrid | FlowGrid
+
+
+def trajectory(
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    latent_hw: tuple[int, int],
+    family: str = "unet",
+    generator=None,
+) -> Grid:
+    """The canvas trajectory a fresh scheduler gives, as the canvas expert's pipeline runs it."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return FlowGrid(scheduler, num_inference_steps, latent_hw, flux=family == "flux")
+    return SchedulerGrid(scheduler, num_inference_steps, generator)
+
+
+@dataclass
+class _OffCanvas:
+    """An expert working off the canvas: its own latents (unit view) at its own site, its
+    last estimate bridged to the canvas, and the step at which it runs next."""
+
+    y: torch.Tensor
+    next_run: int
+    bridged: torch.Tensor | None = None
+
+
 def sample(
     participants: list[Participant],
-    scheduler: SchedulerMixin,
+    scheduler: SchedulerMixin | Grid,
     noise: torch.Tensor,
     num_inference_steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -172,8 +289,8 @@ def sample(
 
     Args:
         participants: the experts taking part.
-        scheduler: a fresh sampler from :func:`make_scheduler`; its training schedule
-            defines the canvas trajectory's noise levels.
+        scheduler: a fresh sampler from :func:`make_scheduler` (then the canvas expert's
+            pipeline's trajectory, see :func:`trajectory`), or a grid built already.
         noise: (B, C, h, w) standard normal noise at the canvas latent shape.
         num_inference_steps: number of sampler steps.
         generator: for ancestral samplers and for the noise of experts off the canvas.
@@ -195,65 +312,62 @@ def sample(
         canvas = Site(space, (noise.shape[-2] * space.factor, noise.shape[-1] * space.factor))
     sites = [p.site(canvas) for p in participants]
     on_canvas = [site.same_as(canvas) for site in sites]
-
-    scheduler.set_timesteps(num_inference_steps)
-    schedule = DiscreteVPSchedule(scheduler.alphas_cumprod.to(torch.float64))
-    timesteps = scheduler.timesteps
-    sigmas = [schedule.t_to_sigma(float(t)) for t in timesteps]
+    if isinstance(scheduler, SchedulerGrid | FlowGrid):
+        grid = scheduler
+    else:
+        family = next((p.expert.family for p, on in zip(participants, on_canvas) if on), "unet")
+        grid = trajectory(scheduler, num_inference_steps, noise.shape[-2:], family, generator)
+    sigmas = grid.sigmas
     weight_maps = _latent_masks(participants, tuple(noise.shape[-2:]))
     check_coverage(participants, sigmas, weight_maps)
 
-    step_kwargs = _step_kwargs(scheduler, generator)
-    latents = noise * scheduler.init_noise_sigma
-    off_latents: dict[int, torch.Tensor] = {}  # x = x0 + sigma n of experts off the canvas
-    bridged: dict[int, torch.Tensor] = {}  # their last x0 estimates, bridged to the canvas
-    next_run: dict[int, int] = {}  # the step at which each of them runs next
+    latents = grid.start(noise)
+    off: dict[int, _OffCanvas] = {}  # experts working off the canvas, by participant index
     x0 = None
-    for i, t in enumerate(timesteps):
-        sigma = sigmas[i]
-        alpha, s = schedule.coefficients(sigma)
-        z = scheduler.scale_model_input(latents, t)
-        # Variance-exploding view of the canvas: x = x0 + sigma * n.
-        x = z / alpha
+    for i, sigma in enumerate(sigmas):
+        y = grid.view(latents, i)
+        # 1. The active experts.
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
-        for k in [k for k in off_latents if k not in active]:
-            del off_latents[k], bridged[k], next_run[k]  # re-enters by re-sampling if active again
+        for k in [k for k in off if k not in active]:
+            del off[k]  # re-enters by re-sampling if it becomes active again
         estimates = []
         for k in active:
             p, site = participants[k], sites[k]
             if on_canvas[k]:
-                estimates.append(p.expert.denoise(x, sigma, p.cond, p.guidance_scale, p.controls))
+                estimates.append(p.expert.predict(y, sigma, p.cond, p.guidance_scale, p.controls))
                 continue
-            if k not in off_latents:
-                # Entry by noise re-sampling (pure noise before any estimate exists).
+            # 2. Entry by noise re-sampling (pure noise before any estimate exists).
+            if k not in off:
                 if x0 is None:
                     shape = site.latent_shape(noise.shape[0])
                     pure = randn_tensor(shape, generator=generator, dtype=noise.dtype)
-                    off_latents[k] = pure * math.sqrt(1.0 + sigma * sigma)
+                    off[k] = _OffCanvas(pure, i)
                 else:
-                    off_latents[k] = renoise(bridge(x0, canvas, site), sigma, generator)
-                next_run[k] = i
-            if next_run[k] == i:
-                x0_k = p.expert.denoise(off_latents[k], sigma, p.cond, p.guidance_scale, p.controls)
-                bridged[k] = bridge(x0_k, site, canvas)
-            estimates.append(bridged[k])
-        # Fusion on x0.
+                    off[k] = _OffCanvas(renoise(bridge(x0, canvas, site), sigma, generator), i)
+            # 3. Prediction in the expert's own space, bridged to the canvas.
+            state = off[k]
+            if state.next_run == i:
+                x0_k = p.expert.predict(state.y, sigma, p.cond, p.guidance_scale, p.controls)
+                state.bridged = bridge(x0_k, site, canvas)
+            estimates.append(state.bridged)
+        # 4. Fusion on x0.
         x0 = fuse(estimates, [weight_maps[k] for k in active])
-        # Canvas step.
-        eps = from_x0(x0, z, alpha, s, "epsilon")
-        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
-        # Experts that ran off the canvas step, in their own spaces, to the noise level of
-        # their next run (a DDIM step can jump several sampler steps) around the fused x0.
-        for k in [k for k in off_latents if next_run[k] == i]:
-            next_run[k] = i + bridge_every
-            sigma_next = sigmas[next_run[k]] if next_run[k] < len(sigmas) else 0.0
+        # 5. The canvas steps; experts that ran off the canvas step, in their own spaces, to
+        # the noise level of their next run (a DDIM step can jump several sampler steps)
+        # around the fused x0.
+        latents = grid.step(latents, y, x0, i)
+        for k, state in off.items():
+            if state.next_run != i:
+                continue
+            state.next_run = i + bridge_every
+            sigma_next = sigmas[state.next_run] if state.next_run < len(sigmas) else 0.0
             if sigma_next == 0.0:
                 continue
             target = bridge(x0, canvas, sites[k])
             if noise_policy == "carry":
-                off_latents[k] = target + sigma_next * (off_latents[k] - target) / sigma
+                state.y = noisy(target, noise_of(state.y, target, sigma), sigma_next)
             else:
-                off_latents[k] = renoise(target, sigma_next, generator)
+                state.y = renoise(target, sigma_next, generator)
         if callback is not None:
-            callback(Step(i, len(timesteps), float(t), sigma, x0, latents, active))
+            callback(Step(i, len(sigmas), grid.timesteps[i], sigma, x0, latents, active))
     return latents

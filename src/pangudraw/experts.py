@@ -11,17 +11,26 @@ Design: docs/design.md, section 2.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel
 
 from .errors import UserError
 from .files import read_json
 from .latents import LatentSpace
-from .noise import PREDICTION_TYPES, DiscreteVPSchedule, Schedule, SigmaWindow, to_x0
+from .noise import (
+    PREDICTION_TYPES,
+    DiscreteVPSchedule,
+    RectifiedFlowSchedule,
+    Schedule,
+    SigmaWindow,
+    to_x0,
+    unit,
+)
 from .options import HUB_PREFIX, ZOO_PREFIX
 from .textenc import MINILM_REFERENCE, load_minilm
 
@@ -130,7 +139,56 @@ class SDXLText:
         return Conditioning(embeds, guided, {"text_embeds": pooled, "time_ids": time_ids})
 
 
-TextStack = SDText | SDXLText
+@dataclass
+class FluxText:
+    """Flux.1's text stack: CLIP's pooled output and T5's last hidden state (no mask).
+
+    Flux is guidance-distilled: there is no unconditional branch, so ``guided`` is ignored
+    and the conditioning is never doubled.
+    """
+
+    clip_tokenizer: object
+    clip: torch.nn.Module
+    t5_tokenizer: object
+    t5: torch.nn.Module
+    max_sequence_length: int = 512
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        ids = self.clip_tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.clip_tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = self.clip(ids.to(_device(self.clip)), output_hidden_states=False).pooler_output
+        check_sequence_length(self.t5_tokenizer, prompts, self.max_sequence_length)
+        ids = self.t5_tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        embeds = self.t5(ids.to(_device(self.t5)), output_hidden_states=False)[0]
+        return Conditioning(embeds.cpu(), False, {"pooled": pooled.cpu()})
+
+
+def check_sequence_length(tokenizer, prompts: list[str], limit: int) -> None:
+    """Refuse a prompt longer than the text model takes (Flux would cut it silently)."""
+    for prompt in prompts:
+        count = len(tokenizer(prompt).input_ids)
+        if count > limit:
+            raise UserError(
+                f"prompt {prompt[:40]!r}... is {count} tokens; this model takes at most "
+                f"{limit}: shorten it"
+            )
+
+
+TextStack = SDText | SDXLText | FluxText
 
 
 @dataclass
@@ -158,19 +216,20 @@ class Expert:
 
     Attributes:
         name: a label for messages and metadata (usually the model folder).
-        unet: the diffusers denoiser.
+        network: the diffusers denoiser (a UNet, or Flux's transformer).
         space: its latent space.
         text: its tokenizer(s) and text encoder(s).
         schedule: the training noise schedule (maps sigma to the network's timestep).
         prediction_type: what the network outputs (epsilon, v_prediction, sample, flow).
         scheduler_config: the training scheduler config; samplers are built from it.
         sample_size: native resolution in pixels, (height, width).
-        dtype: the network's parameter dtype (read once: diffusers' ``unet.dtype`` walks
+        dtype: the network's parameter dtype (read once: diffusers' ``.dtype`` walks
             every parameter on each call).
+        family: "unet" (SD 1.x/2.x, SDXL and the zoo) or "flux" (packed 2x2 latents).
     """
 
     name: str
-    unet: UNet2DConditionModel
+    network: torch.nn.Module
     space: LatentSpace
     text: TextStack
     schedule: Schedule
@@ -178,11 +237,22 @@ class Expert:
     scheduler_config: dict = field(repr=False)
     sample_size: tuple[int, int] = (512, 512)
     dtype: torch.dtype = torch.float32
+    family: str = "unet"
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (latent factor x UNet downsampling)."""
-        return self.space.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """Image sides must be multiples of this (latent factor x the network's downsampling)."""
+        if self.family == "flux":
+            return self.space.factor * 2  # 2x2 latent patches
+        return self.space.factor * 2 ** (len(self.network.config.block_out_channels) - 1)
+
+    @property
+    def width(self) -> int:
+        """The network's first feature width (for memory estimates)."""
+        config = self.network.config
+        if self.family == "flux":
+            return config.num_attention_heads * config.attention_head_dim
+        return config.block_out_channels[0]
 
     def encode_prompt(
         self,
@@ -197,7 +267,6 @@ class Expert:
         """
         return self.text.encode(prompts, negatives, guidance_scale > 1.0, size or self.sample_size)
 
-    @torch.no_grad()
     def denoise(
         self,
         x: torch.Tensor,
@@ -206,22 +275,45 @@ class Expert:
         guidance_scale: float = 1.0,
         controls: list[Control] = (),
     ) -> torch.Tensor:
-        """Denoised estimate for ``x = x0 + sigma * n``.
+        """Denoised estimate for ``x = x0 + sigma * n`` (finite sigma); see :meth:`predict`."""
+        return self.predict(unit(sigma) * x, sigma, cond, guidance_scale, controls)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        y: torch.Tensor,
+        sigma: float,
+        cond: Conditioning,
+        guidance_scale: float = 1.0,
+        controls: list[Control] = (),
+    ) -> torch.Tensor:
+        """Denoised estimate from the unit view ``y = unit(sigma) x0 + spread(sigma) n``.
 
         Args:
-            x: (B, C, h, w) noisy latents in this expert's space, variance-exploding scaling.
-            sigma: noise level on the shared axis.
+            y: (B, C, h, w) noisy latents in this expert's space (:mod:`pangudraw.noise`).
+            sigma: noise level on the shared axis, possibly infinite (a flow trajectory's
+                start). Beyond a VP schedule's last level the network sees that level.
             cond: this expert's encoded prompts; guided ones get classifier-free guidance.
-            guidance_scale: classifier-free guidance scale.
+            guidance_scale: classifier-free guidance scale (Flux: the distilled guidance
+                value its ``guidance_embeds`` take; ignored by Flux schnell).
             controls: ControlNets whose residuals are added (those active at ``sigma``).
 
         Returns:
             x0: (B, C, h, w), float32.
         """
-        alpha, s = self.schedule.coefficients(sigma)
-        z = alpha * x
-        device = _device(self.unet)
-        t = torch.tensor(self.schedule.sigma_to_t(sigma), dtype=torch.float32, device=device)
+        level = min(sigma, self.schedule.sigma_max)
+        alpha, s = self.schedule.coefficients(level)
+        z = self.schedule.input_scale(level) * y
+        t = self.schedule.sigma_to_t(level)
+        if self.family == "flux":
+            out = self._flux(z, t, cond, guidance_scale)
+        else:
+            out = self._unet(z, t, sigma, cond, guidance_scale, controls)
+        return to_x0(out, z, alpha, s, self.prediction_type)
+
+    def _unet(self, z, t, sigma, cond, guidance_scale, controls) -> torch.Tensor:
+        device = _device(self.network)
+        t = torch.tensor(t, dtype=torch.float32, device=device)
         z_in = (torch.cat([z, z]) if cond.guided else z).to(device, self.dtype)
         embeds = cond.embeds.to(device, self.dtype)
         added = {k: v.to(device) for k, v in cond.added.items()} if cond.added else cond.added
@@ -242,7 +334,7 @@ class Expert:
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         out = (
-            self.unet(
+            self.network(
                 z_in,
                 t,
                 encoder_hidden_states=embeds,
@@ -252,14 +344,53 @@ class Expert:
                 return_dict=False,
             )[0]
             .float()
-            .to(x.device)
+            .to(z.device)
         )
         if cond.guided:
             # Guidance on the raw output equals guidance on x0 (the conversion is affine in the
             # output with coefficients shared by both halves) and rounds like diffusers does.
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        return to_x0(out, z, alpha, s, self.prediction_type)
+        return out
+
+    def _flux(self, z, t, cond, guidance_scale) -> torch.Tensor:
+        """Flux's transformer on 2x2 patches of ``z``, as ``FluxPipeline`` calls it."""
+        from diffusers import FluxPipeline
+
+        device = _device(self.network)
+        batch, channels, h, w = z.shape
+        packed = FluxPipeline._pack_latents(z, batch, channels, h, w).to(device, self.dtype)
+        image_ids = _flux_image_ids(h // 2, w // 2, device, self.dtype)
+        embeds = cond.embeds.to(device, self.dtype)
+        text_ids = _flux_text_ids(embeds.shape[1], device, self.dtype)
+        guidance = None
+        if self.network.config.guidance_embeds:
+            guidance = torch.full([batch], guidance_scale, device=device, dtype=torch.float32)
+        timestep = torch.full([batch], t / self.schedule.num_train_timesteps, device=device)
+        out = self.network(
+            hidden_states=packed,
+            timestep=timestep.to(self.dtype),
+            guidance=guidance,
+            pooled_projections=cond.added["pooled"].to(device, self.dtype),
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        return FluxPipeline._unpack_latents(out, h, w, 1).float().to(z.device)
+
+
+@functools.lru_cache(maxsize=16)
+def _flux_image_ids(rows: int, cols: int, device, dtype) -> torch.Tensor:
+    """Flux's (0, row, col) position ids of the packed latent grid (read-only, shared)."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._prepare_latent_image_ids(1, rows, cols, device, dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _flux_text_ids(length: int, device, dtype) -> torch.Tensor:
+    return torch.zeros(length, 3, device=device, dtype=dtype)
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -290,13 +421,16 @@ _TEXT_ENCODERS = {
     ("transformers", "CLIPTextModelWithProjection"),
 }
 _TOKENIZERS = {("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}
+_T5 = {("transformers", "T5EncoderModel")}
+_T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
+    "transformer": {("diffusers", "FluxTransformer2DModel")},
     "vae": {("diffusers", "AutoencoderKL")},
     "text_encoder": _TEXT_ENCODERS,
-    "text_encoder_2": _TEXT_ENCODERS,
+    "text_encoder_2": _TEXT_ENCODERS | _T5,
     "tokenizer": _TOKENIZERS,
-    "tokenizer_2": _TOKENIZERS,
+    "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
 }
 """The classes a model folder's ``model_index.json`` may name for the components we load.
 
@@ -329,7 +463,7 @@ def bundled_vae(name: str) -> AutoencoderKL:
     return AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
 
 
-def read_scheduler_config(path: Path) -> tuple[dict, DiscreteVPSchedule]:
+def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
     """A diffusers scheduler config, checked, and the training schedule it describes.
 
     ``_class_name`` must be a diffusers scheduler and every other key one of its
@@ -348,6 +482,11 @@ def read_scheduler_config(path: Path) -> tuple[dict, DiscreteVPSchedule]:
     unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r} for {name}")
+    if name == "FlowMatchEulerDiscreteScheduler":
+        steps = config.get("num_train_timesteps", 1000)
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 100_000:
+            raise UserError(f"{path}: num_train_timesteps must be an integer in [2, 100000]")
+        return config, RectifiedFlowSchedule(steps)
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise UserError(
@@ -368,7 +507,7 @@ def read_scheduler_config(path: Path) -> tuple[dict, DiscreteVPSchedule]:
 
 
 def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
-    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x or SDXL), or from
+    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, Flux.1), or from
     the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
 
     Weights load from safetensors only unless ``allow_pickle`` is set.
@@ -413,12 +552,14 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
                 ) from exc
             raise UserError(f"cannot load {folder / name}: {str(exc).splitlines()[0]}") from exc
 
-    for required in ("unet", "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
+    denoiser = "transformer" if "transformer" in index else "unet"
+    for required in (denoiser, "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
         if required not in index:
-            raise UserError(f"{folder} has no {required}; only text-to-image UNet models load")
-    unet = component("unet")
-    if not isinstance(unet, UNet2DConditionModel):
-        raise UserError(f"{folder}: unsupported denoiser {type(unet).__name__}")
+            raise UserError(
+                f"{folder} has no {required}; only text-to-image UNet and Flux models load"
+            )
+    network = component(denoiser)
+    family = "flux" if denoiser == "transformer" else "unet"
     from . import zoo
 
     try:
@@ -430,12 +571,21 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")
     scheduler_config, schedule = read_scheduler_config(scheduler_file)
-    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    prediction_type = (
+        "flow" if schedule.kind == "flow" else scheduler_config.get("prediction_type", "epsilon")
+    )
 
-    if "text_encoder_2" in index or unet.config.addition_embed_type == "text_time":
+    if family == "flux":
+        text: TextStack = FluxText(
+            component("tokenizer"),
+            component("text_encoder"),
+            component("tokenizer_2"),
+            component("text_encoder_2"),
+        )
+    elif "text_encoder_2" in index or network.config.addition_embed_type == "text_time":
         pairs = [(component(f"tokenizer{k}"), component(f"text_encoder{k}")) for k in ("", "_2")]
         pairs = [(tok, enc) for tok, enc in pairs if enc is not None]
-        text: TextStack = SDXLText(
+        text = SDXLText(
             [tok for tok, _ in pairs],
             [enc for _, enc in pairs],
             force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
@@ -450,23 +600,30 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     space = (
         LatentSpace(vae) if vae is not None else LatentSpace(None, index.get("pixel_unshuffle", 1))
     )
-    size = unet.config.sample_size
+    # Flux's pipeline draws 128 latent cells a side by default (1024 px with its VAE).
+    size = 128 if family == "flux" else network.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return Expert(
         name=str(folder),
-        unet=unet.eval(),
+        network=network.eval(),
         space=space,
         text=text,
         schedule=schedule,
         prediction_type=prediction_type,
         scheduler_config=scheduler_config,
         sample_size=(height * space.factor, width * space.factor),
-        dtype=next(unet.parameters()).dtype,
+        dtype=next(network.parameters()).dtype,
+        family=family,
     )
 
 
 def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
     """A diffusers ControlNetModel, refused when it was not built for ``expert``'s UNet."""
+    if expert.family != "unet":
+        raise UserError(
+            f"{expert.name} is a {expert.family} model; ControlNets load for UNet models only "
+            "(give the control to an SD or SDXL expert in the same recipe)"
+        )
     path = str(resolve_model(path))
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} is not a diffusers ControlNet folder (no config.json)")
@@ -477,7 +634,7 @@ def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load ControlNet {path}: {str(exc).splitlines()[0]}") from exc
     keys = ("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type")
-    theirs, ours = model.config, expert.unet.config
+    theirs, ours = model.config, expert.network.config
     mismatched = [k for k in keys if list(_listify(theirs.get(k))) != list(_listify(ours.get(k)))]
     if mismatched:
         raise UserError(

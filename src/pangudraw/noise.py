@@ -12,6 +12,11 @@ expert's own network sees ``z = alpha(sigma) * x0 + s(sigma) * n = alpha * x``:
 Prediction types (epsilon, v, sample, flow velocity) are converted to and from
 the denoised estimate ``x0`` here and nowhere else.
 
+The loop hands noisy samples around in the *unit view* ``y = x / sqrt(1 + sigma^2)
+= unit(sigma) x0 + spread(sigma) n``, which is what a VP network sees and stays finite
+where ``x`` does not: a rectified-flow trajectory starts at ``u = 1``, which is
+``sigma = inf`` on this axis, where ``y = n``.
+
 Design: docs/design.md, section 1.
 """
 
@@ -28,13 +33,36 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample", "flow"
 
 
 class SigmaWindow(NamedTuple):
-    """The noise levels [lo, hi) on the shared axis where an expert or a ControlNet acts."""
+    """The noise levels [lo, hi) on the shared axis where an expert or a ControlNet acts
+    (an open top, ``hi = inf``, includes sigma = inf: a flow trajectory's start)."""
 
     lo: float = 0.0
     hi: float = math.inf
 
     def contains(self, sigma: float) -> bool:
-        return self.lo <= sigma < self.hi
+        return self.lo <= sigma < self.hi or sigma == self.hi == math.inf
+
+
+def unit(sigma: float) -> float:
+    """The factor ``1 / sqrt(1 + sigma^2)`` of ``x0`` in the unit view (0 at sigma = inf)."""
+    return 0.0 if math.isinf(sigma) else 1.0 / math.sqrt(1.0 + sigma * sigma)
+
+
+def spread(sigma: float) -> float:
+    """The factor ``sigma / sqrt(1 + sigma^2)`` of the noise in the unit view (1 at inf)."""
+    return 1.0 if math.isinf(sigma) else sigma / math.sqrt(1.0 + sigma * sigma)
+
+
+def noisy(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The unit view of ``x0 + sigma * noise``."""
+    if sigma == 0:
+        return x0
+    return unit(sigma) * x0 + spread(sigma) * noise
+
+
+def noise_of(y: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise ``n`` with ``y = noisy(x0, n, sigma)`` (sigma > 0)."""
+    return (y - unit(sigma) * x0) / spread(sigma)
 
 
 def to_x0(
@@ -136,6 +164,10 @@ class DiscreteVPSchedule:
         norm = math.sqrt(1.0 + sigma * sigma)
         return 1.0 / norm, sigma / norm
 
+    def input_scale(self, sigma: float) -> float:
+        """The network input is the unit view itself: ``z = y``."""
+        return 1.0
+
 
 @dataclass(frozen=True)
 class RectifiedFlowSchedule:
@@ -148,15 +180,30 @@ class RectifiedFlowSchedule:
 
     def t_to_sigma(self, t: float) -> float:
         u = t / self.num_train_timesteps
-        if not 0 <= u < 1:
-            raise ValueError(f"flow time {t} outside [0, {self.num_train_timesteps})")
-        return u / (1.0 - u)
+        if not 0 <= u <= 1:
+            raise ValueError(f"flow time {t} outside [0, {self.num_train_timesteps}]")
+        return flow_sigma(u)
 
     def sigma_to_t(self, sigma: float) -> float:
-        return self.num_train_timesteps * sigma / (1.0 + sigma)
+        return self.num_train_timesteps * flow_time(sigma)
 
     def coefficients(self, sigma: float) -> tuple[float, float]:
-        return 1.0 / (1.0 + sigma), sigma / (1.0 + sigma)
+        u = flow_time(sigma)
+        return 1.0 - u, u
+
+    def input_scale(self, sigma: float) -> float:
+        """``z = (1 - u) x0 + u n = y * sqrt(1 + sigma^2) / (1 + sigma)`` (1 at sigma = inf)."""
+        return 1.0 if math.isinf(sigma) else math.sqrt(1.0 + sigma * sigma) / (1.0 + sigma)
+
+
+def flow_sigma(u: float) -> float:
+    """The shared-axis noise level of flow time ``u`` in [0, 1] (inf at u = 1)."""
+    return math.inf if u >= 1 else u / (1.0 - u)
+
+
+def flow_time(sigma: float) -> float:
+    """Flow time ``u = sigma / (1 + sigma)`` (1 at sigma = inf)."""
+    return 1.0 if math.isinf(sigma) else sigma / (1.0 + sigma)
 
 
 Schedule = DiscreteVPSchedule | RectifiedFlowSchedule

@@ -77,6 +77,12 @@ def _canvas(canvas_expert: Expert, height: int | None, width: int | None, batch:
         canvas.latent_shape(batch)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    multiple = canvas_expert.size_multiple
+    if canvas_expert.family == "flux" and (canvas.size[0] % multiple or canvas.size[1] % multiple):
+        raise UserError(
+            f"size {canvas.size[1]}x{canvas.size[0]} does not fit {canvas_expert.name}'s 2x2 "
+            f"latent patches; use a multiple of {multiple} on both sides"
+        )
     return canvas
 
 
@@ -98,7 +104,7 @@ def _check_memory(participants: list[Participant], canvas: Site, batch: int) -> 
         h, w = p.size or canvas.size
         factor = p.expert.space.factor
         tokens = (h // factor) * (w // factor)
-        channels = p.expert.unet.config.block_out_channels[0]
+        channels = p.expert.width
         estimate = network_estimate(batch, tokens, channels, p.cond.guided, height * width, decoder)
         worst = max(worst, estimate)
     check_memory(worst, f"{batch} image(s) of {width}x{height}")

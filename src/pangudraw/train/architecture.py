@@ -59,7 +59,7 @@ def build_model(
         # The conditioning embedding brings control images down to the latent size.
         steps = space.factor.bit_length() - 1
         channels = [16, 32, 96, 256][: steps + 1] if steps else [16]
-        return ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=channels)
+        return ControlNetModel.from_unet(base.network, conditioning_embedding_out_channels=channels)
     if config.stage == "vae":
         arch = architecture(VAE_DEFAULTS, config.vae_model, vae_blocks)
         fixed = {"in_channels": 3, "out_channels": 3, "sample_size": config.resolution}

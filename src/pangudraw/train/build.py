@@ -91,9 +91,9 @@ def build(config: TrainConfig, resume: str | None = None, allow_pickle: bool = F
     if config.stage == "vae":
         loss = VAELoss(config.kl_weight)
     elif base is not None:
-        base.unet.requires_grad_(False)
+        base.network.requires_grad_(False)
         alphas = base.schedule.alphas_cumprod.float()
-        loss = ControlNetLoss(alphas, config.timestep_range, base.unet.to(accelerator.device))
+        loss = ControlNetLoss(alphas, config.timestep_range, base.network.to(accelerator.device))
     else:
         schedule = DiscreteVPSchedule.from_config(SCHEDULE)
         loss = DenoisingLoss(schedule.alphas_cumprod.float(), config.timestep_range)

@@ -63,8 +63,8 @@ def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
     from ..experts import Control
 
     base, controls = run.base, run.data.control[:4]
-    device = next(base.unet.parameters()).device
-    base.unet.to("cpu")  # sample beside the CPU copy of the ControlNet
+    device = next(base.network.parameters()).device
+    base.network.to("cpu")  # sample beside the CPU copy of the ControlNet
     images = []
     for i, control in enumerate(controls):
         cond = base.encode_prompt([run.data.pool.texts[i]], None, 4.0)
@@ -74,7 +74,7 @@ def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
         scheduler = make_scheduler("dpmpp_2m", base.scheduler_config)
         latents = sample([participant], scheduler, noise, 25)
         images.append((base.space.decode(latents).float() / 2 + 0.5).clamp(0, 1))
-    base.unet.to(device)
+    base.network.to(device)
     return torch.cat([controls, *images])
 
 
@@ -82,7 +82,7 @@ def as_expert(run: Run, unet: torch.nn.Module) -> Expert:
     size = run.config.resolution
     return Expert(
         name=f"{run.config.stage} (training)",
-        unet=unet,
+        network=unet,
         space=run.space,
         text=run.text,
         schedule=DiscreteVPSchedule.from_config(SCHEDULE),
