@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import tiny_controlnet, tiny_flux, tiny_sd, tiny_sdxl
+from tiny_models import tiny_controlnet, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
 
 
 @pytest.fixture(scope="session")
@@ -23,5 +23,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tiny_flux(root / "flux_dev")
     tiny_flux(root / "flux_schnell", seed=1, guidance_embeds=False)
     names = ("sd", "sd_v", "sd_other", "sdxl", "sd_b", "sd_linear", "cn_sd", "cn_sd_b")
-    names += ("flux_dev", "flux_schnell")
+    # SD3: MMDiT, three text encoders (and without T5), 16-channel VAE.
+    tiny_sd3(root / "sd3")
+    tiny_sd3(root / "sd3_no_t5", seed=1, with_t5=False)
+    names += ("flux_dev", "flux_schnell", "sd3", "sd3_no_t5")
     return {name: root / name for name in names}

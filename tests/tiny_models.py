@@ -203,6 +203,21 @@ def t5_tokenizer() -> T5TokenizerFast:
     )
 
 
+def tiny_t5() -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=99,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5EncoderModel(config)
+
+
 def tiny_flux(folder: Path, seed: int = 0, guidance_embeds: bool = True, vae_seed: int = 0):
     """A Flux.1-style pipeline (dev with ``guidance_embeds``, else schnell) saved to ``folder``:
     16-channel VAE with a shift factor, CLIP pooled + T5 text, packed 2x2 latents."""
@@ -221,34 +236,8 @@ def tiny_flux(folder: Path, seed: int = 0, guidance_embeds: bool = True, vae_see
         guidance_embeds=guidance_embeds,
         axes_dims_rope=[4, 4, 8],
     )
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=99,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-    torch.manual_seed(vae_seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=16,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    text_encoder_2 = tiny_t5()
+    vae = _flow_vae(vae_seed)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(
             shift=3.0,
@@ -267,6 +256,63 @@ def tiny_flux(folder: Path, seed: int = 0, guidance_embeds: bool = True, vae_see
     )
     pipe.save_pretrained(folder)
     return pipe
+
+
+def tiny_sd3(folder: Path, seed: int = 0, with_t5: bool = True):
+    """An SD3-style pipeline saved to ``folder``: MMDiT with 2x2 patches, two projected CLIPs
+    and T5 (or none: zeros in its place), 16-channel VAE with a shift factor."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+    )
+    text_encoder_3 = tiny_t5()
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(),
+        text_encoder=CLIPTextModelWithProjection(_text_config(16, projection=32)),
+        tokenizer=byte_tokenizer(folder / "_tok"),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(16, projection=32)),
+        tokenizer_2=byte_tokenizer(folder / "_tok2"),
+        text_encoder_3=text_encoder_3 if with_t5 else None,
+        tokenizer_3=t5_tokenizer() if with_t5 else None,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def _flow_vae(seed: int = 0) -> AutoencoderKL:
+    """A 16-channel VAE with SD3/Flux's shift factor and scaling, no quant convs."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=16,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 class GaussianDenoiser(torch.nn.Module):

@@ -223,7 +223,7 @@ class FlowGrid:
                 config.get("base_image_seq_len", 256),
                 config.get("max_image_seq_len", 4096),
                 config.get("base_shift", 0.5),
-                config.get("max_shift", 1.15),
+                config.get("max_shift", 1.15 if flux else 1.16),  # each pipeline's default
             )
         if flux:
             grid = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)

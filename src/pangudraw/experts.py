@@ -188,7 +188,62 @@ def check_sequence_length(tokenizer, prompts: list[str], limit: int) -> None:
             )
 
 
-TextStack = SDText | SDXLText | FluxText
+@dataclass
+class SD3Text:
+    """SD3's text stack: two CLIPs (penultimate hidden states concatenated, zero-padded to
+    T5's width, stacked before T5's tokens; projected pooled outputs concatenated) and T5
+    (zeros of the transformer's width when the model ships without it). The negative
+    prompt is encoded, the empty one too."""
+
+    clip_tokenizers: list
+    clips: list[torch.nn.Module]
+    t5_tokenizer: object | None
+    t5: torch.nn.Module | None
+    joint_dim: int
+    max_sequence_length: int = 256
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], []
+        for tokenizer, encoder in zip(self.clip_tokenizers, self.clips):
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+            pooled.append(out[0].cpu())
+            hidden.append(out.hidden_states[-2].cpu())
+        if self.t5 is None:
+            t5 = torch.zeros(len(prompts), self.max_sequence_length, self.joint_dim)
+        else:
+            check_sequence_length(self.t5_tokenizer, prompts, self.max_sequence_length)
+            ids = self.t5_tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=self.max_sequence_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            ).input_ids
+            t5 = self.t5(ids.to(_device(self.t5)))[0].cpu()
+        clip = torch.cat(hidden, dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        embeds, pooled = self._embed(prompts)
+        if guided:
+            uncond, uncond_pooled = self._embed(negatives or [""] * len(prompts))
+            embeds, pooled = torch.cat([uncond, embeds]), torch.cat([uncond_pooled, pooled])
+        return Conditioning(embeds, guided, {"pooled": pooled})
+
+
+TextStack = SDText | SDXLText | FluxText | SD3Text
 
 
 @dataclass
@@ -225,7 +280,8 @@ class Expert:
         sample_size: native resolution in pixels, (height, width).
         dtype: the network's parameter dtype (read once: diffusers' ``.dtype`` walks
             every parameter on each call).
-        family: "unet" (SD 1.x/2.x, SDXL and the zoo) or "flux" (packed 2x2 latents).
+        family: "unet" (SD 1.x/2.x, SDXL and the zoo), "sd3" (MMDiT) or "flux" (packed
+            2x2 latents).
     """
 
     name: str
@@ -244,13 +300,15 @@ class Expert:
         """Image sides must be multiples of this (latent factor x the network's downsampling)."""
         if self.family == "flux":
             return self.space.factor * 2  # 2x2 latent patches
+        if self.family == "sd3":
+            return self.space.factor * self.network.config.patch_size
         return self.space.factor * 2 ** (len(self.network.config.block_out_channels) - 1)
 
     @property
     def width(self) -> int:
         """The network's first feature width (for memory estimates)."""
         config = self.network.config
-        if self.family == "flux":
+        if self.family in ("flux", "sd3"):
             return config.num_attention_heads * config.attention_head_dim
         return config.block_out_channels[0]
 
@@ -307,6 +365,8 @@ class Expert:
         t = self.schedule.sigma_to_t(level)
         if self.family == "flux":
             out = self._flux(z, t, cond, guidance_scale)
+        elif self.family == "sd3":
+            out = self._sd3(z, t, cond, guidance_scale)
         else:
             out = self._unet(z, t, sigma, cond, guidance_scale, controls)
         return to_x0(out, z, alpha, s, self.prediction_type)
@@ -346,12 +406,20 @@ class Expert:
             .float()
             .to(z.device)
         )
-        if cond.guided:
-            # Guidance on the raw output equals guidance on x0 (the conversion is affine in the
-            # output with coefficients shared by both halves) and rounds like diffusers does.
-            out_uncond, out_cond = out.chunk(2)
-            out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        return out
+        return _guide(out, cond, guidance_scale)
+
+    def _sd3(self, z, t, cond, guidance_scale) -> torch.Tensor:
+        """SD3's MMDiT as ``StableDiffusion3Pipeline`` calls it (raw timestep in [0, 1000])."""
+        device = _device(self.network)
+        z_in = (torch.cat([z, z]) if cond.guided else z).to(device, self.dtype)
+        out = self.network(
+            hidden_states=z_in,
+            timestep=torch.full([z_in.shape[0]], t, device=device),
+            encoder_hidden_states=cond.embeds.to(device, self.dtype),
+            pooled_projections=cond.added["pooled"].to(device, self.dtype),
+            return_dict=False,
+        )[0]
+        return _guide(out.float().to(z.device), cond, guidance_scale)
 
     def _flux(self, z, t, cond, guidance_scale) -> torch.Tensor:
         """Flux's transformer on 2x2 patches of ``z``, as ``FluxPipeline`` calls it."""
@@ -378,6 +446,18 @@ class Expert:
             return_dict=False,
         )[0]
         return FluxPipeline._unpack_latents(out, h, w, 1).float().to(z.device)
+
+
+def _guide(out: torch.Tensor, cond: Conditioning, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance on the raw output of a doubled batch (unconditional first).
+
+    Guidance on the raw output equals guidance on x0 (the conversion is affine in the output
+    with coefficients shared by both halves) and rounds like diffusers does.
+    """
+    if not cond.guided:
+        return out
+    out_uncond, out_cond = out.chunk(2)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
 @functools.lru_cache(maxsize=16)
@@ -425,12 +505,17 @@ _T5 = {("transformers", "T5EncoderModel")}
 _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
-    "transformer": {("diffusers", "FluxTransformer2DModel")},
+    "transformer": {
+        ("diffusers", "FluxTransformer2DModel"),
+        ("diffusers", "SD3Transformer2DModel"),
+    },
     "vae": {("diffusers", "AutoencoderKL")},
     "text_encoder": _TEXT_ENCODERS,
     "text_encoder_2": _TEXT_ENCODERS | _T5,
     "tokenizer": _TOKENIZERS,
     "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
+    "text_encoder_3": _T5,
+    "tokenizer_3": _T5_TOKENIZERS,
 }
 """The classes a model folder's ``model_index.json`` may name for the components we load.
 
@@ -507,8 +592,8 @@ def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
 
 
 def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
-    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, Flux.1), or from
-    the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
+    """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux.1),
+    from the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
 
     Weights load from safetensors only unless ``allow_pickle`` is set.
     Raises :class:`UserError` with a one-line message for anything a user can fix.
@@ -556,10 +641,12 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
     for required in (denoiser, "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
         if required not in index:
             raise UserError(
-                f"{folder} has no {required}; only text-to-image UNet and Flux models load"
+                f"{folder} has no {required}; only text-to-image UNet, SD3 and Flux models load"
             )
     network = component(denoiser)
-    family = "flux" if denoiser == "transformer" else "unet"
+    family = {"FluxTransformer2DModel": "flux", "SD3Transformer2DModel": "sd3"}.get(
+        type(network).__name__, "unet"
+    )
     from . import zoo
 
     try:
@@ -581,6 +668,14 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             component("text_encoder"),
             component("tokenizer_2"),
             component("text_encoder_2"),
+        )
+    elif family == "sd3":
+        text = SD3Text(
+            [component("tokenizer"), component("tokenizer_2")],
+            [component("text_encoder"), component("text_encoder_2")],
+            component("tokenizer_3"),
+            component("text_encoder_3"),
+            network.config.joint_attention_dim,
         )
     elif "text_encoder_2" in index or network.config.addition_embed_type == "text_time":
         pairs = [(component(f"tokenizer{k}"), component(f"text_encoder{k}")) for k in ("", "_2")]

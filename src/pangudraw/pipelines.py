@@ -78,10 +78,11 @@ def _canvas(canvas_expert: Expert, height: int | None, width: int | None, batch:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     multiple = canvas_expert.size_multiple
-    if canvas_expert.family == "flux" and (canvas.size[0] % multiple or canvas.size[1] % multiple):
+    patched = canvas_expert.family != "unet"  # transformers cut the latents into patches
+    if patched and (canvas.size[0] % multiple or canvas.size[1] % multiple):
         raise UserError(
-            f"size {canvas.size[1]}x{canvas.size[0]} does not fit {canvas_expert.name}'s 2x2 "
-            f"latent patches; use a multiple of {multiple} on both sides"
+            f"size {canvas.size[1]}x{canvas.size[0]} does not fit {canvas_expert.name}'s latent "
+            f"patches; use a multiple of {multiple} on both sides"
         )
     return canvas
 
