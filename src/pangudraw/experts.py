@@ -90,6 +90,18 @@ class SDText:
         return Conditioning(embeds, guided)
 
 
+def _clip_states(tokenizer, encoder: torch.nn.Module, prompts: list[str]):
+    """A CLIP text model's output with all hidden states, prompts padded to its length."""
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return encoder(ids.to(_device(encoder)), output_hidden_states=True)
+
+
 @dataclass
 class SDXLText:
     """SDXL's two text encoders: penultimate hidden states concatenated, pooled output, time ids."""
@@ -102,14 +114,7 @@ class SDXLText:
     def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+            out = _clip_states(tokenizer, encoder, prompts)
             if out[0].ndim == 2:  # the projection model's pooled output
                 pooled = out[0].cpu()
             hidden.append(out.hidden_states[-2].cpu())
@@ -205,14 +210,7 @@ class SD3Text:
     def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], []
         for tokenizer, encoder in zip(self.clip_tokenizers, self.clips):
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+            out = _clip_states(tokenizer, encoder, prompts)
             pooled.append(out[0].cpu())
             hidden.append(out.hidden_states[-2].cpu())
         if self.t5 is None:
