@@ -315,6 +315,46 @@ def _flow_vae(seed: int = 0) -> AutoencoderKL:
     )
 
 
+def tiny_lora(model_folder: Path, folder: Path, seed: int = 0, flux: bool = False) -> Path:
+    """A rank-4 LoRA with random (non-zero) weights on the attention projections of the
+    UNet (or Flux transformer) in ``model_folder``, saved in diffusers' format; returns
+    the .safetensors file."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    cls, pipeline = (
+        (FluxTransformer2DModel, FluxPipeline)
+        if flux
+        else (UNet2DConditionModel, StableDiffusionPipeline)
+    )
+    network = cls.from_pretrained(model_folder / ("transformer" if flux else "unet"))
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
+    )
+    network.add_adapter(config)
+    layers = get_peft_model_state_dict(network)
+    key = "transformer_lora_layers" if flux else "unet_lora_layers"
+    pipeline.save_lora_weights(folder, **{key: layers})
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def to_kohya(diffusers_file: Path, out: Path) -> Path:
+    """The same UNet LoRA with kohya's keys (lora_unet_..., lora_down/lora_up, alpha)."""
+    from safetensors.torch import load_file, save_file
+
+    state = {}
+    for key, value in load_file(diffusers_file).items():
+        module, _, kind = key.removeprefix("unet.").rpartition(".lora_")
+        name = "lora_unet_" + module.replace(".", "_")
+        state[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        if kind.startswith("A"):
+            state[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    save_file(state, out)
+    return out
+
+
 class GaussianDenoiser(torch.nn.Module):
     """The exact epsilon-prediction (or flow velocity ``n - x0`` with ``flow``) for data
     ``x0 ~ N(mu, tau^2)``, i.i.d. per element.

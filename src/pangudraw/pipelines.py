@@ -19,6 +19,7 @@ from .errors import UserError
 from .experts import Conditioning, Control, Expert, load_controlnet, load_expert
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
+from .lora import apply_loras
 from .noise import SigmaWindow
 from .options import DEFAULT_SPLIT
 from .recipes import Recipe, Window
@@ -233,21 +234,26 @@ def coop_generate(
 ) -> GenerationOutput:
     """Run a Coop recipe: every expert in its own space and resolution, one fused loop."""
     check_request(recipe.steps, 1, recipe.seed, recipe.width, recipe.height)
-    loaded: dict[str, Expert] = {}
+    loaded: dict[tuple, Expert] = {}  # one loaded expert per model and set of LoRAs
     for spec in recipe.experts:
-        if spec.model not in loaded:
-            loaded[spec.model] = load_expert(spec.model, allow_pickle)
+        for lora in spec.loras:
+            lora.check(allow_pickle)
+    for spec in recipe.experts:
+        key = (spec.model, tuple(spec.loras))
+        if key not in loaded:
+            expert = load_expert(spec.model, allow_pickle)
+            loaded[key] = apply_loras(expert, spec.loras, allow_pickle)
     canvas_spec = next(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )
-    canvas_expert = loaded[canvas_spec.model]
+    canvas_expert = loaded[canvas_spec.model, tuple(canvas_spec.loras)]
     canvas = _canvas(canvas_expert, recipe.height, recipe.width, 1)
     _check_steps(recipe.steps, canvas_expert)
     scheduler = make_scheduler(recipe.sampler, canvas_expert.scheduler_config)
     encode = _PromptCache()
     participants = []
     for spec in recipe.experts:
-        expert = loaded[spec.model]
+        expert = loaded[spec.model, tuple(spec.loras)]
         size = spec.size or working_size(expert, canvas_expert, canvas)
         if size[0] % expert.size_multiple or size[1] % expert.size_multiple:
             raise UserError(

@@ -22,6 +22,7 @@
     guidance = 7.0
     size = [64, 64]                   # working size; default: native size at canvas aspect
     mask = "left.png"                 # optional grayscale, white = full weight
+    loras = [{ file = "style.safetensors", scale = 0.8 }]   # optional, through diffusers
 
     [[experts.controls]]
     model = "controlnets/edges"
@@ -43,6 +44,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import inside
 from .limits import MAX_SEED, MAX_STEPS, max_side
+from .lora import LoraSpec
 from .options import HUB_PREFIX, NOISE_POLICIES, SAMPLER_NAMES, ZOO_PREFIX
 from .tomlconf import TableReader as _Reader
 from .tomlconf import apply_overrides, read_toml
@@ -71,8 +73,10 @@ EXPERT_KEYS = {
     "size",
     "mask",
     "controls",
+    "loras",
 }
 CONTROL_KEYS = {"model", "image", "source", "scale", "window"}
+LORA_KEYS = {"file", "scale"}
 
 
 @dataclass
@@ -108,6 +112,7 @@ class ExpertSpec:
     size: tuple[int, int] | None = None
     mask: str | None = None
     controls: list[ControlSpec] = field(default_factory=list)
+    loras: list[LoraSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -165,6 +170,7 @@ class Recipe:
                         "size": None if e.size is None else list(e.size),
                         "mask": where(e.mask),
                         "controls": controls,
+                        "loras": [{"file": where(x.path), "scale": x.scale} for x in e.loras],
                     }
                 )
             )
@@ -296,6 +302,14 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
                     source_image,
                 )
             )
+        loras = []
+        for j, ltable in enumerate(r.get("loras", list, [])):
+            if not isinstance(ltable, dict):
+                r.fail(f"loras[{j}]", "expected a table { file = ..., scale = ... }")
+            x = _Reader(source, ltable, f"{r.where}.loras[{j}]", LORA_KEYS)
+            loras.append(
+                LoraSpec(_path(x, "file", base, policy, required=True), x.get("scale", float, 1.0))
+            )
         expert_prompt = r.get("prompt", str, prompt)
         if expert_prompt is None:
             r.fail("prompt", "missing; give a top-level prompt or one per expert")
@@ -314,6 +328,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
                 size=None if size is None else tuple(size),
                 mask=_path(r, "mask", base, policy),
                 controls=controls,
+                loras=loras,
             )
         )
     names = [e.name for e in experts]

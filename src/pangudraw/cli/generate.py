@@ -86,6 +86,14 @@ def model_label(path: Path) -> str:
     is_flag=True,
     help="Also write OUTPUT-grid.png: one row per prompt, one column per image.",
 )
+@click.option(
+    "--lora",
+    "loras",
+    metavar="FILE[:SCALE]",
+    multiple=True,
+    help="A LoRA for the model(s) (diffusers or kohya keys, .safetensors); repeatable; "
+    "SCALE defaults to 1, 0 leaves the model unchanged.",
+)
 @allow_pickle_option
 def command(
     *,
@@ -104,6 +112,7 @@ def command(
     num_images,
     output,
     grid,
+    loras,
     allow_pickle,
 ) -> None:
     """Generate images for each PROMPT and save them as PNGs with their parameters.
@@ -114,6 +123,11 @@ def command(
     # The request is checked before torch and the models load: a refusal is immediate.
     from ..files import check_outputs
     from ..limits import check_memory, check_request, pixel_estimate
+    from ..lora import LoraSpec
+
+    loras = [LoraSpec.parse(text) for text in loras]
+    for spec in loras:
+        spec.check(allow_pickle)
 
     if size is not None:
         if width is not None or height is not None:
@@ -136,6 +150,7 @@ def command(
     from ..experts import load_expert
     from ..files import write_outputs
     from ..imageio import a1111_parameters, grid_image, png_writer
+    from ..lora import apply_loras
     from ..pipelines import generate
     from .progress import quiet_libraries, step_bar
 
@@ -146,6 +161,8 @@ def command(
     if texture is not None:
         same = texture.resolve() == structure.resolve()
         texture_expert = structure_expert if same else load_expert(texture, allow_pickle)
+    for expert in {id(e): e for e in (structure_expert, texture_expert) if e}.values():
+        apply_loras(expert, loras, allow_pickle)
     each = [p for p in prompts for _ in range(num_images)]  # image i: prompt i // num_images
     with step_bar() as callback:
         result = generate(
@@ -178,6 +195,7 @@ def command(
             "structure": model_label(structure),
             "texture": None if texture is None else model_label(texture),
             "split": t_split if texture is not None else None,
+            "loras": [{"file": spec.path, "scale": spec.scale} for spec in loras],
             "version": __version__,
         }
         settings = {
@@ -190,6 +208,8 @@ def command(
         }
         if texture is not None:
             settings |= {"Texture model": texture.name, "Split": f"{t_split:g}"}
+        if loras:
+            settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in loras)
         settings["Version"] = f"pangu-draw {__version__}"
         parameters = a1111_parameters(prompt, negative_prompt, settings)
         writers[path] = png_writer(image, parameters, record)

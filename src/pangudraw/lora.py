@@ -1,0 +1,225 @@
+"""LoRA: low-rank additions to an expert's network (and text encoders), through diffusers.
+
+A LoRA file is read here (safetensors only unless the user opts in to pickle), converted
+from its format (diffusers, kohya, ...) by the expert family's own diffusers pipeline class,
+and loaded with PEFT into the expert's modules under its own adapter name; each adapter's
+scale is then set, so scale 0 leaves the expert's output exactly as it was. The loader is
+strict where diffusers only warns: a LoRA whose layers do not all find their place in the
+model (a LoRA for another architecture) is refused.
+
+Applying a LoRA changes a loaded expert in place: give each generation that wants a LoRA
+its own loaded expert (the CLI loads per command).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # torch and diffusers load only when a LoRA is applied
+    import torch
+
+    from .experts import Expert
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and the scale its addition is multiplied by."""
+
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """``PATH`` or ``PATH:SCALE`` (the CLI's ``--lora``)."""
+        path, sep, tail = text.rpartition(":")
+        if sep and path:
+            try:
+                scale = float(tail)
+            except ValueError:
+                return cls(text)
+            if not math.isfinite(scale):
+                raise UserError(f"LoRA scale in {text!r} must be a finite number")
+            return cls(path, scale)
+        return cls(text)
+
+    def check(self, allow_pickle: bool = False) -> None:
+        """Refuse, before any model loads, a missing file or a pickle file not allowed."""
+        path = Path(self.path)
+        if not path.is_file():
+            raise UserError(f"LoRA file {path} does not exist")
+        if path.suffix != ".safetensors" and not allow_pickle:
+            raise UserError(
+                f"LoRA {path} is not a .safetensors file; pickle files are refused unless "
+                "you pass --allow-pickle"
+            )
+
+
+def _pipeline_class(expert: Expert):
+    """The diffusers pipeline class whose LoRA loader knows this expert's family."""
+    import diffusers
+
+    if expert.family == "flux":
+        return diffusers.FluxPipeline
+    if expert.family == "sd3":
+        return diffusers.StableDiffusion3Pipeline
+    from .experts import SDXLText
+
+    if isinstance(expert.text, SDXLText):
+        return diffusers.StableDiffusionXLPipeline
+    return diffusers.StableDiffusionPipeline
+
+
+def _text_encoders(expert: Expert) -> dict[str, torch.nn.Module]:
+    """The CLIP text encoders a LoRA may address, by their diffusers prefix."""
+    from .experts import SDText, SDXLText
+
+    if isinstance(expert.text, SDXLText):
+        return dict(zip(("text_encoder", "text_encoder_2"), expert.text.encoders))
+    if isinstance(expert.text, SDText) and expert.text.encoder is not None:
+        return {"text_encoder": expert.text.encoder}
+    return {}
+
+
+def read_lora(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors: safetensors, or a pickle file only when allowed."""
+    import torch
+
+    LoraSpec(str(path)).check(allow_pickle)
+    if path.suffix != ".safetensors":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unreadable or hostile pickle
+            raise UserError(f"cannot read LoRA {path}: {str(exc).splitlines()[0]}") from exc
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read LoRA {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"LoRA {path} holds no tensors")
+    if not all(isinstance(v, torch.Tensor) and torch.isfinite(v).all() for v in state.values()):
+        raise UserError(f"LoRA {path} holds a value that is not a finite tensor")
+    return state
+
+
+def _targets(state: dict[str, torch.Tensor], prefix: str) -> set[str]:
+    """The modules a converted state dict adds LoRA layers to, under ``prefix.`` (in any of
+    diffusers' layouts: ``.lora_A``, ``.lora.down``, ``.processor.to_q_lora.down``,
+    ``.lora_linear_layer.down``)."""
+    import re
+
+    modules = set()
+    for key in state:
+        if not key.startswith(prefix + "."):
+            continue
+        key = re.sub(r"_lora\.(down|up)\.", r".lora.\1.", key.replace(".processor.", "."))
+        if ".lora" in key:
+            modules.add(key.split(".lora")[0])
+    return modules
+
+
+def _adapted(module: torch.nn.Module, adapter: str) -> int:
+    """How many layers of ``module`` carry the LoRA ``adapter``."""
+    import torch
+
+    return sum(
+        1
+        for m in module.modules()
+        if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict) and adapter in m.lora_A
+    )
+
+
+def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = False) -> Expert:
+    """Load ``loras`` into ``expert`` (in place) at their scales; returns the expert."""
+    if not loras:
+        return expert
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if not USE_PEFT_BACKEND:
+        raise UserError("LoRA needs the peft package: pip install 'pangu-draw[lora]'")
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    cls = _pipeline_class(expert)
+    network_prefix = "unet" if expert.family == "unet" else "transformer"
+    encoders = _text_encoders(expert)
+    names, scales, encoder_adapters = [], [], {prefix: [] for prefix in encoders}
+    for index, spec in enumerate(loras):
+        path = Path(spec.path)
+        name = f"lora{index}"
+        state, alphas = _convert(cls, read_lora(path, allow_pickle), path, expert)
+        wanted = {network_prefix: _targets(state, network_prefix)}
+        wanted |= {prefix: _targets(state, prefix) for prefix in encoders}
+        if not any(wanted.values()):
+            raise UserError(
+                f"LoRA {path} has no layers for {expert.name} (a {expert.family} model); "
+                "is it for another architecture?"
+            )
+        try:
+            if wanted[network_prefix]:
+                _load_into_network(cls, state, alphas, expert, name)
+            for prefix, encoder in encoders.items():
+                if wanted[prefix]:
+                    cls.load_lora_into_text_encoder(
+                        state, alphas, encoder, prefix=prefix, adapter_name=name
+                    )
+                    encoder_adapters[prefix].append((name, spec.scale))
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"LoRA {path} does not fit {expert.name}: {str(exc).splitlines()[0][:200]}"
+            ) from exc
+        modules = {network_prefix: expert.network, **encoders}
+        for prefix, targets in wanted.items():
+            placed = _adapted(modules[prefix], name)
+            if placed < len(targets):
+                raise UserError(
+                    f"LoRA {path} does not fit {expert.name}: only {placed} of its "
+                    f"{len(targets)} {prefix} layers have a place in the model; is it for "
+                    "another architecture?"
+                )
+        if wanted[network_prefix]:
+            names.append(name)
+            scales.append(spec.scale)
+    if names:
+        expert.network.set_adapters(names, weights=scales)
+    for prefix, adapters in encoder_adapters.items():
+        if adapters:
+            set_weights_and_activate_adapters(
+                encoders[prefix], [n for n, _ in adapters], [s for _, s in adapters]
+            )
+    return expert
+
+
+def _convert(cls, state: dict, path: Path, expert: Expert) -> tuple[dict, dict | None]:
+    """The state dict in diffusers' layout and its alphas, by the family's own converter."""
+    import inspect
+
+    kwargs = {}
+    if "return_alphas" in inspect.signature(cls.lora_state_dict).parameters:
+        kwargs["return_alphas"] = True
+    try:
+        out = cls.lora_state_dict(state, **kwargs)
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(
+            f"LoRA {path} is not a LoRA for a {expert.family} model that diffusers can read: "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from exc
+    if isinstance(out, tuple):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+def _load_into_network(cls, state: dict, alphas: dict | None, expert: Expert, name: str):
+    if expert.family == "unet":
+        cls.load_lora_into_unet(state, alphas, expert.network, adapter_name=name)
+    elif expert.family == "flux":
+        cls.load_lora_into_transformer(state, alphas, expert.network, adapter_name=name)
+    else:
+        cls.load_lora_into_transformer(state, expert.network, adapter_name=name)
