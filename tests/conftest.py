@@ -19,6 +19,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tiny_sd(root / "sd_linear", seed=4, schedule={"beta_schedule": "linear", "beta_end": 0.02})
     tiny_controlnet(root / "sd", root / "cn_sd")
     tiny_controlnet(root / "sd_b", root / "cn_sd_b", seed=1)
+    # A UNet that downsamples 4x under a VAE that downsamples 4x: 8-multiples of pixels give
+    # latents the UNet cannot halve twice (SD 1.5 at 520 px, in small).
+    tiny_sd(root / "sd_deep", seed=5, vae_seed=7, latent_channels=8, vae_blocks=3, unet_blocks=3)
     # Flux.1 dev (guidance embedding) and schnell: 16-channel VAE, packed latents, T5.
     tiny_flux(root / "flux_dev")
     tiny_flux(root / "flux_schnell", seed=1, guidance_embeds=False)
@@ -26,5 +29,5 @@ def models(tmp_path_factory) -> dict[str, Path]:
     # SD3: MMDiT, three text encoders (and without T5), 16-channel VAE.
     tiny_sd3(root / "sd3")
     tiny_sd3(root / "sd3_no_t5", seed=1, with_t5=False)
-    names += ("flux_dev", "flux_schnell", "sd3", "sd3_no_t5")
+    names += ("flux_dev", "flux_schnell", "sd3", "sd3_no_t5", "sd_deep")
     return {name: root / name for name in names}

@@ -11,7 +11,7 @@ from pangudraw.coop import Participant, check_coverage, fuse, make_scheduler, sa
 from pangudraw.errors import UserError
 from pangudraw.experts import Control, load_expert
 from pangudraw.pipelines import coop_generate, generate
-from pangudraw.recipes import ExpertSpec, Recipe, Window
+from pangudraw.recipes import ExpertSpec, Recipe, Window, parse_recipe
 
 PROMPT = "a red apple"
 
@@ -267,3 +267,24 @@ def test_bridging_every_k_steps_runs_the_off_canvas_expert_less_often(models):
     assert (results[1] - results[2]).abs().max() > 1e-4
     with pytest.raises(UserError, match="bridge_every must be at least 1"):
         sample(participants, make_scheduler("euler", a.scheduler_config), noise, 8, bridge_every=0)
+
+
+def test_odd_sizes_on_the_canvas_and_off_it(models, tmp_path):
+    """An 18x22 canvas (a 9x11 latent) with an expert off the canvas that works at the
+    nearest size its pipeline accepts (a multiple of its VAE factor 4) and is bridged."""
+    table = {
+        "prompt": "a red apple",
+        "steps": 3,
+        "guidance": 2.0,
+        "canvas": {"width": 22, "height": 18},
+        "experts": [
+            {"name": "canvas", "model": str(models["sd"])},
+            {"name": "deep", "model": str(models["sd_deep"]), "window": {"sigma": [1.0, None]}},
+        ],
+    }
+    recipe = parse_recipe(table, "r.toml", tmp_path)
+    out = coop_generate(recipe).images
+    assert out.shape[-2:] == (18, 22) and torch.equal(out, coop_generate(recipe).images)
+    table["experts"][1]["size"] = [30, 36]  # not a multiple of 4: named, not rounded
+    with pytest.raises(UserError, match="not a multiple of 4"):
+        coop_generate(parse_recipe(table, "r.toml", tmp_path))

@@ -182,3 +182,29 @@ def test_bad_arguments_are_user_errors(models, kwargs, message):
     expert = load_expert(models["sd"])
     with pytest.raises(UserError, match=message):
         generate(expert, expert, PROMPT, **kwargs)
+
+
+def test_odd_latent_sizes_equal_diffusers_and_coop_accepts_them(models, tmp_path):
+    """40x24 px is a 10x6 latent under this VAE: no multiple of the UNet's 4x downsampling,
+    which diffusers takes (it forwards the upsampling sizes); so do generate and a
+    one-expert recipe (SD 1.5 at 520 px, in small)."""
+    from pangudraw.pipelines import coop_generate
+    from pangudraw.recipes import parse_recipe
+
+    expert = load_expert(models["sd_deep"])
+    settings = dict(num_inference_steps=4, guidance_scale=2.0, height=40, width=24)
+    ours = single(expert, "euler", **settings)
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd_deep"])
+    theirs = reference(pipe, "euler", **settings)
+    assert ours.shape[-2:] == (40, 24) and ours.std() > 0.01
+    assert (ours - theirs).abs().max() <= TOL
+    table = {
+        "prompt": PROMPT,
+        "seed": 3,
+        "steps": 4,
+        "guidance": 2.0,
+        "canvas": {"width": 24, "height": 40},
+        "experts": [{"model": str(models["sd_deep"])}],
+    }
+    coop = coop_generate(parse_recipe(table, "r.toml", tmp_path)).images
+    assert torch.equal(coop, ours)

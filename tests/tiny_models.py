@@ -97,6 +97,7 @@ def tiny_sd(
     latent_channels: int = 4,
     vae_blocks: int = 2,
     schedule: dict | None = None,
+    unet_blocks: int = 2,
 ) -> StableDiffusionPipeline:
     """An SD 1.x/2.x-style pipeline saved to ``folder`` (SD2-like with ``"v_prediction"``).
 
@@ -104,13 +105,14 @@ def tiny_sd(
     latent space, as the SD 1.x family does; ``schedule`` overrides the training betas.
     """
     torch.manual_seed(seed)
+    deep = unet_blocks - 2  # extra cross-attention blocks
     unet = UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (1 + deep),
+        up_block_types=("CrossAttnUpBlock2D",) * (1 + deep) + ("UpBlock2D",),
+        block_out_channels=(16,) + (32,) * (1 + deep),
         layers_per_block=1,
         cross_attention_dim=32,
         attention_head_dim=4,

@@ -295,12 +295,15 @@ class Expert:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (latent factor x the network's downsampling)."""
+        """Image sides must be multiples of this: what the family's diffusers pipeline
+        accepts. A UNet takes any latent size (diffusers forwards the upsampling sizes), so
+        the VAE factor; a transformer cuts latents into patches (Flux 2x2, SD3 its
+        ``patch_size``), so the VAE factor times the patch."""
         if self.family == "flux":
-            return self.space.factor * 2  # 2x2 latent patches
+            return self.space.factor * 2
         if self.family == "sd3":
             return self.space.factor * self.network.config.patch_size
-        return self.space.factor * 2 ** (len(self.network.config.block_out_channels) - 1)
+        return self.space.factor
 
     @property
     def width(self) -> int:

@@ -75,12 +75,11 @@ def _canvas(canvas_expert: Expert, height: int | None, width: int | None, batch:
         (height or canvas_expert.sample_size[0], width or canvas_expert.sample_size[1]),
     )
     try:
-        canvas.latent_shape(batch)
+        canvas.latent_shape(batch)  # the VAE factor (all a UNet needs)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    multiple = canvas_expert.size_multiple
-    patched = canvas_expert.family != "unet"  # transformers cut the latents into patches
-    if patched and (canvas.size[0] % multiple or canvas.size[1] % multiple):
+    multiple = canvas_expert.size_multiple  # transformers: times the patch
+    if canvas.size[0] % multiple or canvas.size[1] % multiple:
         raise UserError(
             f"size {canvas.size[1]}x{canvas.size[0]} does not fit {canvas_expert.name}'s latent "
             f"patches; use a multiple of {multiple} on both sides"
