@@ -2,6 +2,13 @@
 
 Its ``model/`` folder is loaded with transformers (the package's own code is not imported)
 and refused unless ``model.safetensors`` has the pinned sha256.
+
+Chinese: MiniLM's (uncased BERT) vocabulary has only 244 CJK characters, so most Chinese
+text becomes [UNK]. The bundled extension ``zoo/models/minilm_zh`` adds the CJK characters
+of the emoji names as tokens, with embedding rows distilled so that a Chinese name drives
+the generators and the evaluator as its English name does (``scripts/train_chinese_text.py``).
+Only rows of CJK characters are added or changed: text without CJK characters gets exactly
+the embeddings it got before.
 """
 
 from __future__ import annotations
@@ -10,11 +17,15 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
+import torch
+
 from .errors import UserError
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_MAX_TOKENS = 16  # emoji names are short; longer captions are truncated
 MINILM_REFERENCE = ["pangudraw", "MiniLM"]  # how model_index.json names it
+ZH_FOLDER = Path(__file__).parent / "zoo" / "models" / "minilm_zh"
+ZH_ROWS = "cjk_rows.safetensors"
 
 
 def minilm_folder() -> Path:
@@ -32,8 +43,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_minilm(folder: Path | None = None, expected_sha256: str = MINILM_SHA256):
-    """(tokenizer, BertModel) from ``folder`` (the package's by default), hash-checked."""
+def load_minilm(
+    folder: Path | None = None, expected_sha256: str = MINILM_SHA256, chinese: bool = True
+):
+    """(tokenizer, BertModel) from ``folder`` (the package's by default), hash-checked, with
+    the bundled Chinese rows unless ``chinese`` is False (plain MiniLM)."""
     from transformers import AutoTokenizer, BertModel
 
     folder = folder or minilm_folder()
@@ -49,4 +63,48 @@ def load_minilm(folder: Path | None = None, expected_sha256: str = MINILM_SHA256
     tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=MINILM_MAX_TOKENS)
     encoder = BertModel.from_pretrained(folder, use_safetensors=True)
     encoder.config.use_attention_mask = True  # padding is masked, as in sentence-transformers
+    if chinese and ZH_FOLDER.joinpath(ZH_ROWS).is_file():
+        add_cjk_rows(tokenizer, encoder, *read_cjk_rows(ZH_FOLDER))
     return tokenizer, encoder.eval()
+
+
+def read_cjk_rows(folder: Path) -> tuple[list[str], torch.Tensor]:
+    """The extension's characters and their embedding rows, hash-checked against the zoo
+    manifest."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .files import read_json
+    from .zoo import MANIFEST
+
+    weights = folder / ZH_ROWS
+    expected = json.loads(MANIFEST.read_text()).get(f"{folder.name}/{ZH_ROWS}")
+    if folder.parent.resolve() == ZH_FOLDER.parent.resolve() and sha256(weights) != expected:
+        raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
+    chars = read_json(folder / "tokens.json", "token list", list)
+    rows = load_file(weights)["rows"].float()
+    single = all(isinstance(c, str) and len(c) == 1 and is_cjk(c) for c in chars)
+    if not single or rows.shape != (len(chars), rows.shape[1]) or len(set(chars)) != len(chars):
+        raise UserError(f"{folder}: tokens.json and {ZH_ROWS} do not describe CJK rows")
+    return chars, rows
+
+
+def is_cjk(char: str) -> bool:
+    """A CJK unified ideograph (the characters BERT's tokenizer splits one by one)."""
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
+
+
+def add_cjk_rows(tokenizer, encoder, chars: list[str], rows: torch.Tensor) -> None:
+    """Give each CJK character in ``chars`` its own token and embedding row (in place).
+
+    Characters already in the vocabulary get their row replaced; the others are added as
+    tokens after it. No other token or row changes.
+    """
+    vocab = tokenizer.get_vocab()
+    new = [c for c in chars if c not in vocab]
+    tokenizer.add_tokens(new)
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer.convert_tokens_to_ids(chars)
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight[ids] = rows.to(encoder.dtype)

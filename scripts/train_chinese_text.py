@@ -1,0 +1,49 @@
+"""Train the bundled Chinese rows for MiniLM and put them in the zoo (one command, CPU).
+
+    .venv/bin/python scripts/train_chinese_text.py [--data data/emoji-google] [--steps 3000]
+
+Needs the emoji dataset (``pangu-draw data emoji --style google --out data/emoji-google``).
+Resumable: run it again after an interruption (or ``--max-minutes``) and it continues from
+``runs/minilm_zh``. When all steps are done, the rows, token list and resource record are
+copied to ``src/pangudraw/zoo/models/minilm_zh`` and the zoo manifest gets their hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from pangudraw.cli.progress import quiet_libraries
+from pangudraw.textenc import ZH_FOLDER, ZH_ROWS
+from pangudraw.train.chinese import train
+from pangudraw.zoo import write_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "emoji-google")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "minilm_zh")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-minutes", type=float, default=45.0)
+    args = parser.parse_args()
+    quiet_libraries()
+    record = train(args.data, args.out, args.steps, args.batch, args.lr, args.max_minutes)
+    if record["step"] < record["steps"]:
+        print(f"stopped at step {record['step']} of {record['steps']}; run again to continue")
+        return
+    ZH_FOLDER.mkdir(exist_ok=True)
+    for name in (ZH_ROWS, "tokens.json"):
+        shutil.copyfile(args.out / name, ZH_FOLDER / name)
+    (ZH_FOLDER / "resources.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_manifest()
+    print(f"wrote {ZH_FOLDER}; write its card (README.md) from resources.json and the benchmark")
+
+
+if __name__ == "__main__":
+    main()

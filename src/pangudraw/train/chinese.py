@@ -1,0 +1,269 @@
+"""Chinese for the bundled models: distil embedding rows for CJK characters into MiniLM.
+
+The generators were trained on MiniLM's embeddings of English captions and stay frozen.
+The student is MiniLM with one new (or replaced) embedding row per CJK character of the
+training names; nothing else in it trains, so English text keeps its embeddings exactly.
+The rows learn from emoji names given in both languages (the dataset's ``zh`` column, from
+CLDR via the ``emoji`` data) with two losses:
+
+- sentence: the mean-pooled student embedding of the Chinese name should point where
+  MiniLM's embedding of the English name points (1 - cosine), as multilingual knowledge
+  distillation does (Reimers and Gurevych, 2020); the evaluator's caption space;
+- generator: the frozen structure and texture models, given noisy latents of the emoji's
+  image, should predict the same noise from the Chinese token states as from the English
+  ones (MSE): what a prompt is for.
+
+One emoji in ten (by a hash of its file name) is held out of training, for the tests and
+the benchmark. Run: ``python scripts/train_chinese_text.py`` (resumable, CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..textenc import MINILM_MAX_TOKENS, add_cjk_rows, is_cjk, load_minilm
+
+
+@dataclass(frozen=True)
+class Pair:
+    english: str  # the emoji's English name (what a user types)
+    chinese: str
+    file: str  # the image, relative to the dataset folder
+
+
+def held_out(file: str) -> bool:
+    """One emoji in ten, fixed by its file name, never trained on."""
+    return hashlib.sha1(file.encode()).digest()[0] % 10 == 0
+
+
+def load_pairs(data: Path) -> list[Pair]:
+    """(English name, Chinese name, image) for every emoji of an emoji dataset folder."""
+    pairs = []
+    for line in (data / "metadata.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("zh") and row.get("name"):
+            pairs.append(Pair(row["name"], row["zh"], row["file_name"]))
+    if not pairs:
+        raise UserError(f"{data} has no emoji with both a name and a zh name")
+    return pairs
+
+
+def characters(pairs: list[Pair]) -> list[str]:
+    """The CJK characters of the Chinese names, in first-seen order."""
+    return list(dict.fromkeys(c for p in pairs for c in p.chinese if is_cjk(c)))
+
+
+def token_states(text, prompts: list[str], grad: bool = False):
+    """MiniLM's last hidden states (what the generators see) and mean-pooled unit
+    embeddings (what the evaluator compares), for prompts padded to 16 tokens."""
+    tokenizer, encoder = text
+    tokens = _tokens(tokenizer, prompts)
+    with torch.set_grad_enabled(grad):
+        hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+    return hidden, _pooled(hidden, tokens.attention_mask)
+
+
+def _tokens(tokenizer, prompts: list[str]):
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=MINILM_MAX_TOKENS,
+        truncation=True,
+        return_tensors="pt",
+    )
+
+
+def _pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).float()
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def image_latents(expert, data: Path, files: list[str]) -> torch.Tensor:
+    """Clean latents of the images at the expert's native size, in its space."""
+    from ..imageio import read_image
+
+    size = expert.sample_size
+    latents = []
+    for i in range(0, len(files), 64):
+        images = torch.cat(
+            [read_image(data / f, "RGB", size, "emoji image") for f in files[i : i + 64]]
+        )
+        with torch.no_grad():
+            latents.append(expert.space.encode(images.float() * 2 - 1))
+    return torch.cat(latents)
+
+
+@dataclass
+class Stage:
+    """A frozen generator, the part of the trajectory it covers, and fixed noisy inputs of
+    each training image with the generator's prediction from the English name (computed
+    once: the teacher's half of the generator loss costs nothing per step)."""
+
+    expert: object
+    inputs: torch.Tensor  # (K, N, C, h, w) noisy latents
+    timesteps: torch.Tensor  # (K, N)
+    targets: torch.Tensor  # (K, N, C, h, w) predictions from the English token states
+
+    @classmethod
+    def build(cls, expert, t_range, latents, hidden_en, draws: int, gen) -> Stage:
+        net, abar = expert.network, expert.schedule.alphas_cumprod
+        inputs, timesteps, targets = [], [], []
+        for _ in range(draws):
+            t = torch.randint(*t_range, (len(latents),), generator=gen)
+            a = abar[t].float().view(-1, 1, 1, 1)
+            z = a.sqrt() * latents + (1 - a).sqrt() * torch.randn(latents.shape, generator=gen)
+            with torch.no_grad():
+                out = [
+                    net(z[i : i + 64], t[i : i + 64], encoder_hidden_states=hidden_en[i : i + 64])[
+                        0
+                    ]
+                    for i in range(0, len(z), 64)
+                ]
+            inputs.append(z), timesteps.append(t), targets.append(torch.cat(out))
+        return cls(expert, torch.stack(inputs), torch.stack(timesteps), torch.stack(targets))
+
+    def loss(self, index: torch.Tensor, hidden: torch.Tensor, gen) -> torch.Tensor:
+        draw = torch.randint(len(self.inputs), (len(index),), generator=gen)
+        z, t = self.inputs[draw, index], self.timesteps[draw, index]
+        out = self.expert.network(z, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        return F.mse_loss(out, self.targets[draw, index])
+
+
+def train(
+    data: Path,
+    out: Path,
+    steps: int = 3000,
+    batch: int = 32,
+    lr: float = 3e-3,
+    max_minutes: float = 45.0,
+    seed: int = 0,
+    generator_weight: float = 10.0,
+    log=print,
+) -> dict:
+    """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
+    checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
+    ``out/cjk_rows.safetensors`` and ``out/tokens.json``. Returns the progress record."""
+    from safetensors.torch import load_file, save_file
+
+    from ..experts import load_expert
+
+    pairs = [p for p in load_pairs(data) if not held_out(p.file)]
+    chars = characters(pairs)
+    teacher = load_minilm(chinese=False)
+    student = load_minilm(chinese=False)
+    unk = student[1].get_input_embeddings().weight[student[0].unk_token_id].detach()  # unseen
+    vocab = student[0].get_vocab()
+    table = student[1].get_input_embeddings().weight.detach()
+    initial = torch.stack([table[vocab[c]] if c in vocab else unk for c in chars])
+    checkpoint = out / "checkpoint.safetensors"
+    progress = out / "progress.json"
+    done, seconds = 0, 0.0
+    rows = initial.clone()
+    moments = [torch.zeros_like(rows), torch.zeros_like(rows)]
+    if checkpoint.is_file():
+        saved = load_file(checkpoint)
+        rows, moments = saved["rows"], [saved["m"], saved["v"]]
+        record = json.loads(progress.read_text())
+        done, seconds = record["step"], record["seconds"]
+    add_cjk_rows(*student, chars, rows)
+    student[1].requires_grad_(False)
+    table = student[1].get_input_embeddings().weight
+    ids = torch.tensor(student[0].convert_tokens_to_ids(chars))
+    param = torch.nn.Parameter(rows.clone())
+    optimizer = torch.optim.Adam([param], lr=lr)
+    if done:
+        optimizer.state[param] = {
+            "step": torch.tensor(float(done)),
+            "exp_avg": moments[0],
+            "exp_avg_sq": moments[1],
+        }
+
+    english = [p.english for p in pairs]
+    chinese = [p.chinese for p in pairs]
+    with torch.no_grad():
+        hidden_en, pooled_en = zip(
+            *(token_states(teacher, english[i : i + 256]) for i in range(0, len(english), 256))
+        )
+    hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
+    structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
+    for expert in (structure, texture):
+        expert.network.requires_grad_(False)
+    files = [p.file for p in pairs]
+    gen = torch.Generator().manual_seed(seed)  # the same fixed draws when resuming
+    stages = [
+        Stage.build(
+            structure, (500, 1000), image_latents(structure, data, files), hidden_en, 2, gen
+        ),
+        Stage.build(texture, (0, 500), image_latents(texture, data, files), hidden_en, 2, gen),
+    ]
+    gen = torch.Generator().manual_seed(seed + 1 + done)
+    start, losses = time.perf_counter(), []
+    while done < steps and seconds + (time.perf_counter() - start) < max_minutes * 60:
+        index = torch.randint(len(pairs), (batch,), generator=gen)
+        weights = table.clone()
+        weights[ids] = param
+        hidden, pooled = _student_states(student, weights, [chinese[i] for i in index])
+        sentence = (1 - (pooled * pooled_en[index]).sum(-1)).mean()
+        generator = stages[done % 2].loss(index, hidden, gen)  # the two models in turn
+        loss = sentence + generator_weight * generator
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done += 1
+        losses.append((sentence.item(), generator.item()))
+        if done % 50 == 0 or done == steps:
+            recent = torch.tensor(losses[-50:]).mean(0)
+            log(f"step {done}/{steps}: sentence {recent[0]:.4f}, generator {recent[1]:.4f}")
+    seconds += time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    state = optimizer.state[param]
+    save_file({"rows": param.detach(), "m": state["exp_avg"], "v": state["exp_avg_sq"]}, checkpoint)
+    record = {
+        "step": done,
+        "steps": steps,
+        "seconds": round(seconds, 1),
+        "characters": len(chars),
+        "training_pairs": len(pairs),
+        "batch": batch,
+        "lr": lr,
+        "generator_weight": generator_weight,
+        "last_losses": [round(x, 5) for x in torch.tensor(losses[-50:]).mean(0).tolist()]
+        if losses
+        else None,
+    }
+    progress.write_text(json.dumps(record, indent=2) + "\n")
+    if done >= steps:
+        save_file({"rows": param.detach().half().contiguous()}, out / "cjk_rows.safetensors")
+        (out / "tokens.json").write_text(json.dumps(chars, ensure_ascii=False) + "\n")
+    return record
+
+
+def _student_states(student, weights: torch.Tensor, prompts: list[str]):
+    """Token states with ``weights`` as the embedding table (differentiable in its rows)."""
+    tokenizer, encoder = student
+    tokens = _tokens(tokenizer, prompts)
+    embeds = F.embedding(tokens.input_ids, weights)
+    hidden = encoder(inputs_embeds=embeds, attention_mask=tokens.attention_mask)[0]
+    return hidden, _pooled(hidden, tokens.attention_mask)
+
+
+def retrieval(text, queries: list[str], candidates: torch.Tensor) -> dict[str, float]:
+    """Top-1 / top-5 accuracy of each query's pooled embedding finding its own row of
+    ``candidates`` (unit English embeddings, same order)."""
+    with torch.no_grad():
+        _, pooled = token_states(text, queries)
+    ranks = (pooled @ candidates.T).argsort(dim=1, descending=True)
+    position = (ranks == torch.arange(len(queries))[:, None]).float().argmax(1)
+    return {f"top{k}": float((position < k).float().mean()) for k in (1, 5)}
+
+
+def chance(count: int) -> dict[str, float]:
+    return {f"top{k}": min(1.0, k / count) for k in (1, 5)}
