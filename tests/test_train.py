@@ -393,3 +393,23 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(workspace, caps
     run_cli(["train", str(config), "--resume", "latest"])
     resources = json.loads((root / "runs/chunked/resources.json").read_text())
     assert resources["optimizer_steps"] == 5 and (root / "runs/chunked/model").is_dir()
+
+
+def test_a_damaged_pool_cache_is_rebuilt_not_trusted(workspace):
+    """The pool cache lives in the dataset folder: a missing, truncated or foreign pixels
+    file (or pool JSON) is rebuilt, never a KeyError or a pool of the wrong images."""
+    from pangudraw.train.stagedata import load_pool
+
+    config = load_config(write_config(workspace, "cache", "texture", min_size=16))
+    first = load_pool(config)
+    cache = workspace["root"] / "data" / ".cache"
+    key = first.report["cache_key"]
+    pixels, pool = cache / f"pixels-{key}.safetensors", cache / f"pool-{key}.json"
+    for damage in (
+        lambda: pixels.unlink(),
+        lambda: pixels.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "),
+        lambda: pool.write_text('{"texts": [], "keys": [], "report": {}}'),
+    ):
+        damage()
+        again = load_pool(config)
+        assert torch.equal(again.pixels, first.pixels) and again.texts == first.texts

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import UserError
 from ..experts import SDText
-from ..files import read_json
+from ..files import read_json, write_text
 from ..latents import LatentSpace
 from .config import TrainConfig
 from .data import Pool, load_records, stage_pool
@@ -32,11 +34,16 @@ def _cached(folder: Path, name: str, compute) -> dict[str, torch.Tensor]:
     if path.is_file():
         return load_file(path)
     tensors = compute()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    _save(path, tensors)
+    return tensors
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file whole (a temporary name, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     os.replace(tmp, path)
-    return tensors
 
 
 @dataclass
@@ -56,6 +63,28 @@ def _cache_folder(config: TrainConfig) -> Path:
     return (root if root.is_dir() else root.parent) / ".cache"
 
 
+def _cached_pool(pool_file: Path, pixels_file: Path) -> Pool | None:
+    """The cached pool when both of its files are there and agree, else None."""
+    if not (pool_file.is_file() and pixels_file.is_file()):
+        return None
+    try:
+        meta = read_json(pool_file, "dataset cache")
+        pixels = load_file(pixels_file).get("pixels")
+    except (UserError, OSError, ValueError, SafetensorError):
+        return None
+    texts, keys, report = meta.get("texts"), meta.get("keys"), meta.get("report")
+    if not (
+        isinstance(pixels, torch.Tensor)
+        and pixels.dtype == torch.uint8
+        and isinstance(texts, list)
+        and isinstance(keys, list)
+        and isinstance(report, dict)
+        and len(texts) == len(keys) == pixels.shape[0]
+    ):
+        return None
+    return Pool(pixels, texts, keys, report)
+
+
 def load_pool(config: TrainConfig) -> Pool:
     """The stage's images (resized, filtered), cached beside the data.
 
@@ -66,16 +95,16 @@ def load_pool(config: TrainConfig) -> Pool:
     cache = _cache_folder(config)
     data_key = _fingerprint([(r.key, r.text) for r in records])
     pool_key = _fingerprint(data_key, config.resolution, config.min_size)
-    pool_file = cache / f"pool-{pool_key}.json"
-    if pool_file.is_file():
-        meta = read_json(pool_file, "dataset cache")
-        pixels = _cached(cache, f"pixels-{pool_key}", lambda: {})["pixels"]
-        pool = Pool(pixels, meta["texts"], meta["keys"], meta["report"])
-    else:
+    pool_file, pixels_file = (
+        cache / f"pool-{pool_key}.json",
+        cache / f"pixels-{pool_key}.safetensors",
+    )
+    pool = _cached_pool(pool_file, pixels_file)
+    if pool is None:  # not cached yet, or a cache that is incomplete or not ours: rebuilt
         pool = stage_pool(records, config.resolution, config.min_size)
-        _cached(cache, f"pixels-{pool_key}", lambda: {"pixels": pool.pixels})
-        pool_file.write_text(
-            json.dumps({"texts": pool.texts, "keys": pool.keys, "report": pool.report})
+        _save(pixels_file, {"pixels": pool.pixels})
+        write_text(
+            pool_file, json.dumps({"texts": pool.texts, "keys": pool.keys, "report": pool.report})
         )
     pool.report["cache_key"] = pool_key
     return pool
