@@ -28,7 +28,7 @@ from pangudraw.evaluate.features import caption_embeddings, load_evaluator, retr
 from pangudraw.experts import SDText, load_expert
 from pangudraw.imageio import save_grid
 from pangudraw.pipelines import generate
-from pangudraw.textenc import load_minilm
+from pangudraw.textenc import ZH_FOLDER, is_cjk, load_minilm, read_cjk_rows
 from pangudraw.train.chinese import chance, held_out, load_pairs, retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,13 @@ def main() -> None:
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     evaluator = load_evaluator()
     truth = torch.arange(len(pairs))
+    trained = set(read_cjk_rows(ZH_FOLDER)[0])  # the characters the distillation saw
+    seen = [all(c in trained for c in p.chinese if is_cjk(c)) for p in pairs]
+    subsets = {
+        "all characters trained": torch.tensor([i for i, s in enumerate(seen) if s]),
+        "some character untrained": torch.tensor([i for i, s in enumerate(seen) if not s]),
+    }
+    result["held_out_names_with_untrained_characters"] = seen.count(False)
     images, timing = {}, {}
     for label, prompts, text in (
         ("chinese", chinese, None),
@@ -75,6 +82,10 @@ def main() -> None:
         accuracy = retrieval_accuracy(evaluator, out, candidates, truth)
         scores = result.setdefault("image_retrieval", {})
         scores[label] = {f"top{k}": v for k, v in accuracy.items()}
+        # The same, split by whether every character of the Chinese name was trained.
+        for part, members in subsets.items():
+            sub = retrieval_accuracy(evaluator, out[members], candidates, truth[members])
+            scores[f"{label} ({part})"] = {f"top{k}": v for k, v in sub.items()}
     top5 = {label: scores[label]["top5"] for label in scores}
     result["chinese_over_english_top5"] = top5["chinese"] / max(top5["english"], 1e-9)
     result["goal"] = ">= 0.9"
