@@ -312,7 +312,7 @@ def sample(
         canvas = Site(space, (noise.shape[-2] * space.factor, noise.shape[-1] * space.factor))
     sites = [p.site(canvas) for p in participants]
     on_canvas = [site.same_as(canvas) for site in sites]
-    if isinstance(scheduler, SchedulerGrid | FlowGrid):
+    if isinstance(scheduler, Grid):
         grid = scheduler
     else:
         family = next((p.expert.family for p, on in zip(participants, on_canvas) if on), "unet")

@@ -162,35 +162,22 @@ class FluxText:
     def encode(
         self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
     ) -> Conditioning:
-        ids = self.clip_tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.clip_tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        pooled = self.clip(ids.to(_device(self.clip)), output_hidden_states=False).pooler_output
-        check_sequence_length(self.t5_tokenizer, prompts, self.max_sequence_length)
-        ids = self.t5_tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        embeds = self.t5(ids.to(_device(self.t5)), output_hidden_states=False)[0]
-        return Conditioning(embeds.cpu(), False, {"pooled": pooled.cpu()})
+        pooled = _clip_states(self.clip_tokenizer, self.clip, prompts).pooler_output
+        embeds = _t5_states(self.t5_tokenizer, self.t5, prompts, self.max_sequence_length)
+        return Conditioning(embeds, False, {"pooled": pooled.cpu()})
 
 
-def check_sequence_length(tokenizer, prompts: list[str], limit: int) -> None:
-    """Refuse a prompt longer than the text model takes (Flux would cut it silently)."""
-    for prompt in prompts:
-        count = len(tokenizer(prompt).input_ids)
-        if count > limit:
+def _t5_states(tokenizer, encoder: torch.nn.Module, prompts: list[str], limit: int):
+    """T5's last hidden state for prompts padded to ``limit`` tokens; a longer prompt is
+    refused (the pipelines would cut it silently)."""
+    ids = tokenizer(prompts, padding="max_length", max_length=limit).input_ids
+    for prompt, row in zip(prompts, ids):
+        if len(row) > limit:
             raise UserError(
-                f"prompt {prompt[:40]!r}... is {count} tokens; this model takes at most "
+                f"prompt {prompt[:40]!r}... is {len(row)} tokens; this model takes at most "
                 f"{limit}: shorten it"
             )
+    return encoder(torch.tensor(ids, device=_device(encoder)))[0].cpu()
 
 
 @dataclass
@@ -216,16 +203,7 @@ class SD3Text:
         if self.t5 is None:
             t5 = torch.zeros(len(prompts), self.max_sequence_length, self.joint_dim)
         else:
-            check_sequence_length(self.t5_tokenizer, prompts, self.max_sequence_length)
-            ids = self.t5_tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=self.max_sequence_length,
-                truncation=True,
-                add_special_tokens=True,
-                return_tensors="pt",
-            ).input_ids
-            t5 = self.t5(ids.to(_device(self.t5)))[0].cpu()
+            t5 = _t5_states(self.t5_tokenizer, self.t5, prompts, self.max_sequence_length)
         clip = torch.cat(hidden, dim=-1)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)

@@ -188,6 +188,18 @@ def write_outputs(writers: dict[Path, Callable[[BinaryIO], None]]) -> None:
         raise
 
 
+def safetensors_writer(tensors: dict) -> Callable[[BinaryIO], None]:
+    """A :func:`write_outputs` writer for a dict of tensors as a safetensors file."""
+    from safetensors.torch import save
+
+    return lambda f: f.write(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def json_writer(value) -> Callable[[BinaryIO], None]:
+    """A :func:`write_outputs` writer for a JSON value (UTF-8, indented)."""
+    return lambda f: f.write((json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
+
+
 def write_text(path: Path, text: str) -> None:
     """One text file, written whole (see :func:`write_outputs`)."""
     write_outputs({Path(path): lambda f: f.write(text.encode())})

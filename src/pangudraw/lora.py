@@ -149,33 +149,33 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
 
     cls = _pipeline_class(expert)
     network_prefix = "unet" if expert.family == "unet" else "transformer"
-    encoders = _text_encoders(expert)
-    names, scales, encoder_adapters = [], [], {prefix: [] for prefix in encoders}
+    modules = {network_prefix: expert.network, **_text_encoders(expert)}
+    adapters: dict[str, list[tuple[str, float]]] = {prefix: [] for prefix in modules}
     for index, spec in enumerate(loras):
         path = Path(spec.path)
         name = f"lora{index}"
         state, alphas = _convert(cls, read_lora(path, allow_pickle), path, expert)
-        wanted = {network_prefix: _targets(state, network_prefix)}
-        wanted |= {prefix: _targets(state, prefix) for prefix in encoders}
+        wanted = {prefix: _targets(state, prefix) for prefix in modules}
         if not any(wanted.values()):
             raise UserError(
                 f"LoRA {path} has no layers for {expert.name} (a {expert.family} model); "
                 "is it for another architecture?"
             )
         try:
-            if wanted[network_prefix]:
-                _load_into_network(cls, state, alphas, expert, name)
-            for prefix, encoder in encoders.items():
-                if wanted[prefix]:
+            for prefix, module in modules.items():
+                if not wanted[prefix]:
+                    continue
+                if prefix == network_prefix:
+                    _load_into_network(cls, state, alphas, expert, name)
+                else:
                     cls.load_lora_into_text_encoder(
-                        state, alphas, encoder, prefix=prefix, adapter_name=name
+                        state, alphas, module, prefix=prefix, adapter_name=name
                     )
-                    encoder_adapters[prefix].append((name, spec.scale))
+                adapters[prefix].append((name, spec.scale))
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise UserError(
                 f"LoRA {path} does not fit {expert.name}: {str(exc).splitlines()[0][:200]}"
             ) from exc
-        modules = {network_prefix: expert.network, **encoders}
         for prefix, targets in wanted.items():
             placed = _adapted(modules[prefix], name)
             if placed < len(targets):
@@ -184,16 +184,10 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
                     f"{len(targets)} {prefix} layers have a place in the model; is it for "
                     "another architecture?"
                 )
-        if wanted[network_prefix]:
-            names.append(name)
-            scales.append(spec.scale)
-    if names:
-        expert.network.set_adapters(names, weights=scales)
-    for prefix, adapters in encoder_adapters.items():
-        if adapters:
-            set_weights_and_activate_adapters(
-                encoders[prefix], [n for n, _ in adapters], [s for _, s in adapters]
-            )
+    for prefix, loaded in adapters.items():
+        if loaded:
+            names, scales = [n for n, _ in loaded], [s for _, s in loaded]
+            set_weights_and_activate_adapters(modules[prefix], names, scales)
     return expert
 
 

@@ -71,17 +71,16 @@ def load_minilm(
 def read_cjk_rows(folder: Path) -> tuple[list[str], torch.Tensor]:
     """The extension's characters and their embedding rows, hash-checked against the zoo
     manifest."""
-    import json
-
     from safetensors.torch import load_file
 
     from .files import read_json
-    from .zoo import MANIFEST
+    from .zoo import MANIFEST, name_of
 
     weights = folder / ZH_ROWS
-    expected = json.loads(MANIFEST.read_text()).get(f"{folder.name}/{ZH_ROWS}")
-    if folder.parent.resolve() == ZH_FOLDER.parent.resolve() and sha256(weights) != expected:
-        raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
+    if name_of(folder):  # a bundled folder: its weights must be the ones the manifest names
+        expected = read_json(MANIFEST, "zoo manifest").get(f"{folder.name}/{ZH_ROWS}")
+        if sha256(weights) != expected:
+            raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
     chars = read_json(folder / "tokens.json", "token list", list)
     rows = load_file(weights)["rows"].float()
     single = all(isinstance(c, str) and len(c) == 1 and is_cjk(c) for c in chars)

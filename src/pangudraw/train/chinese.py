@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..textenc import MINILM_MAX_TOKENS, add_cjk_rows, is_cjk, load_minilm
+from ..files import json_writer, read_json, safetensors_writer, write_outputs
+from ..textenc import MINILM_MAX_TOKENS, ZH_ROWS, add_cjk_rows, is_cjk, load_minilm
 
 
 @dataclass(frozen=True)
@@ -115,19 +116,20 @@ class Stage:
     @classmethod
     def build(cls, expert, t_range, latents, hidden_en, draws: int, gen) -> Stage:
         net, abar = expert.network, expert.schedule.alphas_cumprod
+
+        @torch.no_grad()
+        def predict(z, t):
+            chunks = [slice(i, i + 64) for i in range(0, len(z), 64)]
+            return torch.cat(
+                [net(z[c], t[c], encoder_hidden_states=hidden_en[c])[0] for c in chunks]
+            )
+
         inputs, timesteps, targets = [], [], []
         for _ in range(draws):
             t = torch.randint(*t_range, (len(latents),), generator=gen)
             a = abar[t].float().view(-1, 1, 1, 1)
             z = a.sqrt() * latents + (1 - a).sqrt() * torch.randn(latents.shape, generator=gen)
-            with torch.no_grad():
-                out = [
-                    net(z[i : i + 64], t[i : i + 64], encoder_hidden_states=hidden_en[i : i + 64])[
-                        0
-                    ]
-                    for i in range(0, len(z), 64)
-                ]
-            inputs.append(z), timesteps.append(t), targets.append(torch.cat(out))
+            inputs.append(z), timesteps.append(t), targets.append(predict(z, t))
         return cls(expert, torch.stack(inputs), torch.stack(timesteps), torch.stack(targets))
 
     def loss(self, index: torch.Tensor, hidden: torch.Tensor, gen) -> torch.Tensor:
@@ -151,32 +153,32 @@ def train(
     """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
     checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
     ``out/cjk_rows.safetensors`` and ``out/tokens.json``. Returns the progress record."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from ..experts import load_expert
 
     pairs = [p for p in load_pairs(data) if not held_out(p.file)]
     chars = characters(pairs)
-    teacher = load_minilm(chinese=False)
+    # One MiniLM serves as teacher and student: English text has no CJK token, so it gets
+    # the plain embeddings; the student's rows enter through ``inputs_embeds``.
     student = load_minilm(chinese=False)
-    unk = student[1].get_input_embeddings().weight[student[0].unk_token_id].detach()  # unseen
-    vocab = student[0].get_vocab()
-    table = student[1].get_input_embeddings().weight.detach()
-    initial = torch.stack([table[vocab[c]] if c in vocab else unk for c in chars])
-    checkpoint = out / "checkpoint.safetensors"
-    progress = out / "progress.json"
+    tokenizer, encoder = student
+    table = encoder.get_input_embeddings().weight.detach()
+    vocab = tokenizer.get_vocab()
+    unseen = table[tokenizer.unk_token_id]
+    rows = torch.stack([table[vocab[c]] if c in vocab else unseen for c in chars])
+    checkpoint, progress = out / "checkpoint.safetensors", out / "progress.json"
     done, seconds = 0, 0.0
-    rows = initial.clone()
     moments = [torch.zeros_like(rows), torch.zeros_like(rows)]
     if checkpoint.is_file():
         saved = load_file(checkpoint)
         rows, moments = saved["rows"], [saved["m"], saved["v"]]
-        record = json.loads(progress.read_text())
+        record = read_json(progress, "training progress")
         done, seconds = record["step"], record["seconds"]
-    add_cjk_rows(*student, chars, rows)
-    student[1].requires_grad_(False)
-    table = student[1].get_input_embeddings().weight
-    ids = torch.tensor(student[0].convert_tokens_to_ids(chars))
+    add_cjk_rows(tokenizer, encoder, chars, rows)
+    encoder.requires_grad_(False)
+    table = encoder.get_input_embeddings().weight
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(chars))
     param = torch.nn.Parameter(rows.clone())
     optimizer = torch.optim.Adam([param], lr=lr)
     if done:
@@ -190,7 +192,7 @@ def train(
     chinese = [p.chinese for p in pairs]
     with torch.no_grad():
         hidden_en, pooled_en = zip(
-            *(token_states(teacher, english[i : i + 256]) for i in range(0, len(english), 256))
+            *(token_states(student, english[i : i + 256]) for i in range(0, len(english), 256))
         )
     hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
@@ -223,9 +225,7 @@ def train(
             recent = torch.tensor(losses[-50:]).mean(0)
             log(f"step {done}/{steps}: sentence {recent[0]:.4f}, generator {recent[1]:.4f}")
     seconds += time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
     state = optimizer.state[param]
-    save_file({"rows": param.detach(), "m": state["exp_avg"], "v": state["exp_avg_sq"]}, checkpoint)
     record = {
         "step": done,
         "steps": steps,
@@ -239,10 +239,16 @@ def train(
         if losses
         else None,
     }
-    progress.write_text(json.dumps(record, indent=2) + "\n")
+    files = {  # written together, whole: a kill never leaves a checkpoint without progress
+        checkpoint: safetensors_writer(
+            {"rows": param, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
+        ),
+        progress: json_writer(record),
+    }
     if done >= steps:
-        save_file({"rows": param.detach().half().contiguous()}, out / "cjk_rows.safetensors")
-        (out / "tokens.json").write_text(json.dumps(chars, ensure_ascii=False) + "\n")
+        files[out / ZH_ROWS] = safetensors_writer({"rows": param.half()})
+        files[out / "tokens.json"] = json_writer(chars)
+    write_outputs(files)
     return record
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import UserError
 from ..experts import SDText
-from ..files import read_json, write_text
+from ..files import json_writer, read_json, safetensors_writer, write_outputs
 from ..latents import LatentSpace
 from .config import TrainConfig
 from .data import Pool, load_records, stage_pool
@@ -34,16 +34,8 @@ def _cached(folder: Path, name: str, compute) -> dict[str, torch.Tensor]:
     if path.is_file():
         return load_file(path)
     tensors = compute()
-    _save(path, tensors)
+    write_outputs({path: safetensors_writer(tensors)})
     return tensors
-
-
-def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a safetensors file whole (a temporary name, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -102,9 +94,9 @@ def load_pool(config: TrainConfig) -> Pool:
     pool = _cached_pool(pool_file, pixels_file)
     if pool is None:  # not cached yet, or a cache that is incomplete or not ours: rebuilt
         pool = stage_pool(records, config.resolution, config.min_size)
-        _save(pixels_file, {"pixels": pool.pixels})
-        write_text(
-            pool_file, json.dumps({"texts": pool.texts, "keys": pool.keys, "report": pool.report})
+        meta = {"texts": pool.texts, "keys": pool.keys, "report": pool.report}
+        write_outputs(  # the pair together: never one without the other
+            {pixels_file: safetensors_writer({"pixels": pool.pixels}), pool_file: json_writer(meta)}
         )
     pool.report["cache_key"] = pool_key
     return pool
