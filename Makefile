@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of torch; GPU users: install your CUDA torch into .venv first, then `make install`.
 TORCH := torch==2.13.0
 
-.PHONY: install dev demo test test-fast lint bench zoo clean
+.PHONY: install dev demo ui screenshots browser test test-fast lint bench zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.ui: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,7 +37,19 @@ demo: install
 	$(BIN)/pangu-draw generate $(DEMO_PROMPTS) --num-images 4 --seed 0 --grid -o demo/emoji.png
 	$(BIN)/pangu-draw coop examples/zoo_multicontrol.toml -o demo/multicontrol.png
 
-test: dev
+# The web UI on the bundled models at http://127.0.0.1:7860 (pangu-draw ui --help).
+ui: $(VENV)/.ui
+	$(BIN)/pangu-draw ui
+
+# Debian's chromium for the browser test (skipped where it cannot be installed).
+browser:
+	bash scripts/install_browser.sh
+
+# The README's screenshots of the UI, made by the browser test.
+screenshots: dev browser
+	PANGU_DRAW_SCREENSHOTS=docs/ui $(BIN)/pytest tests/test_browser.py
+
+test: dev browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -31,3 +31,23 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tiny_sd3(root / "sd3_no_t5", seed=1, with_t5=False)
     names += ("flux_dev", "flux_schnell", "sd3", "sd3_no_t5", "sd_deep")
     return {name: root / name for name in names}
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory):
+    """The web UI on the bundled models, in this process: (URL, outputs folder, port)."""
+    pytest.importorskip("gradio")
+    import socket
+
+    from pangudraw.ui.served import Limits, Served
+    from pangudraw.ui.server import serve
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = Served.find(outputs, (), Limits(max_side=128, max_steps=50, max_images=4))
+    served.prepare()
+    blocks = serve(served, port=port, concurrency=2, block=False, preview_every=2)
+    yield f"http://127.0.0.1:{port}/", outputs, port
+    blocks.close()

@@ -1,6 +1,7 @@
 """Recipe files: schema errors that name the field, overrides, and the `coop` command."""
 
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -234,3 +235,23 @@ def test_coop_needs_exactly_one_source(recipe_file, tmp_path, capsys):
     assert code == 2 and "is not a PNG file that can be read" in err
     code, err = run(["coop", str(tmp_path / "missing.toml")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")))
+def test_recipes_written_as_toml_read_back_the_same(example):
+    from pangudraw.tomlconf import dumps, parse_toml, read_toml
+
+    table = read_toml(example, "recipe")
+    assert parse_toml(dumps(table), "recipe", "dumped") == table
+
+
+def test_toml_strings_and_open_windows_survive_writing():
+    import math
+
+    from pangudraw.tomlconf import dumps, parse_toml
+
+    table = {
+        "prompt": '红心 "quoted" \\ back\nline\ttab\x7f\x01',
+        "experts": [{"name": "a b", "window": {"sigma": [0.5, math.inf]}, "size": [64, 32]}],
+    }
+    assert parse_toml(dumps(table), "recipe", "dumped") == table

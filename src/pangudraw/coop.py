@@ -119,6 +119,11 @@ class Step:
     x0: torch.Tensor
     latents: torch.Tensor
     active: list[int]
+    canvas: Site | None = None
+
+    def preview(self) -> torch.Tensor:
+        """The fused x0 decoded: (B, 3, H, W) in [0, 1] (a VAE decode: call only to show)."""
+        return (self.canvas.space.decode(self.x0).float() / 2 + 0.5).clamp(0, 1)
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generator) -> dict:
@@ -369,5 +374,5 @@ def sample(
             else:
                 state.y = renoise(target, sigma_next, generator)
         if callback is not None:
-            callback(Step(i, len(sigmas), grid.timesteps[i], sigma, x0, latents, active))
+            callback(Step(i, len(sigmas), grid.timesteps[i], sigma, x0, latents, active, canvas))
     return latents

@@ -93,6 +93,14 @@ def inside(folder: Path, name: str) -> bool:
     return (folder / name).resolve().is_relative_to(folder)
 
 
+def within(folder: Path, path: Path) -> bool:
+    """Whether absolute ``path`` is ``folder`` or inside it, symlinks resolved, and names no
+    ``..`` on the way."""
+    if ".." in path.parts:
+        return False
+    return path.resolve().is_relative_to(Path(folder).resolve())
+
+
 # ---------------------------------------------------------------------------- outputs
 
 

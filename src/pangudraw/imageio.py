@@ -80,6 +80,12 @@ def grid_image(images: torch.Tensor, columns: int) -> Image.Image:
     return Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
 
 
+def stack_images(images: list[Image.Image]) -> torch.Tensor:
+    """8-bit RGB images as (N, 3, H, W) in [0, 1] (exactly the values they were saved from)."""
+    arrays = [torch.from_numpy(np.asarray(to_rgb(image))).permute(2, 0, 1) for image in images]
+    return torch.stack(arrays).float() / 255
+
+
 def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
     """(N, 3, H, W) images in [0, 1] as one PNG grid, ``columns`` wide, written whole."""
     grid = grid_image(images, columns)

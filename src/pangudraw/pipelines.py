@@ -230,8 +230,12 @@ def coop_generate(
     recipe: Recipe,
     callback: Callable[[Step], None] | None = None,
     allow_pickle: bool = False,
+    experts=None,
 ) -> GenerationOutput:
-    """Run a Coop recipe: every expert in its own space and resolution, one fused loop."""
+    """Run a Coop recipe: every expert in its own space and resolution, one fused loop.
+
+    ``experts`` (a :class:`pangudraw.render.Experts`) shares loaded models between calls.
+    """
     check_request(recipe.steps, 1, recipe.seed, recipe.width, recipe.height)
     loaded: dict[tuple, Expert] = {}  # one loaded expert per model and set of LoRAs
     for spec in recipe.experts:
@@ -239,7 +243,11 @@ def coop_generate(
             lora.check(allow_pickle)
     for spec in recipe.experts:
         key = (spec.model, tuple(spec.loras))
-        if key not in loaded:
+        if key in loaded:
+            continue
+        if experts is not None:
+            loaded[key] = experts.get(spec.model, spec.loras)
+        else:
             expert = load_expert(spec.model, allow_pickle)
             loaded[key] = apply_loras(expert, spec.loras, allow_pickle)
     canvas_spec = next(

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .files import inside
+from .files import inside, within
 from .limits import MAX_SEED, MAX_STEPS, max_side
 from .lora import LoraSpec
 from .options import HUB_PREFIX, NOISE_POLICIES, SAMPLER_NAMES, ZOO_PREFIX
@@ -195,6 +195,14 @@ class PathPolicy:
     untrusted: str | None = None  # what the recipe came from, for messages; None: trusted
     allow_outside: bool = False  # absolute paths and paths leaving the folder
     allow_hub: bool = False  # hf:owner/name downloads
+    roots: tuple[Path, ...] = ()  # folders whose files an untrusted recipe may also name
+    hint: str = "pass --allow-outside-paths if you trust it to read files there"
+
+    def allows(self, base: Path, value: str) -> bool:
+        if not self.untrusted or self.allow_outside or inside(base, value):
+            return True
+        path = Path(value)
+        return path.is_absolute() and any(within(root, path) for root in self.roots)
 
 
 TRUSTED = PathPolicy()
@@ -235,11 +243,10 @@ def _path(
                 "is downloaded for a PNG unless you pass --allow-hub",
             )
         return value
-    if policy.untrusted and not policy.allow_outside and not inside(base, value):
+    if not policy.allows(base, value):
         reader.fail(
             key,
-            f"{value!r} is outside the folder of {policy.untrusted}; pass "
-            "--allow-outside-paths if you trust it to read files there",
+            f"{value!r} is outside the folder of {policy.untrusted}; {policy.hint}",
         )
     return str((base / value).resolve())
 

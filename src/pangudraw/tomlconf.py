@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -17,14 +18,18 @@ except ModuleNotFoundError:  # Python 3.10
 
 def read_toml(path: Path, what: str) -> dict:
     """The table in ``path``; a missing, unreadable or bad file is a :class:`UserError`."""
-    text = read_text(path, what)
+    return parse_toml(read_text(path, what), what, str(path))
+
+
+def parse_toml(text: str, what: str, source: str) -> dict:
+    """The table in TOML ``text`` (from ``source``); bad TOML is a :class:`UserError`."""
     try:
         table = tomllib.loads(text)
     except RecursionError as exc:
-        raise UserError(f"{what} {path}: nested too deeply to be read") from exc
+        raise UserError(f"{what} {source}: nested too deeply to be read") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from exc
-    check_depth(table, f"{what} {path}")
+        raise UserError(f"{source}: not valid TOML: {exc}") from exc
+    check_depth(table, f"{what} {source}")
     return table
 
 
@@ -99,3 +104,50 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
         else:
             node[last] = value
     return data
+
+
+def _key(name: str) -> str:
+    bare = name and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+    return name if bare else json.dumps(name, ensure_ascii=False)
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("TOML recipes hold no NaN")
+        return ("-inf" if value < 0 else "inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        # JSON's escapes are TOML's; TOML also wants DEL escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise ValueError(f"{type(value).__name__} has no TOML form")
+
+
+def dumps(table: dict) -> str:
+    """A table as TOML the way recipes are written by hand: scalars and inline values first,
+    then each sub-table as ``[name]`` and each list of tables as ``[[name]]`` (their own
+    nested values inline). ``None`` values are left out."""
+
+    def lines_of(t: dict) -> list[str]:
+        return [f"{_key(k)} = {_value(v)}" for k, v in t.items() if v is not None]
+
+    def is_tables(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    plain = {k: v for k, v in table.items() if not isinstance(v, dict) and not is_tables(v)}
+    out = lines_of(plain)
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out += ["", f"[{_key(k)}]", *lines_of(v)]
+    for k, v in table.items():
+        if is_tables(v):
+            for item in v:
+                out += ["", f"[[{_key(k)}]]", *lines_of(item)]
+    return "\n".join(out) + "\n"

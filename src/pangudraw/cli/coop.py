@@ -40,14 +40,10 @@ def command(
     Such a recipe may name bundled models and files in the PNG's own folder; anything else
     needs --allow-outside-paths or --allow-hub.
     """
-    from .. import __version__
     from ..errors import UserError
     from ..files import check_output
-    from ..imageio import a1111_parameters, save_png
-    from ..limits import check_memory, pixel_estimate
-    from ..pipelines import coop_generate
     from ..recipes import load_recipe, recipe_from_png
-    from .progress import quiet_libraries, step_bar
+    from ..render import Experts, check_coop_size, render_coop
 
     if (recipe is None) == (from_png is None):
         raise UserError("give either a RECIPE file or --from-png IMAGE, not both or neither")
@@ -56,28 +52,13 @@ def command(
         parsed = recipe_from_png(from_png, overrides, allow_outside_paths, allow_hub)
     else:
         parsed = load_recipe(recipe, overrides)
+    check_coop_size(parsed)
 
-    if parsed.width is not None and parsed.height is not None:
-        size = f"an image of {parsed.width}x{parsed.height}"
-        check_memory(pixel_estimate(1, parsed.height, parsed.width), size)
+    from ..files import write_outputs
+    from .progress import quiet_libraries, step_bar
+
     quiet_libraries()
     with step_bar() as callback:
-        result = coop_generate(parsed, callback, allow_pickle)
-    height, width = result.images.shape[-2:]
-    first = parsed.experts[0]
-    settings = {
-        "Steps": parsed.steps,
-        "Sampler": parsed.sampler,
-        "Seed": parsed.seed,
-        "Size": f"{width}x{height}",
-        "Noise": parsed.noise,
-        "Experts": " + ".join(
-            f"{e.name} ({Path(e.model).name}, w={e.weight:g}, CFG {e.guidance:g})"
-            for e in parsed.experts
-        ),
-        "Version": f"pangu-draw {__version__}",
-    }
-    parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
-    record = {"recipe": parsed.to_table(output.parent.resolve()), "version": __version__}
-    save_png(result.to_pil()[0], output, parameters, record)
+        picture = render_coop(parsed, output.parent, Experts(allow_pickle), callback)
+    write_outputs({output: picture.writer()})
     click.echo(str(output))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import click
@@ -16,23 +15,6 @@ def output_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
-
-
-def bundled(path: Path) -> Path:
-    """A model folder, or the bundled model of that name when no such folder exists."""
-    from .. import zoo
-    from ..experts import resolve_model
-
-    if not path.exists() and len(path.parts) == 1 and zoo.is_model(str(path)):
-        return zoo.folder(str(path))
-    return resolve_model(str(path))
-
-
-def model_label(path: Path) -> str:
-    """How a PNG records a model: ``zoo:NAME`` for a bundled one (no machine path)."""
-    from .. import zoo
-
-    return zoo.name_of(path) or str(path)
 
 
 @click.command("generate")
@@ -122,99 +104,45 @@ def command(
     """
     # The request is checked before torch and the models load: a refusal is immediate.
     from ..files import check_outputs
-    from ..limits import check_memory, check_request, pixel_estimate
     from ..lora import LoraSpec
-
-    loras = [LoraSpec.parse(text) for text in loras]
-    for spec in loras:
-        spec.check(allow_pickle)
+    from ..render import GenerateRequest
 
     if size is not None:
         if width is not None or height is not None:
             raise click.UsageError("give --size or --width/--height, not both")
         width = height = size
-    if structure is None:
-        if texture is not None:
-            raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
-        structure, texture = Path("structure"), Path("texture")
-    seed = random.randrange(2**31) if seed is None else seed
-    count = len(prompts) * num_images
-    check_request(steps, count, seed, width, height)
-    if width is not None and height is not None:
-        check_memory(pixel_estimate(count, height, width), f"{count} image(s) of {width}x{height}")
-    paths = output_paths(output, count)
+    if structure is None and texture is not None:
+        raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
+    request = GenerateRequest(
+        list(prompts),
+        negative_prompt,
+        structure and str(structure),
+        texture and str(texture),
+        t_split,
+        steps,
+        guidance_scale,
+        sampler,
+        seed,
+        width,
+        height,
+        num_images,
+        [LoraSpec.parse(text) for text in loras],
+    ).check(allow_pickle)
+    paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
     check_outputs(paths + ([sheet] if sheet else []))
 
-    from .. import __version__
-    from ..experts import load_expert
     from ..files import write_outputs
-    from ..imageio import a1111_parameters, grid_image, png_writer
-    from ..lora import apply_loras
-    from ..pipelines import generate
+    from ..imageio import grid_image, stack_images
+    from ..render import Experts, render_generate
     from .progress import quiet_libraries, step_bar
 
     quiet_libraries()
-    structure, texture = bundled(structure), texture and bundled(texture)
-    structure_expert = load_expert(structure, allow_pickle)
-    texture_expert = None
-    if texture is not None:
-        same = texture.resolve() == structure.resolve()
-        texture_expert = structure_expert if same else load_expert(texture, allow_pickle)
-    for expert in {id(e): e for e in (structure_expert, texture_expert) if e}.values():
-        apply_loras(expert, loras, allow_pickle)
-    each = [p for p in prompts for _ in range(num_images)]  # image i: prompt i // num_images
     with step_bar() as callback:
-        result = generate(
-            structure_expert,
-            texture_expert,
-            each,
-            negative_prompt=negative_prompt,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            width=width,
-            height=height,
-            sampler=sampler,
-            t_split=t_split,
-            num_images=count,
-            callback=callback,
-        )
-    height, width = result.images.shape[-2:]
-    writers = {}
-    for path, image, image_seed, prompt in zip(paths, result.to_pil(), result.seeds, each):
-        record = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "guidance_scale": guidance_scale,
-            "sampler": sampler,
-            "seed": image_seed,
-            "width": width,
-            "height": height,
-            "structure": model_label(structure),
-            "texture": None if texture is None else model_label(texture),
-            "split": t_split if texture is not None else None,
-            "loras": [{"file": spec.path, "scale": spec.scale} for spec in loras],
-            "version": __version__,
-        }
-        settings = {
-            "Steps": steps,
-            "Sampler": sampler,
-            "CFG scale": guidance_scale,
-            "Seed": image_seed,
-            "Size": f"{width}x{height}",
-            "Model": structure.name,
-        }
-        if texture is not None:
-            settings |= {"Texture model": texture.name, "Split": f"{t_split:g}"}
-        if loras:
-            settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in loras)
-        settings["Version"] = f"pangu-draw {__version__}"
-        parameters = a1111_parameters(prompt, negative_prompt, settings)
-        writers[path] = png_writer(image, parameters, record)
+        pictures = render_generate(request, Experts(allow_pickle), callback)
+    writers = {path: picture.writer() for path, picture in zip(paths, pictures)}
     if sheet is not None:
-        sheet_image = grid_image(result.images, num_images)
+        sheet_image = grid_image(stack_images([p.image for p in pictures]), num_images)
         writers[sheet] = lambda f: sheet_image.save(f, format="PNG")
     write_outputs(writers)
     for path in writers:

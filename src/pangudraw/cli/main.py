@@ -9,7 +9,7 @@ import warnings
 import click
 
 from .. import __version__
-from . import coop, data, env, evaluate, generate, models, train
+from . import coop, data, env, evaluate, generate, models, train, ui
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +25,7 @@ cli.add_command(train.command)
 cli.add_command(data.group)
 cli.add_command(models.command)
 cli.add_command(evaluate.command)
+cli.add_command(ui.command)
 
 
 # Libraries log advisories to stderr on their own; a user may still ask for them.

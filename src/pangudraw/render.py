@@ -1,0 +1,243 @@
+"""Requests to pictures: what ``pangu-draw generate`` / ``coop`` and the web UI share.
+
+A request is checked before torch loads (a refusal is immediate); rendering it gives
+:class:`Picture` objects, each an image with the two metadata chunks every PNG of
+pangu-draw carries (A1111's ``parameters`` text and the JSON record that reproduces it).
+The CLI and the UI both go through here, so an image made in the UI is the image
+``pangu-draw generate`` makes with the same settings, pixel for pixel.
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lora import LoraSpec
+from .options import DEFAULT_SPLIT
+
+
+@dataclass
+class Picture:
+    """One generated image with its A1111 ``parameters`` text and JSON ``record``."""
+
+    image: object  # PIL.Image.Image
+    parameters: str
+    record: dict
+
+    def writer(self):
+        from .imageio import png_writer
+
+        return png_writer(self.image, self.parameters, self.record)
+
+
+def bundled(model: str | Path) -> Path:
+    """A model folder, ``zoo:NAME``, or the bundled model of that name when no such
+    folder exists."""
+    from . import zoo
+    from .experts import resolve_model
+
+    text = str(model)
+    if not Path(text).exists() and zoo.is_model(text):
+        return zoo.folder(text)
+    return resolve_model(text)
+
+
+def model_label(path: Path) -> str:
+    """How a PNG records a model: ``zoo:NAME`` for a bundled one (no machine path)."""
+    from . import zoo
+
+    return zoo.name_of(path) or str(path)
+
+
+class Experts:
+    """Loaded experts, one per model folder and set of LoRAs, shared between requests.
+
+    Experts hold no per-generation state, so one loaded model serves every request; the
+    lock makes a model that two requests ask for at once load once.
+    """
+
+    def __init__(self, allow_pickle: bool = False):
+        self.allow_pickle = allow_pickle
+        self._loaded: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str | Path, loras: list[LoraSpec] = ()):
+        from .experts import load_expert
+        from .lora import apply_loras
+
+        path = bundled(model)
+        key = (str(path.resolve()), tuple(loras))
+        with self._lock:
+            if key not in self._loaded:
+                expert = load_expert(path, self.allow_pickle)
+                self._loaded[key] = apply_loras(expert, list(loras), self.allow_pickle)
+            return self._loaded[key]
+
+
+@dataclass
+class GenerateRequest:
+    """What ``pangu-draw generate`` takes: prompts, models and sampling settings."""
+
+    prompts: list[str]
+    negative_prompt: str | None = None
+    structure: str | None = None  # None: the bundled structure + texture pair
+    texture: str | None = None
+    t_split: float = float(DEFAULT_SPLIT)
+    steps: int = 25
+    guidance_scale: float = 7.0
+    sampler: str = "euler"
+    seed: int | None = None  # None: random
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1  # per prompt; image i uses seed + i
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.prompts) * self.num_images
+
+    def check(self, allow_pickle: bool = False) -> GenerateRequest:
+        """The request with its defaults filled in (models, seed), checked before torch
+        loads; a :class:`UserError` for anything out of bounds."""
+        from .errors import UserError
+        from .limits import check_memory, check_request, pixel_estimate
+
+        if not self.prompts:
+            raise UserError("give at least one prompt")
+        for spec in self.loras:
+            spec.check(allow_pickle)
+        structure, texture = self.structure, self.texture
+        if structure is None:
+            if texture is not None:
+                raise UserError("a texture model needs a structure model (or give neither)")
+            structure, texture = "structure", "texture"
+        seed = random.randrange(2**31) if self.seed is None else self.seed
+        check_request(self.steps, self.count, seed, self.width, self.height)
+        if self.width is not None and self.height is not None:
+            what = f"{self.count} image(s) of {self.width}x{self.height}"
+            check_memory(pixel_estimate(self.count, self.height, self.width), what)
+        return GenerateRequest(
+            list(self.prompts),
+            self.negative_prompt,
+            structure,
+            texture,
+            self.t_split,
+            self.steps,
+            self.guidance_scale,
+            self.sampler,
+            seed,
+            self.width,
+            self.height,
+            self.num_images,
+            list(self.loras),
+        )
+
+
+def render_generate(
+    request: GenerateRequest, experts: Experts, callback: Callable | None = None
+) -> list[Picture]:
+    """The images of a checked request (see :meth:`GenerateRequest.check`), in prompt
+    order, ``num_images`` per prompt."""
+    from . import __version__
+    from .imageio import a1111_parameters
+    from .pipelines import generate
+
+    r = request
+    structure = bundled(r.structure)
+    texture = None if r.texture is None else bundled(r.texture)
+    structure_expert = experts.get(structure, r.loras)
+    texture_expert = None if texture is None else experts.get(texture, r.loras)
+    each = [p for p in r.prompts for _ in range(r.num_images)]  # image i: prompt i // n
+    result = generate(
+        structure_expert,
+        texture_expert,
+        each,
+        negative_prompt=r.negative_prompt,
+        num_inference_steps=r.steps,
+        guidance_scale=r.guidance_scale,
+        seed=r.seed,
+        width=r.width,
+        height=r.height,
+        sampler=r.sampler,
+        t_split=r.t_split,
+        num_images=r.count,
+        callback=callback,
+    )
+    height, width = result.images.shape[-2:]
+    pictures = []
+    for image, image_seed, prompt in zip(result.to_pil(), result.seeds, each):
+        record = {
+            "prompt": prompt,
+            "negative_prompt": r.negative_prompt,
+            "steps": r.steps,
+            "guidance_scale": r.guidance_scale,
+            "sampler": r.sampler,
+            "seed": image_seed,
+            "width": width,
+            "height": height,
+            "structure": model_label(structure),
+            "texture": None if texture is None else model_label(texture),
+            "split": r.t_split if texture is not None else None,
+            "loras": [{"file": spec.path, "scale": spec.scale} for spec in r.loras],
+            "version": __version__,
+        }
+        settings = {
+            "Steps": r.steps,
+            "Sampler": r.sampler,
+            "CFG scale": r.guidance_scale,
+            "Seed": image_seed,
+            "Size": f"{width}x{height}",
+            "Model": structure.name,
+        }
+        if texture is not None:
+            settings |= {"Texture model": texture.name, "Split": f"{r.t_split:g}"}
+        if r.loras:
+            settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in r.loras)
+        settings["Version"] = f"pangu-draw {__version__}"
+        parameters = a1111_parameters(prompt, r.negative_prompt, settings)
+        pictures.append(Picture(image, parameters, record))
+    return pictures
+
+
+def check_coop_size(recipe) -> None:
+    """Refuse, before torch loads, a recipe canvas this machine cannot hold."""
+    from .limits import check_memory, pixel_estimate
+
+    if recipe.width is not None and recipe.height is not None:
+        size = f"an image of {recipe.width}x{recipe.height}"
+        check_memory(pixel_estimate(1, recipe.height, recipe.width), size)
+
+
+def render_coop(
+    recipe, folder: Path, experts: Experts | None = None, callback: Callable | None = None
+) -> Picture:
+    """The image of a Coop recipe; its record stores the recipe with paths relative to
+    ``folder`` (where the PNG goes), so ``--from-png`` makes it again."""
+    from . import __version__
+    from .imageio import a1111_parameters
+    from .pipelines import coop_generate
+
+    allow_pickle = experts.allow_pickle if experts is not None else False
+    result = coop_generate(recipe, callback, allow_pickle, experts)
+    height, width = result.images.shape[-2:]
+    first = recipe.experts[0]
+    settings = {
+        "Steps": recipe.steps,
+        "Sampler": recipe.sampler,
+        "Seed": recipe.seed,
+        "Size": f"{width}x{height}",
+        "Noise": recipe.noise,
+        "Experts": " + ".join(
+            f"{e.name} ({Path(e.model).name}, w={e.weight:g}, CFG {e.guidance:g})"
+            for e in recipe.experts
+        ),
+        "Version": f"pangu-draw {__version__}",
+    }
+    parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
+    record = {"recipe": recipe.to_table(Path(folder).resolve()), "version": __version__}
+    return Picture(result.to_pil()[0], parameters, record)

@@ -1,0 +1,1 @@
+"""The web UI (``pangu-draw ui``): gradio over the library calls the CLI makes."""

@@ -1,0 +1,667 @@
+"""``pangu-draw ui``: a gradio web UI over the same calls the CLI makes.
+
+Tabs: Generate (one model or a structure + texture pair), Coop (experts from different
+latent spaces, each with its prompt, window, region mask and ControlNet, built into a
+recipe shown as TOML), PNG info (a pangu-draw PNG's parameters, sent back to Generate or
+Coop) and Models (the bundled models' cards and sample grids).
+
+A run happens in a worker thread; the event handler is a generator that reports each
+step (progress bar with ETA, a decoded preview of the fused x0 every few steps) and ends
+with the saved images. Stop ends the run at the next step. Requests wait in gradio's
+queue (their position is shown) and at most ``concurrency`` run at once; loaded models
+are shared by all requests (:class:`pangudraw.render.Experts`).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import UserError
+from ..files import write_outputs
+from ..imageio import read_record
+from ..options import NOISE_POLICIES, SAMPLER_NAMES
+from ..recipes import PathPolicy, parse_recipe
+from ..render import Experts, GenerateRequest, check_coop_size, render_coop, render_generate
+from ..tomlconf import dumps, parse_toml
+from .served import Served, card
+
+SEED_MODES = ("random", "reuse last", "fixed")
+SIZES = (32, 48, 64, 96, 128, 192, 256)
+SLOTS = 4  # expert slots in the Coop form
+NONE = "(none)"
+UI_HINT = "the UI reads only uploaded images and the served model folders"
+DEFAULT_PREVIEW_EVERY = 5
+
+
+class Stopped(Exception):
+    """Raised in the worker at the next step after Stop was pressed."""
+
+
+def run_steps(
+    work: Callable[[Callable], object], stop: threading.Event, preview_every: int
+) -> Iterator[tuple]:
+    """Run ``work(callback)`` in a thread; yield ``("step", done, total, preview)`` for
+    each denoising step (``preview``: a PIL image of the fused x0 every ``preview_every``
+    steps, else None), then one of ``("done", result)``, ``("stopped",)`` or
+    ``("error", message)``. Closing the iterator stops the work at its next step."""
+    from ..imageio import grid_image
+
+    events: queue.Queue = queue.Queue()
+
+    def callback(step) -> None:
+        if stop.is_set():
+            raise Stopped
+        done = step.index + 1
+        preview = None
+        if preview_every and done % preview_every == 0 and done < step.total:
+            images = step.preview()
+            preview = grid_image(images, min(len(images), 4))
+        events.put(("step", done, step.total, preview))
+
+    def target() -> None:
+        try:
+            events.put(("done", work(callback)))
+        except Stopped:
+            events.put(("stopped",))
+        except UserError as exc:
+            events.put(("error", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to the user, not swallowed
+            events.put(("error", f"{type(exc).__name__}: {exc}"))
+
+    thread = threading.Thread(target=target, name="pangu-draw-run", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            event = events.get()
+            finished = event[0] != "step"
+            yield event
+            if finished:
+                return
+    finally:
+        if not finished:
+            stop.set()
+        thread.join()
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    elapsed = time.monotonic() - started
+    left = elapsed / done * (total - done) if done else math.nan
+    return f"step {done}/{total}, {elapsed:.1f} s, ETA {left:.1f} s"
+
+
+class App:
+    """The UI's state shared by all sessions: served models, loaded experts, stop flags."""
+
+    def __init__(self, served: Served, preview_every: int = DEFAULT_PREVIEW_EVERY):
+        self.served = served
+        self.experts = Experts()
+        self.preview_every = preview_every
+        self._stops: dict[str, threading.Event] = {}
+
+    # ------------------------------------------------------------------ runs
+
+    def _stop_flag(self, request: gr.Request | None) -> threading.Event:
+        key = getattr(request, "session_hash", None) or "default"
+        flag = threading.Event()
+        self._stops[key] = flag
+        return flag
+
+    def stop(self, request: gr.Request) -> str:
+        flag = self._stops.get(getattr(request, "session_hash", None) or "default")
+        if flag is not None:
+            flag.set()
+        return "stopping at the next step..."
+
+    def _run(self, work, request, progress, preview: bool, describe) -> Iterator[tuple]:
+        """Steps as ``(preview image or skip, status)``; finally ``("done", result)``."""
+        flag = self._stop_flag(request)
+        started = time.monotonic()
+        every = self.preview_every if preview else 0
+        for event in run_steps(work, flag, every):
+            kind = event[0]
+            if kind == "step":
+                _, done, total, image = event
+                progress((done, total), desc="denoising", unit="steps")
+                yield (gr.skip() if image is None else image), _eta(started, done, total)
+            elif kind == "stopped":
+                raise gr.Error("stopped before the last step; nothing was saved")
+            elif kind == "error":
+                raise gr.Error(event[1])
+            else:
+                yield "done", event[1]
+
+    def _save(self, pictures, seeds) -> list[str]:
+        paths = self.served.output_paths(seeds)
+        write_outputs({path: p.writer() for path, p in zip(paths, pictures)})
+        return [str(p) for p in paths]
+
+    def generate(
+        self,
+        prompts: str,
+        negative: str,
+        structure: str,
+        texture: str,
+        split: float,
+        steps: float,
+        guidance: float,
+        sampler: str,
+        seed_mode: str,
+        seed: float | None,
+        width: float,
+        height: float,
+        num_images: float,
+        preview: bool,
+        last_seed: int | None,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 - gradio's way of asking for a progress bar
+    ):
+        """Generate tab: yields (gallery, preview, status, last seed)."""
+        try:
+            lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+            if not lines:
+                raise UserError("type a prompt (one per line for several)")
+            if sampler not in SAMPLER_NAMES:
+                raise UserError(f"sampler {sampler!r} is not one of {', '.join(SAMPLER_NAMES)}")
+            numbers = {"steps": steps, "width": width, "height": height, "images": num_images}
+            for name, value in numbers.items():
+                if value is None or not float(value).is_integer():
+                    raise UserError(f"{name} must be a whole number, got {value!r}")
+            steps, width, height, num_images = (int(v) for v in numbers.values())
+            if seed_mode == "fixed":
+                if seed is None or not float(seed).is_integer():
+                    raise UserError("a fixed seed must be a whole number")
+                seed = int(seed)
+            else:
+                seed = last_seed if seed_mode == "reuse last" else None
+            texture_spec = None
+            if texture and texture != NONE:
+                texture_spec = self.served.model(texture, "texture model")
+            self.served.limits.check(steps, len(lines) * num_images, width, height)
+            r = GenerateRequest(
+                lines,
+                negative or None,
+                self.served.model(structure, "structure model"),
+                texture_spec,
+                float(split),
+                steps,
+                float(guidance),
+                sampler,
+                seed,
+                width,
+                height,
+                num_images,
+            ).check()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        skip = gr.skip()
+        yield skip, None, f"queued seed {r.seed}", r.seed
+        work = lambda callback: render_generate(r, self.experts, callback)  # noqa: E731
+        for first, second in self._run(work, request, progress, preview, "generate"):
+            if first == "done":
+                pictures = second
+                paths = self._save(pictures, [p.record["seed"] for p in pictures])
+                status = f"{len(paths)} image(s), seeds {r.seed}..{r.seed + r.count - 1}"
+                yield paths, None, status, r.seed
+            else:
+                yield skip, first, second, r.seed
+
+    def coop(
+        self,
+        recipe_text: str,
+        preview: bool,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        """Coop tab: yields (image, preview, status)."""
+        try:
+            recipe = self.coop_recipe(recipe_text)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        skip = gr.skip()
+        yield skip, None, "queued"
+        folder = self.served.outputs
+        work = lambda callback: render_coop(recipe, folder, self.experts, callback)  # noqa: E731
+        for first, second in self._run(work, request, progress, preview, "coop"):
+            if first == "done":
+                [path] = self._save([second], [recipe.seed])
+                yield path, None, f"seed {recipe.seed}: {Path(path).name}"
+            else:
+                yield skip, first, second
+
+    def coop_recipe(self, text: str):
+        """The checked recipe of the Coop tab's TOML: served models, uploaded files only."""
+        limits = self.served.limits
+        if len(text or "") > 100_000:
+            raise UserError("the recipe is over 100,000 characters")
+        table = parse_toml(text or "", "recipe", "the recipe")
+        policy = PathPolicy("the outputs folder", roots=self.served.model_dirs, hint=UI_HINT)
+        recipe = parse_recipe(table, "the recipe", self.served.outputs, policy)
+        if len(recipe.experts) > limits.max_experts:
+            raise UserError(f"{len(recipe.experts)} experts; this server runs at most 4")
+        for spec in recipe.experts:
+            models = [spec.model] + [c.model for c in spec.controls]
+            for model in models:
+                if not self.served.is_served_spec(model):
+                    raise UserError(f"model {model!r} is not served here; {UI_HINT}")
+            if spec.loras:
+                raise UserError("LoRAs are not served by the UI; use the CLI")
+            if spec.size is not None:
+                limits.check(1, 1, spec.size[1], spec.size[0])
+        limits.check(recipe.steps, 1, recipe.width, recipe.height)
+        check_coop_size(recipe)
+        return recipe
+
+    # ------------------------------------------------------------------ the Coop form
+
+    def build_recipe(self, *values) -> str:
+        """TOML of the Coop form (uploaded masks and controls kept in outputs/inputs)."""
+        (prompt, negative, seed, steps, sampler, noise, width, height, canvas, count) = values[:10]
+        fields = values[10:]
+        per = len(fields) // SLOTS
+        experts = []
+        for k in range(int(count)):
+            model, e_prompt, weight, lo, hi, guidance, mask, control, image, as_source, scale = (
+                fields[k * per : (k + 1) * per]
+            )
+            self.served.model(model, f"model of expert {k + 1}")
+            table = {"name": f"e{k + 1}", "model": self.served.generators[model]}
+            if e_prompt:
+                table["prompt"] = e_prompt
+            table |= {"weight": float(weight), "guidance": float(guidance)}
+            if (float(lo), float(hi)) != (0.0, 1000.0):  # default: the whole trajectory
+                table["window"] = {"t": [float(lo), float(hi)]}
+            mask_name = self._mask(mask, k)
+            if mask_name:
+                table["mask"] = mask_name
+            if control and control != NONE:
+                if not image:
+                    raise UserError(f"expert {k + 1}: the ControlNet needs an image")
+                name = self.served.keep_input(image, f"control image of expert {k + 1}")
+                key = "source" if as_source else "image"
+                model_spec = self.served.controlnet(control)
+                table["controls"] = [{"model": model_spec, key: name, "scale": float(scale)}]
+            experts.append(table)
+        if not experts:
+            raise UserError("add at least one expert")
+        recipe = {"prompt": prompt or "", "seed": int(seed), "steps": int(steps)}
+        if negative:
+            recipe["negative_prompt"] = negative
+        recipe |= {"sampler": sampler, "noise": noise}
+        canvas_index = min(int(canvas), len(experts)) - 1
+        recipe["canvas"] = {
+            "width": int(width),
+            "height": int(height),
+            "expert": experts[canvas_index]["name"],
+        }
+        recipe["experts"] = experts
+        return dumps(recipe)
+
+    def _mask(self, mask, k: int) -> str | None:
+        """A drawn or uploaded mask (gr.ImageEditor value) as a grayscale PNG input."""
+        if not mask:
+            return None
+        source = mask.get("composite") if isinstance(mask, dict) else mask
+        if source is None:
+            return None
+        import tempfile
+
+        from PIL import Image
+
+        from ..imageio import opened
+
+        with opened(source, f"mask of expert {k + 1}") as image:
+            rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        grey = Image.alpha_composite(black, rgba).convert("L")
+        if grey.getextrema() == (0, 0):
+            return None  # nothing drawn
+        with tempfile.NamedTemporaryFile(suffix=".png") as f:
+            grey.save(f, format="PNG")
+            f.flush()
+            return self.served.keep_input(f.name, f"mask of expert {k + 1}")
+
+    # ------------------------------------------------------------------ PNG info
+
+    def png_info(self, path: str | None):
+        """(parameters text, record) of a dropped pangu-draw PNG."""
+        if not path:
+            return "", None
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                if f.tell() > self.served.limits.max_upload_mb * 2**20:
+                    raise UserError("the PNG is over the upload limit")
+            record = read_record(Path(path))
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        from ..imageio import opened
+
+        with opened(path, "PNG") as image:
+            parameters = getattr(image, "text", {}).get("parameters", "")
+        return parameters, record
+
+    def to_generate(self, record: dict | None):
+        """The Generate tab's fields from a generate record (and the tab to show)."""
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise gr.Error("this PNG was not made by generate; send it to Coop instead")
+        structure = self.served.label_of(record.get("structure"))
+        texture = self.served.label_of(record.get("texture")) or NONE
+        if structure is None:
+            raise gr.Error(f"model {record.get('structure')!r} is not served here")
+        return (
+            str(record.get("prompt", "")),
+            record.get("negative_prompt") or "",
+            structure,
+            texture,
+            record.get("split") or 500,
+            record.get("steps", 25),
+            record.get("guidance_scale", 7.0),
+            record.get("sampler", "euler"),
+            "fixed",
+            record.get("seed", 0),
+            record.get("width", 64),
+            record.get("height", 64),
+            1,
+            gr.Tabs(selected="generate"),
+        )
+
+    def to_coop(self, record: dict | None):
+        table = record.get("recipe") if isinstance(record, dict) else None
+        if not isinstance(table, dict):
+            raise gr.Error("this PNG holds no Coop recipe; send it to Generate instead")
+        try:
+            text = dumps(_open_windows(table))
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"the PNG's recipe cannot be shown as TOML: {exc}") from None
+        return text, gr.Tabs(selected="coop")
+
+
+def _open_windows(value):
+    """A stored recipe table with ``null`` window tops (open windows) as TOML's ``inf``."""
+    if isinstance(value, dict):
+        return {k: _open_windows(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [math.inf if v is None else _open_windows(v) for v in value]
+    return value
+
+
+def build(app: App) -> gr.Blocks:
+    """The gradio Blocks of the UI."""
+    served = app.served
+    generators = list(served.generators)
+    controlnets = [NONE, *served.controlnets]
+    limits = served.limits
+    with gr.Blocks(title="pangu-draw") as blocks:
+        gr.Markdown(
+            "## pangu-draw\nTime-decoupled generation and Coop-Diffusion. "
+            f"Results are saved with their parameters in `{served.outputs.name}/`."
+        )
+        last_seed = gr.State(None)
+        record_state = gr.State(None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompts = gr.Textbox(
+                            label="Prompt (one per line)", value="red apple", lines=2
+                        )
+                        negative = gr.Textbox(label="Negative prompt", lines=1)
+                        with gr.Row():
+                            structure = gr.Dropdown(
+                                generators, value="structure", label="Structure model"
+                            )
+                            texture = gr.Dropdown(
+                                [NONE, *generators], value="texture", label="Texture model"
+                            )
+                            split = gr.Slider(1, 999, value=500, step=1, label="Split (t)")
+                        with gr.Row():
+                            steps = gr.Slider(1, limits.max_steps, value=25, step=1, label="Steps")
+                            guidance = gr.Slider(1, 15, value=7.0, step=0.5, label="Guidance")
+                            sampler = gr.Dropdown(
+                                list(SAMPLER_NAMES), value="euler", label="Sampler"
+                            )
+                        with gr.Row():
+                            seed_mode = gr.Radio(list(SEED_MODES), value="random", label="Seed")
+                            seed = gr.Number(value=0, precision=0, label="Fixed seed")
+                        with gr.Row():
+                            sizes = [s for s in SIZES if s <= limits.max_side]
+                            width = gr.Dropdown(sizes, value=64, label="Width")
+                            height = gr.Dropdown(sizes, value=64, label="Height")
+                            num_images = gr.Slider(
+                                1, limits.max_images, value=1, step=1, label="Images per prompt"
+                            )
+                            preview = gr.Checkbox(value=True, label="Live preview")
+                        with gr.Row():
+                            run = gr.Button("Generate", variant="primary", elem_id="generate-run")
+                            stop = gr.Button("Stop", variant="stop")
+                    with gr.Column(scale=2):
+                        live = gr.Image(label="Preview", type="pil", height=192)
+                        status = gr.Markdown(elem_id="generate-status")
+                        gallery = gr.Gallery(
+                            label="Results", columns=4, height=256, elem_id="generate-gallery"
+                        )
+                with gr.Accordion("History", open=False) as history_box:
+                    history = gr.Gallery(
+                        columns=8,
+                        height=200,
+                        fit_columns=False,
+                        object_fit="contain",
+                        label="Newest results",
+                        elem_id="history",
+                    )
+                    refresh = gr.Button("Refresh")
+                # listed when looked at, not sent with every result
+                history_box.expand(served.history, None, history, queue=False)
+                refresh.click(served.history, None, history, queue=False)
+                fields = [
+                    prompts,
+                    negative,
+                    structure,
+                    texture,
+                    split,
+                    steps,
+                    guidance,
+                    sampler,
+                    seed_mode,
+                    seed,
+                    width,
+                    height,
+                    num_images,
+                ]
+                event = run.click(
+                    app.generate,
+                    [*fields, preview, last_seed],
+                    [gallery, live, status, last_seed],
+                    api_name="generate",
+                    concurrency_id="render",
+                )
+                stop.click(app.stop, None, status, cancels=[event], queue=False)
+
+            with gr.Tab("Coop", id="coop"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            c_prompt = gr.Textbox(label="Prompt", value="grinning face")
+                            c_negative = gr.Textbox(label="Negative prompt")
+                        with gr.Row():
+                            c_seed = gr.Number(value=0, precision=0, label="Seed")
+                            c_steps = gr.Slider(
+                                1, limits.max_steps, value=25, step=1, label="Steps"
+                            )
+                            c_sampler = gr.Dropdown(
+                                list(SAMPLER_NAMES), value="euler", label="Sampler"
+                            )
+                            c_noise = gr.Dropdown(
+                                list(NOISE_POLICIES), value="carry", label="Noise"
+                            )
+                        with gr.Row():
+                            sizes = [s for s in SIZES if s <= limits.max_side]
+                            c_width = gr.Dropdown(sizes, value=64, label="Canvas width")
+                            c_height = gr.Dropdown(sizes, value=64, label="Canvas height")
+                            c_canvas = gr.Number(
+                                value=1, precision=0, label="Canvas expert (number)"
+                            )
+                        count = gr.State(2)
+                        slots = []
+                        slot_boxes = []
+                        defaults = [("full", 0.5), ("generator_b", 0.5)]
+                        for k in range(SLOTS):
+                            model, weight = defaults[k] if k < len(defaults) else ("full", 1.0)
+                            model = model if model in generators else generators[0]
+                            with gr.Group(visible=k < 2) as box:
+                                gr.Markdown(f"**Expert {k + 1}**")
+                                with gr.Row():
+                                    e_model = gr.Dropdown(generators, value=model, label="Model")
+                                    e_prompt = gr.Textbox(label="Own prompt (optional)")
+                                    e_weight = gr.Number(value=weight, label="Weight")
+                                    e_guidance = gr.Number(value=5.0, label="Guidance")
+                                with gr.Row():
+                                    e_lo = gr.Number(value=0, label="Window t from")
+                                    e_hi = gr.Number(value=1000, label="Window t to")
+                                    e_control = gr.Dropdown(
+                                        controlnets, value=NONE, label="ControlNet"
+                                    )
+                                    e_scale = gr.Number(value=1.0, label="Control scale")
+                                with gr.Row():
+                                    e_mask = gr.ImageEditor(
+                                        label="Region mask (draw white; empty: everywhere)",
+                                        type="filepath",
+                                        height=200,
+                                    )
+                                    e_image = gr.Image(
+                                        label="Control image", type="filepath", height=200
+                                    )
+                                    e_source = gr.Checkbox(
+                                        value=True,
+                                        label="Compute the control from this image",
+                                    )
+                            slot_boxes.append(box)
+                            slots += [
+                                e_model,
+                                e_prompt,
+                                e_weight,
+                                e_lo,
+                                e_hi,
+                                e_guidance,
+                                e_mask,
+                                e_control,
+                                e_image,
+                                e_source,
+                                e_scale,
+                            ]
+                        with gr.Row():
+                            add = gr.Button("Add expert")
+                            remove = gr.Button("Remove expert")
+                    with gr.Column(scale=2):
+                        recipe = gr.Code(
+                            label="Recipe (TOML; edit freely, Run runs this)",
+                            language=None,
+                            lines=16,
+                            elem_id="coop-recipe",
+                            buttons=["copy", "download"],
+                        )
+                        with gr.Row():
+                            build_button = gr.Button("Build recipe from the form")
+                            load = gr.UploadButton("Load recipe", file_types=[".toml"])
+                        c_preview = gr.Checkbox(value=True, label="Live preview")
+                        with gr.Row():
+                            c_run = gr.Button("Run", variant="primary", elem_id="coop-run")
+                            c_stop = gr.Button("Stop", variant="stop")
+                        c_live = gr.Image(label="Preview", type="pil", height=192)
+                        c_status = gr.Markdown(elem_id="coop-status")
+                        c_image = gr.Image(
+                            label="Result", type="filepath", height=256, elem_id="coop-image"
+                        )
+
+                def resize(n: int, delta: int):
+                    n = max(1, min(SLOTS, n + delta))
+                    return [n] + [gr.Group(visible=k < n) for k in range(SLOTS)]
+
+                add.click(lambda n: resize(n, 1), count, [count, *slot_boxes], queue=False)
+                remove.click(lambda n: resize(n, -1), count, [count, *slot_boxes], queue=False)
+                form = [
+                    c_prompt,
+                    c_negative,
+                    c_seed,
+                    c_steps,
+                    c_sampler,
+                    c_noise,
+                    c_width,
+                    c_height,
+                    c_canvas,
+                    count,
+                    *slots,
+                ]
+
+                def build_recipe(*values):
+                    try:
+                        return app.build_recipe(*values)
+                    except UserError as exc:
+                        raise gr.Error(str(exc)) from None
+
+                build_button.click(build_recipe, form, recipe, api_name="build_recipe")
+
+                def load_recipe(file):
+                    from ..files import read_text
+
+                    path = Path(file)
+                    if path.stat().st_size > 100_000:
+                        raise gr.Error("the recipe file is over 100 kB")
+                    try:
+                        return read_text(path, "recipe file")
+                    except UserError as exc:
+                        raise gr.Error(str(exc)) from None
+
+                load.upload(load_recipe, load, recipe, queue=False)
+                c_event = c_run.click(
+                    app.coop,
+                    [recipe, c_preview],
+                    [c_image, c_live, c_status],
+                    api_name="coop",
+                    concurrency_id="render",
+                )
+                c_stop.click(app.stop, None, c_status, cancels=[c_event], queue=False)
+
+            with gr.Tab("PNG info", id="png-info"):
+                with gr.Row():
+                    with gr.Column():
+                        dropped = gr.File(
+                            label="Drop a PNG made by pangu-draw",
+                            file_types=[".png"],
+                            type="filepath",
+                            elem_id="png-drop",
+                        )
+                        with gr.Row():
+                            send_generate = gr.Button("Send to Generate")
+                            send_coop = gr.Button("Send to Coop")
+                    with gr.Column():
+                        parameters = gr.Textbox(
+                            label="Parameters", lines=4, elem_id="png-parameters"
+                        )
+                        record_view = gr.JSON(label="Record")
+                dropped.change(
+                    app.png_info, dropped, [parameters, record_view], api_name="png_info"
+                ).then(lambda r: r, record_view, record_state)
+                send_generate.click(app.to_generate, record_state, [*fields, tabs])
+                send_coop.click(app.to_coop, record_state, [recipe, tabs])
+
+            with gr.Tab("Models", id="models"):
+                for name in [*served.generators, *served.controlnets]:
+                    spec = served.generators.get(name) or served.controlnets[name]
+                    if not spec.startswith("zoo:"):
+                        gr.Markdown(f"### {name}\n`{spec}` (from --models)")
+                        continue
+                    text, grid = card(name)
+                    with gr.Accordion(name, open=False), gr.Row():
+                        gr.Markdown(text)
+                        if grid is not None:
+                            gr.Image(str(grid), label="samples", show_label=False)
+    return blocks

@@ -1,0 +1,42 @@
+"""Starting the UI: the queue, the limits and the files gradio may serve."""
+
+from __future__ import annotations
+
+import click
+
+from .app import App, build
+from .served import Served
+
+
+def serve(
+    served: Served,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    queue_size: int = 64,
+    block: bool = True,
+    preview_every: int | None = None,
+):
+    """Launch the UI and print its URL; with ``block=False`` return the running gradio
+    Blocks (``.close()`` ends it) instead of serving until interrupted."""
+    from .. import zoo
+
+    app = App(served) if preview_every is None else App(served, preview_every)
+    blocks = build(app)
+    blocks.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        allowed_paths=[str(served.outputs.resolve()), str(zoo.MODELS)],
+        max_file_size=f"{served.limits.max_upload_mb}mb",
+    )
+    click.echo(f"pangu-draw UI: http://{host}:{port}  (outputs in {served.outputs}/)")
+    if block:
+        try:
+            blocks.block_thread()
+        finally:
+            blocks.close()
+    return blocks
