@@ -153,6 +153,8 @@ BAD_INPUT = {
         "Invalid value for '--sampler'",
     ),
     "pickle weights": (["--structure", "{pickled}"], "pickle checkpoints are refused"),
+    "batch size zero": (["--batch-size", "0"], r"batch size must be an integer in \[1, 256\]"),
+    "missing prompts file": (["--prompts-file", "{tmp}/none.txt"], "prompts file .* not exist"),
 }
 
 
@@ -234,3 +236,45 @@ def test_models_lists_the_zoo(tmp_path, monkeypatch, capsys):
     main(["models"])
     out = capsys.readouterr().out
     assert "vae_a" in out and "1.0 MB" in out and "pangu-draw vae VAE" in out
+
+
+@pytest.mark.slow
+def test_generate_split_across_two_processes_makes_the_same_files(tmp_path):
+    """`accelerate launch` with two CPU processes (torchrun; gloo) writes the files one
+    process writes, bit for bit: same names, seeds and batches. On the CPU an image also
+    depends on the number of threads, and torchrun gives each process one thread
+    (OMP_NUM_THREADS=1), so the single process here runs with one thread too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red apple\n\ngrinning face\nred heart\n")
+    args = ["generate", "fire", "--prompts-file", str(prompts), "--steps", "3"]
+    args += ["--num-images", "2", "--batch-size", "3", "--seed", "7", "--grid"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([*args, "-o", str(tmp_path / "one" / "x.png")])
+    finally:
+        torch.set_num_threads(threads)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run(
+        [*launch, "-m", "pangudraw.cli.main", *args, "-o", str(tmp_path / "two" / "x.png")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert len(one) == 9  # 4 prompts x 2 images, and the grid
+    for name in one:
+        a, b = Image.open(tmp_path / "one" / name), Image.open(tmp_path / "two" / name)
+        assert a.tobytes() == b.tobytes(), name
+        assert a.text == b.text, name  # the same parameters and record
+    assert len(result.stdout.splitlines()) == 9  # the main process lists each file once

@@ -180,11 +180,11 @@ def test_coop_two_latent_spaces_equals_the_cli(server, client, tmp_path):
 
 def test_the_form_builds_a_recipe_the_coop_tab_runs(server, client):
     url, outputs, _ = server
-    slot = ["full", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0]
-    slot_b = ["generator_b", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0]
+    slot = ["full", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0, "native"]
+    slot_b = ["generator_b", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0, "48x32"]
     common = ["grinning face", "", 4, STEPS, "euler", "carry", 64, 64, 1]
     text = client.predict(*common, *slot, *slot_b, *slot, *slot, api_name="/build_recipe")
-    assert 'model = "zoo:generator_b"' in text
+    assert 'model = "zoo:generator_b"' in text and "size = [32, 48]" in text
     image, *_ = client.predict(text, False, api_name="/coop")
     assert pixels(image).shape == (64, 64, 3)
 
@@ -245,8 +245,8 @@ def test_the_form_keeps_uploaded_masks_and_controls_beside_the_results(server, c
     Image.fromarray(left).save(mask)
     drawn = {"background": None, "layers": [], "composite": handle_file(str(mask))}
     control = handle_file(str(EXAMPLES / "grinning.png"))
-    slot = ["full", "", 0.5, 0, 1000, 5.0, drawn, "controlnet_canny", control, True, 1.0]
-    slot_b = ["generator_b", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0]
+    slot = ["full", "", 0.5, 0, 1000, 5.0, drawn, "controlnet_canny", control, True, 1.0, "native"]
+    slot_b = ["generator_b", "", 0.5, 0, 1000, 5.0, None, "(none)", None, True, 1.0, "native"]
     common = ["grinning face", "", 4, STEPS, "euler", "carry", 64, 64, 1]
     text = client.predict(*common, *slot, *slot_b, *slot, *slot, api_name="/build_recipe")
     assert "window" not in text  # the whole trajectory is the default

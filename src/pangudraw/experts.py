@@ -271,6 +271,19 @@ class Expert:
     dtype: torch.dtype = torch.float32
     family: str = "unet"
 
+    def to(self, device: str | torch.device) -> Expert:
+        """Move the network, the text encoders and the VAE to ``device`` (in place). The
+        loop keeps its own tensors on the CPU; each call moves its inputs to the network's
+        device and its output back."""
+        self.network.to(device)
+        for value in vars(self.text).values():
+            for module in value if isinstance(value, list) else [value]:
+                if isinstance(module, torch.nn.Module):
+                    module.to(device)
+        if self.space.vae is not None:
+            self.space.vae.to(device)
+        return self
+
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: what the family's diffusers pipeline

@@ -82,7 +82,7 @@ def grid_image(images: torch.Tensor, columns: int) -> Image.Image:
 
 def stack_images(images: list[Image.Image]) -> torch.Tensor:
     """8-bit RGB images as (N, 3, H, W) in [0, 1] (exactly the values they were saved from)."""
-    arrays = [torch.from_numpy(np.asarray(to_rgb(image))).permute(2, 0, 1) for image in images]
+    arrays = [torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1) for image in images]
     return torch.stack(arrays).float() / 255
 
 

@@ -61,8 +61,9 @@ class Experts:
     lock makes a model that two requests ask for at once load once.
     """
 
-    def __init__(self, allow_pickle: bool = False):
+    def __init__(self, allow_pickle: bool = False, device: str | None = None):
         self.allow_pickle = allow_pickle
+        self.device = device  # None: where they load (the CPU)
         self._loaded: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
@@ -75,7 +76,8 @@ class Experts:
         with self._lock:
             if key not in self._loaded:
                 expert = load_expert(path, self.allow_pickle)
-                self._loaded[key] = apply_loras(expert, list(loras), self.allow_pickle)
+                expert = apply_loras(expert, list(loras), self.allow_pickle)
+                self._loaded[key] = expert if self.device is None else expert.to(self.device)
             return self._loaded[key]
 
 
@@ -96,16 +98,26 @@ class GenerateRequest:
     height: int | None = None
     num_images: int = 1  # per prompt; image i uses seed + i
     loras: list[LoraSpec] = field(default_factory=list)
+    batch_size: int = 8  # images denoised together (results depend on the batch: see below)
 
     @property
     def count(self) -> int:
         return len(self.prompts) * self.num_images
 
+    def batches(self) -> list[range]:
+        """Image indices in batches of ``batch_size``: the same batches however many
+        processes share them, so each image is the same bits either way (on the CPU a
+        convolution's result depends on the batch it is computed in)."""
+        return [
+            range(i, min(i + self.batch_size, self.count))
+            for i in range(0, self.count, self.batch_size)
+        ]
+
     def check(self, allow_pickle: bool = False) -> GenerateRequest:
         """The request with its defaults filled in (models, seed), checked before torch
         loads; a :class:`UserError` for anything out of bounds."""
         from .errors import UserError
-        from .limits import check_memory, check_request, pixel_estimate
+        from .limits import check_int, check_memory, check_request, max_images, pixel_estimate
 
         if not self.prompts:
             raise UserError("give at least one prompt")
@@ -118,6 +130,7 @@ class GenerateRequest:
             structure, texture = "structure", "texture"
         seed = random.randrange(2**31) if self.seed is None else self.seed
         check_request(self.steps, self.count, seed, self.width, self.height)
+        check_int(self.batch_size, "batch size", 1, max_images())
         if self.width is not None and self.height is not None:
             what = f"{self.count} image(s) of {self.width}x{self.height}"
             check_memory(pixel_estimate(self.count, self.height, self.width), what)
@@ -135,14 +148,28 @@ class GenerateRequest:
             self.height,
             self.num_images,
             list(self.loras),
+            self.batch_size,
         )
 
 
 def render_generate(
-    request: GenerateRequest, experts: Experts, callback: Callable | None = None
+    request: GenerateRequest,
+    experts: Experts,
+    callback: Callable | None = None,
+    batches: list[range] | None = None,
 ) -> list[Picture]:
     """The images of a checked request (see :meth:`GenerateRequest.check`), in prompt
-    order, ``num_images`` per prompt."""
+    order, ``num_images`` per prompt; only those of ``batches`` (default: all of
+    :meth:`GenerateRequest.batches`)."""
+    pictures = []
+    for images in request.batches() if batches is None else batches:
+        pictures += _render_batch(request, experts, callback, images)
+    return pictures
+
+
+def _render_batch(
+    request: GenerateRequest, experts: Experts, callback: Callable | None, images: range
+) -> list[Picture]:
     from . import __version__
     from .imageio import a1111_parameters
     from .pipelines import generate
@@ -153,6 +180,7 @@ def render_generate(
     structure_expert = experts.get(structure, r.loras)
     texture_expert = None if texture is None else experts.get(texture, r.loras)
     each = [p for p in r.prompts for _ in range(r.num_images)]  # image i: prompt i // n
+    each = each[images.start : images.stop]
     result = generate(
         structure_expert,
         texture_expert,
@@ -160,12 +188,12 @@ def render_generate(
         negative_prompt=r.negative_prompt,
         num_inference_steps=r.steps,
         guidance_scale=r.guidance_scale,
-        seed=r.seed,
+        seed=r.seed + images.start,
         width=r.width,
         height=r.height,
         sampler=r.sampler,
         t_split=r.t_split,
-        num_images=r.count,
+        num_images=len(each),
         callback=callback,
     )
     height, width = result.images.shape[-2:]

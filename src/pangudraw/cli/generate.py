@@ -18,7 +18,14 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 
 @click.command("generate")
-@click.argument("prompts", metavar="PROMPT...", nargs=-1, required=True)
+@click.argument("prompts", metavar="PROMPT...", nargs=-1)
+@click.option(
+    "--prompts-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A UTF-8 text file with one prompt per line (blank lines skipped), after any "
+    "PROMPT arguments. Under `accelerate launch` the images are split across processes.",
+)
 @click.option("-n", "--negative-prompt", default=None, help="What the image should not show.")
 @click.option(
     "--structure",
@@ -62,6 +69,14 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "models' own are made with Coop (the structure model at its native size).",
 )
 @click.option("--num-images", type=int, default=1, show_default=True, help="Image i uses seed + i.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Images denoised together. An image's pixels can depend on its batch by one level "
+    "here and there (CPU convolutions); give the same batch size to reproduce them exactly.",
+)
 @output_option("pangu-draw.png", help="PNG path; several images get -0, -1, ... before the suffix.")
 @click.option(
     "--grid",
@@ -80,6 +95,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
 def command(
     *,
     prompts,
+    prompts_file,
     negative_prompt,
     structure,
     texture,
@@ -92,6 +108,7 @@ def command(
     height,
     size,
     num_images,
+    batch_size,
     output,
     grid,
     loras,
@@ -103,10 +120,16 @@ def command(
     pangu-draw generate "red apple" "grinning face" --num-images 4 --grid --seed 1
     """
     # The request is checked before torch and the models load: a refusal is immediate.
-    from ..files import check_outputs
+    from ..files import check_outputs, read_text
     from ..lora import LoraSpec
     from ..render import GenerateRequest
 
+    prompts = list(prompts)
+    if prompts_file is not None:
+        lines = read_text(prompts_file, "prompts file").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise click.UsageError("give a PROMPT or --prompts-file")
     if size is not None:
         if width is not None or height is not None:
             raise click.UsageError("give --size or --width/--height, not both")
@@ -114,7 +137,7 @@ def command(
     if structure is None and texture is not None:
         raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
     request = GenerateRequest(
-        list(prompts),
+        prompts,
         negative_prompt,
         structure and str(structure),
         texture and str(texture),
@@ -127,6 +150,7 @@ def command(
         height,
         num_images,
         [LoraSpec.parse(text) for text in loras],
+        batch_size,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
@@ -135,15 +159,33 @@ def command(
     from ..files import write_outputs
     from ..imageio import grid_image, stack_images
     from ..render import Experts, render_generate
-    from .progress import quiet_libraries, step_bar
+    from .progress import processes, quiet_libraries, step_bar
 
     quiet_libraries()
-    with step_bar() as callback:
-        pictures = render_generate(request, Experts(allow_pickle), callback)
-    writers = {path: picture.writer() for path, picture in zip(paths, pictures)}
+    with processes() as state:  # one, or those `accelerate launch` started
+        batches = state.share(request.batches())
+        with step_bar(state.index) as callback:
+            experts = Experts(allow_pickle, state.device)
+            pictures = render_generate(request, experts, callback, batches)
+        mine = [paths[i] for images in batches for i in images]
+        write_outputs({path: picture.writer() for path, picture in zip(mine, pictures)})
+        state.wait()
+    if not state.main:
+        return
     if sheet is not None:
-        sheet_image = grid_image(stack_images([p.image for p in pictures]), num_images)
-        writers[sheet] = lambda f: sheet_image.save(f, format="PNG")
-    write_outputs(writers)
-    for path in writers:
+        images = [picture.image for picture in pictures] if state.count == 1 else None
+        sheet_image = grid_image(stack_images(images or read_images(paths)), num_images)
+        write_outputs({sheet: lambda f: sheet_image.save(f, format="PNG")})
+    for path in paths + ([sheet] if sheet else []):
         click.echo(str(path))
+
+
+def read_images(paths: list[Path]) -> list:
+    """The PNGs other processes wrote, for the grid."""
+    from PIL import Image
+
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    return images

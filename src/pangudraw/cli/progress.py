@@ -66,18 +66,24 @@ def quiet_libraries() -> None:
 
 
 @contextmanager
-def step_bar() -> Iterator[Callable]:
+def step_bar(process: int = 0) -> Iterator[Callable]:
     """A tqdm bar on stderr advanced by the denoising loop's per-step callback.
 
-    The bar appears at the first step, so input rejected before sampling prints only its error.
+    The bar appears at the first step, so input rejected before sampling prints only its
+    error; a new bar starts with each batch. ``process``: which of several processes.
     """
     from tqdm import tqdm
 
     bars = []
+    desc = "denoising" if not process else f"denoising [{process}]"
 
     def callback(step) -> None:
+        if step.index == 0 and bars:
+            bars.pop().close()
         if not bars:
-            bars.append(tqdm(total=step.total, desc="denoising", unit="step", leave=False))
+            bars.append(
+                tqdm(total=step.total, desc=desc, unit="step", leave=False, position=process)
+            )
         bars[0].set_postfix(sigma=f"{step.sigma:.3g}", refresh=False)
         bars[0].update(1)
 
@@ -86,3 +92,45 @@ def step_bar() -> Iterator[Callable]:
     finally:
         for bar in bars:
             bar.close()
+
+
+class Processes:
+    """This process's share of work: alone, or one of those `accelerate launch` started."""
+
+    def __init__(self, state=None):
+        self.state = state
+        self.index = state.process_index if state else 0
+        self.count = state.num_processes if state else 1
+        self.main = self.index == 0
+        # each process its own GPU; alone, the GPU when there is one
+        self.device = str(state.device) if state else None
+        if state is None:
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else None
+
+    def share(self, items: list) -> list:
+        """A contiguous share of ``items`` (accelerate's ``split_between_processes``)."""
+        if self.state is None:
+            return list(items)
+        with self.state.split_between_processes(list(items)) as mine:
+            return list(mine)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+@contextmanager
+def processes() -> Iterator[Processes]:
+    """The processes of this command: accelerate's state when launched as several
+    (``WORLD_SIZE`` > 1; accelerate is imported only then), else this one alone."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield Processes()
+        return
+    import torch
+    from accelerate import PartialState
+
+    yield Processes(PartialState(cpu=not torch.cuda.is_available()))

@@ -36,6 +36,7 @@ SEED_MODES = ("random", "reuse last", "fixed")
 SIZES = (32, 48, 64, 96, 128, 192, 256)
 SLOTS = 4  # expert slots in the Coop form
 NONE = "(none)"
+NATIVE = "native"
 UI_HINT = "the UI reads only uploaded images and the served model folders"
 DEFAULT_PREVIEW_EVERY = 5
 
@@ -268,9 +269,10 @@ class App:
         per = len(fields) // SLOTS
         experts = []
         for k in range(int(count)):
-            model, e_prompt, weight, lo, hi, guidance, mask, control, image, as_source, scale = (
-                fields[k * per : (k + 1) * per]
+            (model, e_prompt, weight, lo, hi, guidance, mask, control, image, as_source, scale) = (
+                fields[k * per : (k + 1) * per - 1]
             )
+            size = _working_size(fields[(k + 1) * per - 1], k)
             self.served.model(model, f"model of expert {k + 1}")
             table = {"name": f"e{k + 1}", "model": self.served.generators[model]}
             if e_prompt:
@@ -278,6 +280,8 @@ class App:
             table |= {"weight": float(weight), "guidance": float(guidance)}
             if (float(lo), float(hi)) != (0.0, 1000.0):  # default: the whole trajectory
                 table["window"] = {"t": [float(lo), float(hi)]}
+            if size is not None:
+                table["size"] = size
             mask_name = self._mask(mask, k)
             if mask_name:
                 table["mask"] = mask_name
@@ -382,6 +386,16 @@ class App:
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"the PNG's recipe cannot be shown as TOML: {exc}") from None
         return text, gr.Tabs(selected="coop")
+
+
+def _working_size(text: str | None, k: int) -> list[int] | None:
+    """``[height, width]`` of a ``WIDTHxHEIGHT`` choice; None for the native size."""
+    if not text or text == NATIVE:
+        return None
+    width, sep, height = str(text).partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
+        raise UserError(f"working size of expert {k + 1}: expected WIDTHxHEIGHT, got {text!r}")
+    return [int(height), int(width)]
 
 
 def _open_windows(value):
@@ -526,6 +540,12 @@ def build(app: App) -> gr.Blocks:
                                 with gr.Row():
                                     e_lo = gr.Number(value=0, label="Window t from")
                                     e_hi = gr.Number(value=1000, label="Window t to")
+                                    e_size = gr.Dropdown(
+                                        [NATIVE, *(f"{s}x{s}" for s in sizes)],
+                                        value=NATIVE,
+                                        allow_custom_value=True,
+                                        label="Working size (WxH)",
+                                    )
                                     e_control = gr.Dropdown(
                                         controlnets, value=NONE, label="ControlNet"
                                     )
@@ -556,6 +576,7 @@ def build(app: App) -> gr.Blocks:
                                 e_image,
                                 e_source,
                                 e_scale,
+                                e_size,
                             ]
                         with gr.Row():
                             add = gr.Button("Add expert")
