@@ -32,6 +32,15 @@ cli.add_command(ui.command)
 LIBRARY_VERBOSITY = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY")
 
 
+def set_wait_policy() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it, before torch loads: torch's
+    threads then sleep instead of spinning while they wait, so another busy program (a
+    browser, a second generation) costs a little instead of 3-4x
+    (benchmarks/bench_threads.py). ``OMP_WAIT_POLICY=ACTIVE`` is faster on a quiet machine."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input prints ``error: ...`` on one line and exits with code 2.
 
@@ -42,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in LIBRARY_VERBOSITY:
         os.environ.setdefault(name, "error")
+    set_wait_policy()
     with warnings.catch_warnings(record=True) as caught:
         try:
             cli.main(args=argv, prog_name="pangu-draw", standalone_mode=False)

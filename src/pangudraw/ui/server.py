@@ -19,8 +19,12 @@ def serve(
 ):
     """Launch the UI and print its URL; with ``block=False`` return the running gradio
     Blocks (``.close()`` ends it) instead of serving until interrupted."""
+    import torch
+
     from .. import zoo
 
+    if block:  # the server's own process: requests side by side share one run's threads
+        torch.set_num_threads(max(1, torch.get_num_threads() // concurrency))
     app = App(served) if preview_every is None else App(served, preview_every)
     blocks = build(app)
     blocks.queue(default_concurrency_limit=concurrency, max_size=queue_size)
