@@ -1,8 +1,11 @@
 """Cold and warm `pangu-draw generate` on the bundled models (issue 5's benchmark).
 
 Cold: process start to PNG written, `pangu-draw generate "red apple"` (64x64, 25 steps,
-the zoo's structure + texture), against `python -c "import torch, diffusers, transformers"`
-alone, runs alternating so that machine noise hits both. Warm: per-image time inside one
+the zoo's structure + texture), against the floor of any diffusers-based tool,
+`python -c "import torch; from diffusers import UNet2DConditionModel, AutoencoderKL; from
+transformers import BertModel"` (diffusers' model classes import torch._dynamo), and the
+older, lighter `import torch, diffusers, transformers`; runs alternate so that machine
+noise hits all. Warm: per-image time inside one
 process once the models are loaded. Peak RSS of the cold process.
 
     .venv/bin/python benchmarks/bench_cli.py          # writes benchmarks/results/cli.{json,png}
@@ -35,12 +38,17 @@ def timed(command: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    imports = [sys.executable, "-c", "import torch, diffusers, transformers"]
+    old_floor = [sys.executable, "-c", "import torch, diffusers, transformers"]
+    # the real floor of a diffusers-based tool: diffusers' model classes import torch._dynamo
+    floor = "import torch; from diffusers import UNet2DConditionModel, AutoencoderKL; "
+    floor += "from transformers import BertModel"
+    imports = [sys.executable, "-c", floor]
     out = Path(tempfile.mkdtemp()) / "apple.png"
     cold = [str(BIN / "pangu-draw"), "generate", "red apple", "--seed", "0", "-o", str(out)]
     timed(cold)  # file-system caches warm for both
-    import_times, cold_times, rss = [], [], 0.0
+    import_times, old_times, cold_times, rss = [], [], [], 0.0
     for _ in range(RUNS):
+        old_times.append(timed(old_floor)[0])
         import_times.append(timed(imports)[0])
         wall, peak = timed(cold)
         cold_times.append(wall)
@@ -63,13 +71,15 @@ def main() -> None:
         warm.append(time.perf_counter() - tick)
 
     result = {
-        "import_torch_diffusers_transformers_s": statistics.median(import_times),
+        "import_torch_diffusers_transformers_s": statistics.median(old_times),
+        "floor_s": statistics.median(import_times),
         "cold_generate_s": statistics.median(cold_times),
-        "cold_over_imports": statistics.median(cold_times) / statistics.median(import_times),
+        "cold_over_imports": statistics.median(cold_times) / statistics.median(old_times),
+        "cold_over_floor": statistics.median(cold_times) / statistics.median(import_times),
         "warm_per_image_s": statistics.median(warm),
         "cold_peak_rss_mib": round(rss, 1),
         "runs": RUNS,
-        "goals": {"cold_over_imports": 1.5, "warm_per_image_s": 0.5, "cold_peak_rss_mib": 1024},
+        "goals": {"cold_over_floor": 1.3, "warm_per_image_s": 0.5, "cold_peak_rss_mib": 1024},
         "settings": "64x64, 25 euler steps, guidance 7, structure + texture from the zoo",
     }
     RESULTS.mkdir(exist_ok=True)
@@ -82,12 +92,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    labels = ["import torch,\ndiffusers, transformers", "cold generate\n(process to PNG)",
-              "warm, per image"]  # fmt: skip
-    values = [result["import_torch_diffusers_transformers_s"], result["cold_generate_s"],
-              result["warm_per_image_s"]]  # fmt: skip
+    labels = ["floor: torch + diffusers'\nmodel classes + BertModel",
+              "cold generate\n(process to PNG)", "warm, per image"]  # fmt: skip
+    values = [result["floor_s"], result["cold_generate_s"], result["warm_per_image_s"]]
     ax.barh(labels, values, color=["#999", "#c44", "#48c"])
-    ax.axvline(1.5 * values[0], ls="--", c="k", lw=1, label="goal for cold: 1.5x imports")
+    ax.axvline(1.3 * values[0], ls="--", c="k", lw=1, label="goal for cold: 1.3x the floor")
     ax.set_xlabel("seconds (median of 5)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

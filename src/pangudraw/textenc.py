@@ -13,6 +13,7 @@ the embeddings it got before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -47,10 +48,20 @@ def load_minilm(
     folder: Path | None = None, expected_sha256: str = MINILM_SHA256, chinese: bool = True
 ):
     """(tokenizer, BertModel) from ``folder`` (the package's by default), hash-checked, with
-    the bundled Chinese rows unless ``chinese`` is False (plain MiniLM)."""
+    the bundled Chinese rows unless ``chinese`` is False (plain MiniLM).
+
+    Read and checked once per process; each call gets its own copy (a LoRA may change
+    one expert's encoder, a trainer the tokenizer)."""
+    import copy
+
+    loaded = _load_minilm(folder or minilm_folder(), expected_sha256, chinese)
+    return copy.deepcopy(loaded)
+
+
+@functools.cache
+def _load_minilm(folder: Path, expected_sha256: str, chinese: bool):
     from transformers import AutoTokenizer, BertModel
 
-    folder = folder or minilm_folder()
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"text encoder weights {weights} are missing")
@@ -103,7 +114,16 @@ def add_cjk_rows(tokenizer, encoder, chars: list[str], rows: torch.Tensor) -> No
     vocab = tokenizer.get_vocab()
     new = [c for c in chars if c not in vocab]
     tokenizer.add_tokens(new)
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    old = encoder.get_input_embeddings()
+    # transformers' resize_token_embeddings would draw random rows first (a quarter of a
+    # second on the CPU); every new row is set below, so they start empty
     ids = tokenizer.convert_tokens_to_ids(chars)
+    if set(range(old.num_embeddings, len(tokenizer))) - set(ids):
+        raise UserError("the Chinese rows leave new tokens without a row")
+    weight = old.weight.new_empty(len(tokenizer), old.embedding_dim)
     with torch.no_grad():
-        encoder.get_input_embeddings().weight[ids] = rows.to(encoder.dtype)
+        weight[: old.num_embeddings] = old.weight
+        weight[ids] = rows.to(weight.dtype)
+    grown = torch.nn.Embedding(len(tokenizer), old.embedding_dim, old.padding_idx, _weight=weight)
+    encoder.set_input_embeddings(grown)
+    encoder.config.vocab_size = len(tokenizer)
