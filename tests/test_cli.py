@@ -278,3 +278,23 @@ def test_generate_split_across_two_processes_makes_the_same_files(tmp_path):
         assert a.tobytes() == b.tobytes(), name
         assert a.text == b.text, name  # the same parameters and record
     assert len(result.stdout.splitlines()) == 9  # the main process lists each file once
+
+
+def test_the_old_default_settings_given_explicitly_make_the_old_images(tmp_path):
+    """The default went from 25 to 15 Euler steps (benchmarks/bench_steps.py); asking for
+    --sampler euler --steps 25 gives what the library's 25-step Euler sampling gives."""
+    from pangudraw.experts import load_expert
+    from pangudraw.pipelines import generate
+    from pangudraw.zoo import MODELS
+
+    png = tmp_path / "old.png"
+    main(["generate", "red apple", "--sampler", "euler", "--steps", "25", "--seed", "3",
+          "-o", str(png)])  # fmt: skip
+    structure, texture = load_expert(MODELS / "structure"), load_expert(MODELS / "texture")
+    expected = generate(structure, texture, "red apple", num_inference_steps=25, seed=3)
+    assert Image.open(png).tobytes() == expected.to_pil()[0].tobytes()
+    record = read_record(png)
+    assert (record["sampler"], record["steps"]) == ("euler", 25)
+    default = tmp_path / "default.png"
+    main(["generate", "red apple", "--seed", "3", "-o", str(default)])
+    assert (read_record(default)["sampler"], read_record(default)["steps"]) == ("euler", 15)

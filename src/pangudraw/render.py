@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lora import LoraSpec
-from .options import DEFAULT_SPLIT
+from .options import DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS
 
 
 @dataclass
@@ -90,9 +90,9 @@ class GenerateRequest:
     structure: str | None = None  # None: the bundled structure + texture pair
     texture: str | None = None
     t_split: float = float(DEFAULT_SPLIT)
-    steps: int = 25
+    steps: int = DEFAULT_STEPS
     guidance_scale: float = 7.0
-    sampler: str = "euler"
+    sampler: str = DEFAULT_SAMPLER
     seed: int | None = None  # None: random
     width: int | None = None
     height: int | None = None

@@ -26,7 +26,7 @@ import gradio as gr
 from ..errors import UserError
 from ..files import write_outputs
 from ..imageio import read_record
-from ..options import NOISE_POLICIES, SAMPLER_NAMES
+from ..options import DEFAULT_SAMPLER, DEFAULT_STEPS, NOISE_POLICIES, SAMPLER_NAMES
 from ..recipes import PathPolicy, parse_recipe
 from ..render import Experts, GenerateRequest, check_coop_size, render_coop, render_generate
 from ..tomlconf import dumps, parse_toml
@@ -366,7 +366,7 @@ class App:
             structure,
             texture,
             record.get("split") or 500,
-            record.get("steps", 25),
+            record.get("steps", DEFAULT_STEPS),
             record.get("guidance_scale", 7.0),
             record.get("sampler", "euler"),
             "fixed",
@@ -437,10 +437,12 @@ def build(app: App) -> gr.Blocks:
                             )
                             split = gr.Slider(1, 999, value=500, step=1, label="Split (t)")
                         with gr.Row():
-                            steps = gr.Slider(1, limits.max_steps, value=25, step=1, label="Steps")
+                            steps = gr.Slider(
+                                1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps"
+                            )
                             guidance = gr.Slider(1, 15, value=7.0, step=0.5, label="Guidance")
                             sampler = gr.Dropdown(
-                                list(SAMPLER_NAMES), value="euler", label="Sampler"
+                                list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="Sampler"
                             )
                         with gr.Row():
                             seed_mode = gr.Radio(list(SEED_MODES), value="random", label="Seed")
