@@ -1,6 +1,6 @@
 """Cold and warm `pangu-draw generate` on the bundled models (issue 5's benchmark).
 
-Cold: process start to PNG written, `pangu-draw generate "red apple"` (64x64, 25 steps,
+Cold: process start to PNG written, `pangu-draw generate "red apple"` (64x64, default steps,
 the zoo's structure + texture), against the floor of any diffusers-based tool,
 `python -c "import torch; from diffusers import UNet2DConditionModel, AutoencoderKL; from
 transformers import BertModel"` (diffusers' model classes import torch._dynamo), and the
@@ -55,18 +55,29 @@ def main() -> None:
         rss = max(rss, peak)
 
     from pangudraw.experts import load_expert
+    from pangudraw.options import DEFAULT_STEPS
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS
 
     structure, texture = load_expert(MODELS / "structure"), load_expert(MODELS / "texture")
     generate(
-        structure, texture, "red apple", num_inference_steps=25, guidance_scale=7.0, seed=0
+        structure,
+        texture,
+        "red apple",
+        num_inference_steps=DEFAULT_STEPS,
+        guidance_scale=7.0,
+        seed=0,
     )  # warm-up
     warm = []
     for seed in range(RUNS):
         tick = time.perf_counter()
         generate(
-            structure, texture, "red apple", num_inference_steps=25, guidance_scale=7.0, seed=seed
+            structure,
+            texture,
+            "red apple",
+            num_inference_steps=DEFAULT_STEPS,
+            guidance_scale=7.0,
+            seed=seed,
         )
         warm.append(time.perf_counter() - tick)
 
@@ -80,7 +91,8 @@ def main() -> None:
         "cold_peak_rss_mib": round(rss, 1),
         "runs": RUNS,
         "goals": {"cold_over_floor": 1.3, "warm_per_image_s": 0.5, "cold_peak_rss_mib": 1024},
-        "settings": "64x64, 25 euler steps, guidance 7, structure + texture from the zoo",
+        "settings": f"64x64, {DEFAULT_STEPS} euler steps (the default), guidance 7, "
+        "structure + texture from the zoo",
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cli.json").write_text(json.dumps(result, indent=2) + "\n")
