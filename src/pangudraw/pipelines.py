@@ -16,10 +16,9 @@ from PIL import Image
 from .bridge import Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
 from .errors import UserError
-from .experts import Conditioning, Control, Expert, load_controlnet, load_expert
+from .experts import Conditioning, Control, Expert, load_controlnet
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
-from .lora import apply_loras
 from .noise import SigmaWindow
 from .options import DEFAULT_SPLIT
 from .recipes import Recipe, Window
@@ -241,15 +240,14 @@ def coop_generate(
     for spec in recipe.experts:
         for lora in spec.loras:
             lora.check(allow_pickle)
+    if experts is None:
+        from .render import Experts
+
+        experts = Experts(allow_pickle)
     for spec in recipe.experts:
         key = (spec.model, tuple(spec.loras))
-        if key in loaded:
-            continue
-        if experts is not None:
+        if key not in loaded:
             loaded[key] = experts.get(spec.model, spec.loras)
-        else:
-            expert = load_expert(spec.model, allow_pickle)
-            loaded[key] = apply_loras(expert, spec.loras, allow_pickle)
     canvas_spec = next(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .lora import LoraSpec
@@ -134,22 +134,14 @@ class GenerateRequest:
         if self.width is not None and self.height is not None:
             what = f"{self.count} image(s) of {self.width}x{self.height}"
             check_memory(pixel_estimate(self.count, self.height, self.width), what)
-        return GenerateRequest(
-            list(self.prompts),
-            self.negative_prompt,
-            structure,
-            texture,
-            self.t_split,
-            self.steps,
-            self.guidance_scale,
-            self.sampler,
-            seed,
-            self.width,
-            self.height,
-            self.num_images,
-            list(self.loras),
-            self.batch_size,
+        return replace(
+            self, prompts=list(self.prompts), structure=structure, texture=texture, seed=seed
         )
+
+
+def prompt_lines(text: str) -> list[str]:
+    """One prompt per line, blank lines skipped (a prompts file, the UI's prompt box)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def render_generate(

@@ -130,12 +130,11 @@ def command(
     # The request is checked before torch and the models load: a refusal is immediate.
     from ..files import check_outputs, read_text
     from ..lora import LoraSpec
-    from ..render import GenerateRequest
+    from ..render import GenerateRequest, prompt_lines
 
     prompts = list(prompts)
     if prompts_file is not None:
-        lines = read_text(prompts_file, "prompts file").splitlines()
-        prompts += [line.strip() for line in lines if line.strip()]
+        prompts += prompt_lines(read_text(prompts_file, "prompts file"))
     if not prompts:
         raise click.UsageError("give a PROMPT or --prompts-file")
     if size is not None:

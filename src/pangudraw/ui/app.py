@@ -26,9 +26,22 @@ import gradio as gr
 from ..errors import UserError
 from ..files import write_outputs
 from ..imageio import read_record
-from ..options import DEFAULT_SAMPLER, DEFAULT_STEPS, NOISE_POLICIES, SAMPLER_NAMES
+from ..options import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SPLIT,
+    DEFAULT_STEPS,
+    NOISE_POLICIES,
+    SAMPLER_NAMES,
+)
 from ..recipes import PathPolicy, parse_recipe
-from ..render import Experts, GenerateRequest, check_coop_size, render_coop, render_generate
+from ..render import (
+    Experts,
+    GenerateRequest,
+    check_coop_size,
+    prompt_lines,
+    render_coop,
+    render_generate,
+)
 from ..tomlconf import dumps, parse_toml
 from .served import Served, card
 
@@ -109,35 +122,38 @@ class App:
 
     # ------------------------------------------------------------------ runs
 
-    def _stop_flag(self, request: gr.Request | None) -> threading.Event:
-        key = getattr(request, "session_hash", None) or "default"
-        flag = threading.Event()
-        self._stops[key] = flag
-        return flag
+    @staticmethod
+    def _session(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "default"
 
     def stop(self, request: gr.Request) -> str:
-        flag = self._stops.get(getattr(request, "session_hash", None) or "default")
+        flag = self._stops.get(self._session(request))
         if flag is not None:
             flag.set()
         return "stopping at the next step..."
 
-    def _run(self, work, request, progress, preview: bool, describe) -> Iterator[tuple]:
+    def _run(self, work, request, progress, preview: bool) -> Iterator[tuple]:
         """Steps as ``(preview image or skip, status)``; finally ``("done", result)``."""
-        flag = self._stop_flag(request)
+        session, flag = self._session(request), threading.Event()
+        self._stops[session] = flag
         started = time.monotonic()
         every = self.preview_every if preview else 0
-        for event in run_steps(work, flag, every):
-            kind = event[0]
-            if kind == "step":
-                _, done, total, image = event
-                progress((done, total), desc="denoising", unit="steps")
-                yield (gr.skip() if image is None else image), _eta(started, done, total)
-            elif kind == "stopped":
-                raise gr.Error("stopped before the last step; nothing was saved")
-            elif kind == "error":
-                raise gr.Error(event[1])
-            else:
-                yield "done", event[1]
+        try:
+            for event in run_steps(work, flag, every):
+                kind = event[0]
+                if kind == "step":
+                    _, done, total, image = event
+                    progress((done, total), desc="denoising", unit="steps")
+                    yield (gr.skip() if image is None else image), _eta(started, done, total)
+                elif kind == "stopped":
+                    raise gr.Error("stopped before the last step; nothing was saved")
+                elif kind == "error":
+                    raise gr.Error(event[1])
+                else:
+                    yield "done", event[1]
+        finally:
+            if self._stops.get(session) is flag:
+                del self._stops[session]
 
     def _save(self, pictures, seeds) -> list[str]:
         paths = self.served.output_paths(seeds)
@@ -166,7 +182,7 @@ class App:
     ):
         """Generate tab: yields (gallery, preview, status, last seed)."""
         try:
-            lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+            lines = prompt_lines(prompts or "")
             if not lines:
                 raise UserError("type a prompt (one per line for several)")
             if sampler not in SAMPLER_NAMES:
@@ -205,7 +221,7 @@ class App:
         skip = gr.skip()
         yield skip, None, f"queued seed {r.seed}", r.seed
         work = lambda callback: render_generate(r, self.experts, callback)  # noqa: E731
-        for first, second in self._run(work, request, progress, preview, "generate"):
+        for first, second in self._run(work, request, progress, preview):
             if first == "done":
                 pictures = second
                 paths = self._save(pictures, [p.record["seed"] for p in pictures])
@@ -230,7 +246,7 @@ class App:
         yield skip, None, "queued"
         folder = self.served.outputs
         work = lambda callback: render_coop(recipe, folder, self.experts, callback)  # noqa: E731
-        for first, second in self._run(work, request, progress, preview, "coop"):
+        for first, second in self._run(work, request, progress, preview):
             if first == "done":
                 [path] = self._save([second], [recipe.seed])
                 yield path, None, f"seed {recipe.seed}: {Path(path).name}"
@@ -246,7 +262,9 @@ class App:
         policy = PathPolicy("the outputs folder", roots=self.served.model_dirs, hint=UI_HINT)
         recipe = parse_recipe(table, "the recipe", self.served.outputs, policy)
         if len(recipe.experts) > limits.max_experts:
-            raise UserError(f"{len(recipe.experts)} experts; this server runs at most 4")
+            raise UserError(
+                f"{len(recipe.experts)} experts; this server runs at most {limits.max_experts}"
+            )
         for spec in recipe.experts:
             models = [spec.model] + [c.model for c in spec.controls]
             for model in models:
@@ -315,8 +333,6 @@ class App:
         source = mask.get("composite") if isinstance(mask, dict) else mask
         if source is None:
             return None
-        import tempfile
-
         from PIL import Image
 
         from ..imageio import opened
@@ -327,10 +343,7 @@ class App:
         grey = Image.alpha_composite(black, rgba).convert("L")
         if grey.getextrema() == (0, 0):
             return None  # nothing drawn
-        with tempfile.NamedTemporaryFile(suffix=".png") as f:
-            grey.save(f, format="PNG")
-            f.flush()
-            return self.served.keep_input(f.name, f"mask of expert {k + 1}")
+        return self.served.keep_image(grey)
 
     # ------------------------------------------------------------------ PNG info
 
@@ -365,7 +378,7 @@ class App:
             record.get("negative_prompt") or "",
             structure,
             texture,
-            record.get("split") or 500,
+            record.get("split") or DEFAULT_SPLIT,
             record.get("steps", DEFAULT_STEPS),
             record.get("guidance_scale", 7.0),
             record.get("sampler", "euler"),

@@ -115,7 +115,7 @@ class Served:
             return None
         for table in (self.generators, self.controlnets):
             for label, known in table.items():
-                if known == spec or (not spec.startswith(ZOO_PREFIX) and known == str(spec)):
+                if known == spec:
                     return label
         return None
 
@@ -124,8 +124,8 @@ class Served:
         known = set(self.generators.values()) | set(self.controlnets.values())
         if spec.startswith(ZOO_PREFIX):
             return spec in known
-        resolved = str(Path(spec).resolve())
-        return any(str(Path(k).resolve()) == resolved for k in known if not k.startswith("zoo:"))
+        resolved = Path(spec).resolve()
+        return any(Path(k).resolve() == resolved for k in known if not k.startswith(ZOO_PREFIX))
 
     # ------------------------------------------------------------------------ outputs
 
@@ -148,25 +148,27 @@ class Served:
         return paths
 
     def keep_input(self, path: str | Path, what: str) -> str:
-        """Copy an uploaded image into ``outputs/inputs`` under its content hash; the name
-        relative to the outputs folder (what a recipe, and a PNG's record, names)."""
+        """An uploaded image, kept by :meth:`keep_image`; refused over the upload limit."""
         from ..imageio import opened
 
-        path = Path(path)
-        size = path.stat().st_size
-        if size > self.limits.max_upload_mb * 2**20:
+        if Path(path).stat().st_size > self.limits.max_upload_mb * 2**20:
             raise UserError(f"{what} is over the {self.limits.max_upload_mb} MB upload limit")
         with opened(path, what) as image:
-            image.load()
-        data = path.read_bytes()
+            kept = image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB")
+        return self.keep_image(kept)
+
+    def keep_image(self, image) -> str:
+        """Save a PIL image as PNG in ``outputs/inputs`` under its content hash; the name
+        relative to the outputs folder (what a recipe, and a PNG's record, names)."""
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
         name = f"inputs/{hashlib.sha256(data).hexdigest()[:16]}.png"
         target = self.outputs / name
         if not target.exists():
-            from PIL import Image
-
-            with Image.open(path) as image:
-                converted = image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB")
-            write_outputs({target: lambda f: converted.save(f, format="PNG")})
+            write_outputs({target: lambda f: f.write(data)})
         return name
 
     def history(self, count: int = 24) -> list[str]:
