@@ -41,11 +41,19 @@ class Conditioning:
 
     ``embeds`` is (2B, L, D) with the unconditional half first when ``guided``, else (B, L, D).
     ``added`` holds SDXL's ``text_embeds`` (pooled) and ``time_ids`` with the same batch layout.
+    ``styles`` are the scales of extra guided branches (PanGu-Draw v3's style prompts),
+    stacked after the conditional half: ``embeds`` is then ((2 + len(styles)) B, L, D).
     """
 
     embeds: torch.Tensor
     guided: bool
     added: dict[str, torch.Tensor] | None = None
+    styles: tuple[float, ...] = ()
+
+    @property
+    def copies(self) -> int:
+        """How many times the latents are stacked for one network call."""
+        return 2 + len(self.styles) if self.guided else 1
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -219,7 +227,7 @@ class SD3Text:
         return Conditioning(embeds, guided, {"pooled": pooled})
 
 
-TextStack = SDText | SDXLText | FluxText | SD3Text
+TextStack = SDText | SDXLText | FluxText | SD3Text  # or pangu.PanGuText
 
 
 @dataclass
@@ -310,12 +318,21 @@ class Expert:
         negatives: list[str] | None = None,
         guidance_scale: float = 1.0,
         size: tuple[int, int] | None = None,
+        styles: tuple[tuple[str, float], ...] = (),
     ) -> Conditioning:
         """Encode prompts (and negatives when guidance is on) for this expert.
 
         ``size`` is the (height, width) in pixels that SDXL's time ids announce.
+        ``styles`` are (name, scale) branches, for PanGu-Draw v3 models only.
         """
-        return self.text.encode(prompts, negatives, guidance_scale > 1.0, size or self.sample_size)
+        guided, size = guidance_scale > 1.0, size or self.sample_size
+        if styles:
+            from .pangu import PanGuText
+
+            if not isinstance(self.text, PanGuText):
+                raise UserError(f"styles are a PanGu-Draw v3 feature; {self.name} has none")
+            return self.text.encode(prompts, negatives, guided, size, styles)
+        return self.text.encode(prompts, negatives, guided, size)
 
     def denoise(
         self,
@@ -366,7 +383,7 @@ class Expert:
     def _unet(self, z, t, sigma, cond, guidance_scale, controls) -> torch.Tensor:
         device = _device(self.network)
         t = torch.tensor(t, dtype=torch.float32, device=device)
-        z_in = (torch.cat([z, z]) if cond.guided else z).to(device, self.dtype)
+        z_in = torch.cat([z] * cond.copies).to(device, self.dtype)
         embeds = cond.embeds.to(device, self.dtype)
         added = {k: v.to(device) for k, v in cond.added.items()} if cond.added else cond.added
         down, mid = None, None
@@ -378,7 +395,7 @@ class Expert:
                 z_in,
                 t,
                 encoder_hidden_states=embeds,
-                controlnet_cond=torch.cat([image, image]) if cond.guided else image,
+                controlnet_cond=torch.cat([image] * cond.copies),
                 conditioning_scale=control.scale,
                 added_cond_kwargs=added,
                 return_dict=False,
@@ -444,12 +461,16 @@ def _guide(out: torch.Tensor, cond: Conditioning, guidance_scale: float) -> torc
     """Classifier-free guidance on the raw output of a doubled batch (unconditional first).
 
     Guidance on the raw output equals guidance on x0 (the conversion is affine in the output
-    with coefficients shared by both halves) and rounds like diffusers does.
+    with coefficients shared by both halves) and rounds like diffusers does. Style branches
+    x_i add ``s_i (x_i - cond)`` (PanGu-Draw v3's guider).
     """
     if not cond.guided:
         return out
-    out_uncond, out_cond = out.chunk(2)
-    return out_uncond + guidance_scale * (out_cond - out_uncond)
+    out_uncond, out_cond, *extra = out.chunk(cond.copies)
+    guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+    for scale, branch in zip(cond.styles, extra):
+        guided = guided + scale * (branch - out_cond)
+    return guided
 
 
 @functools.lru_cache(maxsize=16)
@@ -493,6 +514,7 @@ _TEXT_ENCODERS = {
     ("transformers", "CLIPTextModelWithProjection"),
 }
 _TOKENIZERS = {("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}
+_BERT_TOKENIZERS = {("transformers", "BertTokenizer"), ("transformers", "BertTokenizerFast")}
 _T5 = {("transformers", "T5EncoderModel")}
 _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
@@ -504,7 +526,7 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "vae": {("diffusers", "AutoencoderKL")},
     "text_encoder": _TEXT_ENCODERS,
     "text_encoder_2": _TEXT_ENCODERS | _T5,
-    "tokenizer": _TOKENIZERS,
+    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS,  # BERT: PanGu-Draw v3's Chinese CLIP
     "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
     "text_encoder_3": _T5,
     "tokenizer_3": _T5_TOKENIZERS,
@@ -668,6 +690,18 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
             component("tokenizer_3"),
             component("text_encoder_3"),
             network.config.joint_attention_dim,
+        )
+    elif "pangu_draw_v3" in index:
+        from .pangu import PanGuText, check_buckets
+
+        entry = index["pangu_draw_v3"]
+        buckets = check_buckets(
+            entry.get("size_buckets") if isinstance(entry, dict) else None, str(index_file)
+        )
+        text = PanGuText(
+            [component("tokenizer"), component("tokenizer_2")],
+            [component("text_encoder"), component("text_encoder_2")],
+            buckets,
         )
     elif "text_encoder_2" in index or network.config.addition_embed_type == "text_time":
         pairs = [(component(f"tokenizer{k}"), component(f"text_encoder{k}")) for k in ("", "_2")]

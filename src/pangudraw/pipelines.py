@@ -14,13 +14,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .bridge import Site, native_size
-from .coop import NoisePolicy, Participant, Step, make_scheduler, sample
+from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
 from .errors import UserError
 from .experts import Conditioning, Control, Expert, load_controlnet
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
 from .noise import SigmaWindow
 from .options import DEFAULT_SPLIT
+from .pangu import handoff_index
 from .recipes import Recipe, Window
 
 
@@ -43,10 +44,11 @@ class _PromptCache:
     def __init__(self) -> None:
         self.entries: dict = {}
 
-    def __call__(self, expert, prompts, negatives, guidance, size) -> Conditioning:
+    def __call__(self, expert, prompts, negatives, guidance, size, styles=()) -> Conditioning:
         key = (id(expert.text), tuple(prompts), negatives and tuple(negatives), guidance > 1, size)
+        key += (styles,)
         if key not in self.entries:
-            self.entries[key] = expert.encode_prompt(prompts, negatives, guidance, size)
+            self.entries[key] = expert.encode_prompt(prompts, negatives, guidance, size, styles)
         return self.entries[key]
 
 
@@ -154,6 +156,8 @@ def generate(
     num_images: int = 1,
     callback: Callable[[Step], None] | None = None,
     noise_policy: NoisePolicy = "carry",
+    styles: tuple[tuple[str, float], ...] = (),
+    handoff: str = "sigma",
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
 
@@ -166,6 +170,10 @@ def generate(
     by default). The structure expert works at its own native resolution (at the output's
     aspect ratio) unless it shares the texture expert's space and native size; then it
     works on the canvas itself and nothing is bridged.
+
+    ``handoff="release"`` hands over as PanGu-Draw v3's sampler does: the structure expert
+    also runs the first step whose timestep is below ``t_split`` (it runs while the previous
+    step's timestep was >= ``t_split``). ``styles`` are PanGu-Draw v3 style branches.
     """
     check_request(num_inference_steps, num_images, seed, width, height)
     check_finite(guidance_scale, "guidance scale")
@@ -179,14 +187,21 @@ def generate(
         raise UserError(f"{len(prompts)} prompts for {num_images} images; give one per image")
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
     encode = _PromptCache()
+    if handoff not in ("sigma", "release"):
+        raise UserError(f"unknown hand-off rule {handoff!r}; use sigma or release")
     roles = [(structure, SigmaWindow())]
     if texture is not None:
         sigma_split = split_sigma(structure, t_split)
+        if handoff == "release":
+            latent_hw = tuple(canvas.latent_shape(1)[-2:])
+            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, canvas_expert.family)
+            last_high = handoff_index(scheduler.timesteps, t_split) - 1
+            sigma_split = scheduler.sigmas[last_high] if last_high >= 0 else math.inf
         roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
     participants = []
     for expert, window in roles:
         size = working_size(expert, canvas_expert, canvas)
-        cond = encode(expert, prompts, negatives, guidance_scale, size)
+        cond = encode(expert, prompts, negatives, guidance_scale, size, tuple(styles))
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
     _check_memory(participants, canvas, num_images)

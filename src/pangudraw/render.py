@@ -89,16 +89,20 @@ class GenerateRequest:
     negative_prompt: str | None = None
     structure: str | None = None  # None: the bundled structure + texture pair
     texture: str | None = None
-    t_split: float = float(DEFAULT_SPLIT)
-    steps: int = DEFAULT_STEPS
-    guidance_scale: float = 7.0
-    sampler: str = DEFAULT_SAMPLER
+    # None below: the models' defaults (PanGu-Draw v3's release settings for a converted
+    # release, pangu-draw's own otherwise)
+    t_split: float | None = float(DEFAULT_SPLIT)
+    steps: int | None = DEFAULT_STEPS
+    guidance_scale: float | None = 7.0
+    sampler: str | None = DEFAULT_SAMPLER
     seed: int | None = None  # None: random
     width: int | None = None
     height: int | None = None
     num_images: int = 1  # per prompt; image i uses seed + i
     loras: list[LoraSpec] = field(default_factory=list)
     batch_size: int = 8  # images denoised together (results depend on the batch: see below)
+    styles: list[tuple[str, float]] | None = None  # PanGu-Draw v3 style branches
+    handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
 
     @property
     def count(self) -> int:
@@ -129,14 +133,52 @@ class GenerateRequest:
                 raise UserError("a texture model needs a structure model (or give neither)")
             structure, texture = "structure", "texture"
         seed = random.randrange(2**31) if self.seed is None else self.seed
-        check_request(self.steps, self.count, seed, self.width, self.height)
+        defaults = _model_defaults(texture or structure)
+        filled = {
+            k: defaults[k] if getattr(self, k) is None else getattr(self, k)
+            for k in ("t_split", "steps", "guidance_scale", "sampler", "styles", "handoff")
+        }
+        width, height = self.width, self.height
+        if width is None and height is None and "size" in defaults:
+            width, height = defaults["size"]
+        if filled["styles"] and "size" not in defaults:
+            raise UserError("--style is for PanGu-Draw v3 models (pangu-draw convert pangu-v3)")
+        check_request(filled["steps"], self.count, seed, width, height)
         check_int(self.batch_size, "batch size", 1, max_images())
-        if self.width is not None and self.height is not None:
-            what = f"{self.count} image(s) of {self.width}x{self.height}"
-            check_memory(pixel_estimate(self.count, self.height, self.width), what)
+        if width is not None and height is not None:
+            what = f"{self.count} image(s) of {width}x{height}"
+            check_memory(pixel_estimate(self.count, height, width), what)
         return replace(
-            self, prompts=list(self.prompts), structure=structure, texture=texture, seed=seed
+            self,
+            prompts=list(self.prompts),
+            structure=structure,
+            texture=texture,
+            seed=seed,
+            width=width,
+            height=height,
+            **filled,
         )
+
+
+def _model_defaults(model: str) -> dict:
+    """Sampling defaults for a model folder: the release's for converted PanGu-Draw v3
+    models (with a default size among its buckets), pangu-draw's otherwise. No torch."""
+    from .pangu import RELEASE, release_info
+
+    info = release_info(model) if Path(model).is_dir() else None
+    if info is None:
+        return {
+            "t_split": float(DEFAULT_SPLIT),
+            "steps": DEFAULT_STEPS,
+            "guidance_scale": 7.0,
+            "sampler": DEFAULT_SAMPLER,
+            "styles": [],
+            "handoff": "sigma",
+        }
+    buckets = [tuple(b) for b in info.get("size_buckets") or []]
+    size = RELEASE["size"] if RELEASE["size"] in buckets or not buckets else buckets[0]
+    defaults = {k: v for k, v in RELEASE.items() if k != "size"}
+    return defaults | {"styles": list(RELEASE["styles"]), "handoff": "release", "size": size}
 
 
 def prompt_lines(text: str) -> list[str]:
@@ -187,6 +229,8 @@ def _render_batch(
         t_split=r.t_split,
         num_images=len(each),
         callback=callback,
+        styles=tuple(r.styles or ()),
+        handoff=r.handoff or "sigma",
     )
     height, width = result.images.shape[-2:]
     pictures = []
@@ -206,6 +250,8 @@ def _render_batch(
             "loras": [{"file": spec.path, "scale": spec.scale} for spec in r.loras],
             "version": __version__,
         }
+        if r.styles or r.handoff == "release":
+            record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         settings = {
             "Steps": r.steps,
             "Sampler": r.sampler,
@@ -216,6 +262,8 @@ def _render_batch(
         }
         if texture is not None:
             settings |= {"Texture model": texture.name, "Split": f"{r.t_split:g}"}
+        if r.styles:
+            settings["Styles"] = ", ".join(f"{name}:{scale:g}" for name, scale in r.styles)
         if r.loras:
             settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in r.loras)
         settings["Version"] = f"pangu-draw {__version__}"

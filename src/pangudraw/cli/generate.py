@@ -44,27 +44,38 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "--split",
     "t_split",
     type=FiniteFloat(),
-    default=float(DEFAULT_SPLIT),
-    show_default=True,
-    help="Hand-off timestep on the structure model's training schedule, in (0, T).",
+    default=None,
+    help=f"Hand-off timestep on the structure model's training schedule, in (0, T) "
+    f"[default: {DEFAULT_SPLIT}].",
 )
 @click.option(
     "--steps",
     type=int,
-    default=DEFAULT_STEPS,
-    show_default=True,
-    help="Sampler steps (15 Euler steps match 25 on the bundled models: BENCHMARKS.md).",
+    default=None,
+    help=f"Sampler steps [default: {DEFAULT_STEPS}; 40 for PanGu-Draw v3]. 15 Euler steps "
+    "match 25 on the bundled models (BENCHMARKS.md).",
 )
 @click.option(
     "-g",
     "--guidance-scale",
     type=FiniteFloat(),
-    default=7.0,
-    show_default=True,
-    help="Classifier-free guidance scale (1 turns guidance off).",
+    default=None,
+    help="Classifier-free guidance scale, 1 turns guidance off [default: 7; 6 for PanGu-Draw "
+    "v3, as its release].",
 )
 @click.option(
-    "--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True
+    "--sampler",
+    type=click.Choice(SAMPLER_NAMES),
+    default=None,
+    help=f"[default: {DEFAULT_SAMPLER}]",
+)
+@click.option(
+    "--style",
+    "styles",
+    metavar="NAME[:SCALE]",
+    multiple=True,
+    help="PanGu-Draw v3 style branch: aesthetic, cartoon or photo (scale 4 if omitted); "
+    "repeatable; `none` for no branch [default: aesthetic:4, as the release].",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the first image; random if omitted.")
 @click.option("--width", type=int, default=None, help="Pixels; the texture model's by default.")
@@ -120,6 +131,7 @@ def command(
     output,
     grid,
     loras,
+    styles,
     allow_pickle,
 ) -> None:
     """Generate images for each PROMPT and save them as PNGs with their parameters.
@@ -143,6 +155,11 @@ def command(
         width = height = size
     if structure is None and texture is not None:
         raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
+    from ..pangu import parse_style
+
+    style_list = None
+    if styles:
+        style_list = [] if styles == ("none",) else [parse_style(text) for text in styles]
     request = GenerateRequest(
         prompts,
         negative_prompt,
@@ -158,6 +175,7 @@ def command(
         num_images,
         [LoraSpec.parse(text) for text in loras],
         batch_size,
+        style_list,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None

@@ -9,7 +9,7 @@ import warnings
 import click
 
 from .. import __version__
-from . import coop, data, env, evaluate, generate, models, train, ui
+from . import convert, coop, data, env, evaluate, generate, models, train, ui
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ cli.add_command(data.group)
 cli.add_command(models.command)
 cli.add_command(evaluate.command)
 cli.add_command(ui.command)
+cli.add_command(convert.group)
 
 
 # Libraries log advisories to stderr on their own; a user may still ask for them.

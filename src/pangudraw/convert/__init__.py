@@ -1,0 +1,1 @@
+"""Converters from released checkpoints into diffusers folders the loader reads."""
