@@ -53,7 +53,10 @@ def pangu_v3(high: Path, low: Path, output: Path, dtype: str, allow_unmapped: bo
 
     The checkpoints are read as they are (a memory-mapped protobuf), mapped to diffusers'
     SDXL layout and written as safetensors; then:
-    pangu-draw generate "一只戴着帽子的猫" --structure OUTPUT/structure --texture OUTPUT/texture
+
+    \b
+    pangu-draw generate "一只戴着帽子的猫" \\
+        --structure OUTPUT/structure --texture OUTPUT/texture
     """
     from ..errors import UserError
     from ..files import check_output_folder
