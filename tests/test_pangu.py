@@ -325,3 +325,15 @@ window = {{ t = [0, 500] }}
     result = coop_generate(load_recipe(recipe))
     assert result.images.shape == (1, 3, 64, 64)
     assert torch.isfinite(result.images).all() and result.images.std() > 0.01
+
+
+def test_the_pair_loads_its_shared_vae_and_text_encoders_once(release):
+    from pangudraw.render import Experts
+
+    out = release["folder"] / "out"
+    experts = Experts()
+    structure, texture = experts.get(out / "structure"), experts.get(out / "texture")
+    assert structure.space.vae is texture.space.vae  # hard-linked files: one module
+    assert all(a is b for a, b in zip(structure.text.encoders, texture.text.encoders))
+    assert structure.network is not texture.network
+    assert torch.equal(texture.network.conv_out.weight, release["truth"]["texture"].conv_out.weight)

@@ -605,11 +605,26 @@ def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
     return config, schedule
 
 
-def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
+def _files_key(folder: Path, cls: type) -> tuple | None:
+    """What identifies a component's files on disk: the same files (hard links included,
+    as a converted PanGu-Draw v3 pair has) give the same key."""
+    try:
+        stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    except OSError:
+        return None
+    return (cls.__name__,) + tuple(
+        (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats
+    )
+
+
+def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None = None) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux.1),
     from the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
 
-    Weights load from safetensors only unless ``allow_pickle`` is set.
+    Weights load from safetensors only unless ``allow_pickle`` is set. ``cache`` (a dict
+    the caller keeps) lets experts whose components are the same files on disk share one
+    loaded module: a PanGu-Draw v3 pair's VAE and text encoders load once. Only for experts
+    nothing modifies in place (no LoRA).
     Raises :class:`UserError` with a one-line message for anything a user can fix.
     """
     if str(path).startswith(HUB_PREFIX):
@@ -633,6 +648,9 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
         if not spec or spec[0] is None:
             return None
         cls = component_class(index_file, name, spec)
+        key = None if cache is None else _files_key(folder / name, cls)
+        if key is not None and key in cache:
+            return cache[key]
         # None: safetensors when present, pickle allowed as a fallback. Weights stored in
         # float16 (the zoo's) are computed in float32 here.
         kwargs = {}
@@ -642,7 +660,7 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
                 "torch_dtype": torch.float32,
             }
         try:
-            return cls.from_pretrained(folder / name, **kwargs)
+            module = cls.from_pretrained(folder / name, **kwargs)
         except (OSError, ValueError) as exc:
             if not allow_pickle and not any((folder / name).glob("*.safetensors")):
                 raise UserError(
@@ -650,6 +668,9 @@ def load_expert(path: str | Path, allow_pickle: bool = False) -> Expert:
                     "unless you pass --allow-pickle"
                 ) from exc
             raise UserError(f"cannot load {folder / name}: {str(exc).splitlines()[0]}") from exc
+        if key is not None:
+            cache[key] = module
+        return module
 
     denoiser = "transformer" if "transformer" in index else "unet"
     for required in (denoiser, "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):

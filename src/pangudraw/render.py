@@ -65,6 +65,7 @@ class Experts:
         self.allow_pickle = allow_pickle
         self.device = device  # None: where they load (the CPU)
         self._loaded: dict[tuple, object] = {}
+        self._components: dict = {}  # the same files on disk load once (no LoRA)
         self._lock = threading.Lock()
 
     def get(self, model: str | Path, loras: list[LoraSpec] = ()):
@@ -75,7 +76,8 @@ class Experts:
         key = (str(path.resolve()), tuple(loras))
         with self._lock:
             if key not in self._loaded:
-                expert = load_expert(path, self.allow_pickle)
+                cache = None if loras else self._components
+                expert = load_expert(path, self.allow_pickle, cache)
                 expert = apply_loras(expert, list(loras), self.allow_pickle)
                 self._loaded[key] = expert if self.device is None else expert.to(self.device)
             return self._loaded[key]
