@@ -7,7 +7,9 @@ afterwards, fresh, at the target shape (:func:`renoise`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import threading
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +43,80 @@ def bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
         return x0
     images = source.space.decode(x0).float().clamp(-1, 1)
     return target.space.encode(resize_images(images, target.size)).float()
+
+
+def _translators() -> dict[tuple[str, str], object]:
+    """The bundled translators by (source space id, target space id): folders of the zoo
+    holding a ``translator.safetensors``."""
+    from .files import read_json
+    from .zoo import MODELS
+
+    found = {}
+    for folder in sorted(MODELS.glob("*/translator.safetensors")):
+        config = read_json(folder.parent / "config.json", "translator config")
+        found[(config.get("source"), config.get("target"))] = folder.parent
+    return found
+
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _load_translator(folder):
+    from .files import read_json
+    from .textenc import sha256
+    from .translate import Translator
+    from .zoo import MANIFEST
+
+    weights = folder / "translator.safetensors"
+    expected = read_json(MANIFEST, "zoo manifest").get(f"{folder.name}/translator.safetensors")
+    if expected is None or sha256(weights) != expected:
+        from .errors import UserError
+
+        raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
+    return Translator.load(folder)
+
+
+def translator_for(source: LatentSpace, target: LatentSpace):
+    """The bundled translator trained from ``source`` to ``target``, or None."""
+    from .translate import space_id
+
+    folder = _translators().get((space_id(source), space_id(target)))
+    if folder is None:
+        return None
+    with _lock:
+        return _load_translator(folder)
+
+
+@dataclass
+class Bridges:
+    """The bridge a generation uses between two sites: with ``mode="learned"`` a bundled
+    translator where one was trained for the two latent spaces, the exact bridge for any
+    other pair (and always with ``mode="exact"``). ``used`` records, per pair of spaces,
+    which bridge ran (what the PNG stores)."""
+
+    mode: str = "exact"
+    used: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .errors import UserError
+        from .options import BRIDGE_MODES
+
+        if self.mode not in BRIDGE_MODES:
+            raise UserError(f"unknown bridge {self.mode!r}; use one of {', '.join(BRIDGE_MODES)}")
+
+    def __call__(self, x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
+        if source.same_as(target):
+            return x0
+        from .translate import space_id
+
+        translator = translator_for(source.space, target.space) if self.mode == "learned" else None
+        pair = f"{space_id(source.space)} -> {space_id(target.space)}"
+        self.used[pair] = "exact" if translator is None else "learned"
+        if translator is None:
+            return bridge(x0, source, target)
+        with torch.no_grad():
+            return translator(x0.float(), tuple(target.latent_shape(1)[-2:]))
 
 
 def renoise(

@@ -289,6 +289,7 @@ def sample(
     canvas: Site | None = None,
     noise_policy: NoisePolicy = "carry",
     bridge_every: int = 1,
+    bridges: Callable[[torch.Tensor, Site, Site], torch.Tensor] = bridge,
 ) -> torch.Tensor:
     """Run the Coop-Diffusion loop and return the clean canvas latents.
 
@@ -304,6 +305,8 @@ def sample(
         noise_policy: how experts off the canvas step (module docstring).
         bridge_every: experts off the canvas run (and are bridged) every this many steps;
             in between the canvas fuses their last bridged estimate. 1 is the exact loop.
+        bridges: moves a clean estimate between sites (:class:`pangudraw.bridge.Bridges`
+            for learned bridges; the exact bridge by default).
 
     Returns:
         (B, C, h, w) latents in the canvas space.
@@ -348,12 +351,12 @@ def sample(
                     pure = randn_tensor(shape, generator=generator, dtype=noise.dtype)
                     off[k] = _OffCanvas(pure, i)
                 else:
-                    off[k] = _OffCanvas(renoise(bridge(x0, canvas, site), sigma, generator), i)
+                    off[k] = _OffCanvas(renoise(bridges(x0, canvas, site), sigma, generator), i)
             # 3. Prediction in the expert's own space, bridged to the canvas.
             state = off[k]
             if state.next_run == i:
                 x0_k = p.expert.predict(state.y, sigma, p.cond, p.guidance_scale, p.controls)
-                state.bridged = bridge(x0_k, site, canvas)
+                state.bridged = bridges(x0_k, site, canvas)
             estimates.append(state.bridged)
         # 4. Fusion on x0.
         x0 = fuse(estimates, [weight_maps[k] for k in active])
@@ -368,7 +371,7 @@ def sample(
             sigma_next = sigmas[state.next_run] if state.next_run < len(sigmas) else 0.0
             if sigma_next == 0.0:
                 continue
-            target = bridge(x0, canvas, sites[k])
+            target = bridges(x0, canvas, sites[k])
             if noise_policy == "carry":
                 state.y = noisy(target, noise_of(state.y, target, sigma), sigma_next)
             else:

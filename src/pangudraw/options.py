@@ -2,6 +2,11 @@
 
 SAMPLER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc")  # keys of coop.SAMPLERS
 NOISE_POLICIES = ("carry", "resample")
+# How estimates move between latent spaces: decode-resize-encode, or a bundled translator
+# where one was trained for the two spaces (translate.py). The default is what
+# benchmarks/bench_bridges.py found (BENCHMARKS.md, "Learned bridges").
+BRIDGE_MODES = ("exact", "learned")
+DEFAULT_BRIDGE = "learned"
 DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500)
 ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
 HUB_PREFIX = "hf:"  # a Hugging Face hub model, downloaded only when a user names one

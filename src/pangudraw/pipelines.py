@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .bridge import Site, native_size
+from .bridge import Bridges, Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
 from .errors import UserError
 from .experts import Conditioning, Control, Expert, load_controlnet
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
 from .noise import SigmaWindow
-from .options import DEFAULT_SPLIT
+from .options import DEFAULT_BRIDGE, DEFAULT_SPLIT
 from .pangu import handoff_index
 from .recipes import Recipe, Window
 
@@ -32,6 +32,7 @@ class GenerationOutput:
     images: torch.Tensor
     latents: torch.Tensor
     seeds: list[int]
+    bridges: dict[str, str] = field(default_factory=dict)  # which bridge ran, per space pair
 
     def to_pil(self) -> list[Image.Image]:
         arrays = (self.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
@@ -121,7 +122,9 @@ def _run(
     callback: Callable[[Step], None] | None,
     noise_policy: NoisePolicy,
     bridge_every: int = 1,
+    bridges: Bridges | None = None,
 ) -> GenerationOutput:
+    bridges = bridges or Bridges()
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = randn_tensor(canvas.latent_shape(len(seeds)), generator=generators)
     latents = sample(
@@ -134,9 +137,10 @@ def _run(
         canvas,
         noise_policy,
         bridge_every,
+        bridges,
     )
     images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
-    return GenerationOutput(images, latents, seeds)
+    return GenerationOutput(images, latents, seeds, dict(bridges.used))
 
 
 @torch.inference_mode()
@@ -158,6 +162,7 @@ def generate(
     noise_policy: NoisePolicy = "carry",
     styles: tuple[tuple[str, float], ...] = (),
     handoff: str = "sigma",
+    bridge: str = DEFAULT_BRIDGE,
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
 
@@ -170,6 +175,10 @@ def generate(
     by default). The structure expert works at its own native resolution (at the output's
     aspect ratio) unless it shares the texture expert's space and native size; then it
     works on the canvas itself and nothing is bridged.
+
+    ``bridge`` is how the structure expert's estimates reach the canvas when their spaces
+    differ: "exact" (decode, resize, encode) or "learned" (a bundled translator where one
+    was trained for the two spaces, exact otherwise).
 
     ``handoff="release"`` hands over as PanGu-Draw v3's sampler does: the structure expert
     also runs the first step whose timestep is below ``t_split`` (it runs while the previous
@@ -205,7 +214,16 @@ def generate(
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
     _check_memory(participants, canvas, num_images)
-    return _run(participants, canvas, scheduler, num_inference_steps, seeds, callback, noise_policy)
+    return _run(
+        participants,
+        canvas,
+        scheduler,
+        num_inference_steps,
+        seeds,
+        callback,
+        noise_policy,
+        bridges=Bridges(bridge),
+    )
 
 
 def sigma_window(window: Window, expert: Expert) -> SigmaWindow:
@@ -314,4 +332,5 @@ def coop_generate(
         callback,
         recipe.noise,
         recipe.bridge_every,
+        Bridges(recipe.bridge),
     )

@@ -7,6 +7,7 @@
     sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc
     noise = "carry"                   # carry | resample (experts off the canvas)
     bridge_every = 1                  # run and bridge experts off the canvas every k steps
+    bridge = "exact"                  # exact | learned (bundled translators, else exact)
     guidance = 7.0                    # every expert's guidance unless it has its own
 
     [canvas]
@@ -45,7 +46,14 @@ from .errors import UserError
 from .files import inside, within
 from .limits import MAX_SEED, MAX_STEPS, max_side
 from .lora import LoraSpec
-from .options import HUB_PREFIX, NOISE_POLICIES, SAMPLER_NAMES, ZOO_PREFIX
+from .options import (
+    BRIDGE_MODES,
+    DEFAULT_BRIDGE,
+    HUB_PREFIX,
+    NOISE_POLICIES,
+    SAMPLER_NAMES,
+    ZOO_PREFIX,
+)
 from .tomlconf import TableReader as _Reader
 from .tomlconf import apply_overrides, read_toml
 
@@ -60,6 +68,7 @@ TOP_KEYS = {
     "canvas",
     "experts",
     "bridge_every",
+    "bridge",
 }
 CANVAS_KEYS = {"width", "height", "expert"}
 EXPERT_KEYS = {
@@ -126,6 +135,7 @@ class Recipe:
     sampler: str = "euler"
     noise: str = "carry"
     bridge_every: int = 1
+    bridge: str = DEFAULT_BRIDGE
 
     def to_table(self, relative_to: Path | None = None) -> dict:
         """The recipe as a table in the recipe file's own form, JSON-able: what a PNG stores
@@ -181,6 +191,7 @@ class Recipe:
             "sampler": self.sampler,
             "noise": self.noise,
             "bridge_every": self.bridge_every,
+            "bridge": self.bridge,
             "canvas": drop_none(canvas),
             "experts": experts,
         }
@@ -355,6 +366,9 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
     if noise not in NOISE_POLICIES:
         top.fail("noise", f"expected one of {', '.join(NOISE_POLICIES)}, got {noise!r}")
     bridge_every = _bounded(top, "bridge_every", 1, 1, MAX_STEPS)
+    bridge = top.get("bridge", str, DEFAULT_BRIDGE)
+    if bridge not in BRIDGE_MODES:
+        top.fail("bridge", f"expected one of {', '.join(BRIDGE_MODES)}, got {bridge!r}")
     return Recipe(
         experts=experts,
         width=width,
@@ -365,6 +379,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         sampler=sampler,
         noise=noise,
         bridge_every=bridge_every,
+        bridge=bridge,
     )
 
 
@@ -394,5 +409,7 @@ def recipe_from_png(
         raise UserError(f"{path} holds no pangu-draw coop recipe")
     source = f"the recipe in {path}"
     policy = PathPolicy(str(path), allow_outside_paths, allow_hub)
+    # PNGs made before bridges were selectable bridged exactly; default or not, they do so
+    table = {"bridge": "exact", **table}
     table = apply_overrides(table, list(overrides), source)
     return parse_recipe(table, source, Path(path).parent, policy)

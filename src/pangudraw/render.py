@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .lora import LoraSpec
-from .options import DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS
+from .options import BRIDGE_MODES, DEFAULT_BRIDGE, DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS
 
 
 @dataclass
@@ -104,6 +104,7 @@ class GenerateRequest:
     loras: list[LoraSpec] = field(default_factory=list)
     batch_size: int = 8  # images denoised together (results depend on the batch: see below)
     styles: list[tuple[str, float]] | None = None  # PanGu-Draw v3 style branches
+    bridge: str = DEFAULT_BRIDGE  # exact, or learned (bundled translators where trained)
     handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
 
     @property
@@ -143,6 +144,8 @@ class GenerateRequest:
         width, height = self.width, self.height
         if width is None and height is None and "size" in defaults:
             width, height = defaults["size"]
+        if self.bridge not in BRIDGE_MODES:
+            raise UserError(f"unknown bridge {self.bridge!r}; use {' or '.join(BRIDGE_MODES)}")
         if filled["styles"] and "size" not in defaults:
             raise UserError("--style is for PanGu-Draw v3 models (pangu-draw convert pangu-v3)")
         check_request(filled["steps"], self.count, seed, width, height)
@@ -233,6 +236,7 @@ def _render_batch(
         callback=callback,
         styles=tuple(r.styles or ()),
         handoff=r.handoff or "sigma",
+        bridge=r.bridge,
     )
     height, width = result.images.shape[-2:]
     pictures = []
@@ -252,6 +256,8 @@ def _render_batch(
             "loras": [{"file": spec.path, "scale": spec.scale} for spec in r.loras],
             "version": __version__,
         }
+        if result.bridges:
+            record |= {"bridge": r.bridge, "bridges": result.bridges}
         if r.styles or r.handoff == "release":
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         settings = {
@@ -264,6 +270,8 @@ def _render_batch(
         }
         if texture is not None:
             settings |= {"Texture model": texture.name, "Split": f"{r.t_split:g}"}
+        if r.bridge != "exact" and result.bridges:
+            settings["Bridge"] = r.bridge
         if r.styles:
             settings["Styles"] = ", ".join(f"{name}:{scale:g}" for name, scale in r.styles)
         if r.loras:
@@ -310,4 +318,6 @@ def render_coop(
     }
     parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
     record = {"recipe": recipe.to_table(Path(folder).resolve()), "version": __version__}
+    if result.bridges:
+        record["bridges"] = result.bridges
     return Picture(result.to_pil()[0], parameters, record)

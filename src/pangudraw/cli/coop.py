@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..options import BRIDGE_MODES
 from .progress import allow_pickle_option, file_option, output_option
 
 
@@ -30,9 +31,17 @@ from .progress import allow_pickle_option, file_option, output_option
     is_flag=True,
     help="With --from-png: let the PNG's recipe download the hub models it names.",
 )
+@click.option(
+    "--bridge",
+    type=click.Choice(BRIDGE_MODES),
+    default=None,
+    help="How estimates move between latent spaces (overrides the recipe's bridge): exact "
+    "(decode, resize, encode) or learned (a bundled translator where one was trained for the "
+    "two spaces, exact elsewhere).",
+)
 @allow_pickle_option
 def command(
-    recipe, overrides, from_png, output, allow_outside_paths, allow_hub, allow_pickle
+    recipe, overrides, from_png, output, allow_outside_paths, allow_hub, bridge, allow_pickle
 ) -> None:
     """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format.
 
@@ -52,6 +61,10 @@ def command(
         parsed = recipe_from_png(from_png, overrides, allow_outside_paths, allow_hub)
     else:
         parsed = load_recipe(recipe, overrides)
+    if bridge is not None:
+        from dataclasses import replace
+
+        parsed = replace(parsed, bridge=bridge)
     check_coop_size(parsed)
 
     from ..files import write_outputs

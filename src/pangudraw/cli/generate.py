@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from ..options import DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS, SAMPLER_NAMES
+from ..options import (
+    BRIDGE_MODES,
+    DEFAULT_BRIDGE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SPLIT,
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+)
 from .progress import FiniteFloat, allow_pickle_option, output_option
 
 
@@ -70,6 +77,15 @@ def output_paths(output: Path, count: int) -> list[Path]:
     help=f"[default: {DEFAULT_SAMPLER}]",
 )
 @click.option(
+    "--bridge",
+    type=click.Choice(BRIDGE_MODES),
+    default=DEFAULT_BRIDGE,
+    show_default=True,
+    help="How the structure model's estimates reach the texture model's latent space: exact "
+    "(decode, resize, encode) or learned (a bundled translator where one was trained for the "
+    "two spaces, exact elsewhere).",
+)
+@click.option(
     "--style",
     "styles",
     metavar="NAME[:SCALE]",
@@ -131,6 +147,7 @@ def command(
     output,
     grid,
     loras,
+    bridge,
     styles,
     allow_pickle,
 ) -> None:
@@ -176,6 +193,7 @@ def command(
         [LoraSpec.parse(text) for text in loras],
         batch_size,
         style_list,
+        bridge,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
