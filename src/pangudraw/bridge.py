@@ -45,9 +45,10 @@ def bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
     return target.space.encode(resize_images(images, target.size)).float()
 
 
+@functools.cache
 def _translators() -> dict[tuple[str, str], object]:
     """The bundled translators by (source space id, target space id): folders of the zoo
-    holding a ``translator.safetensors``."""
+    holding a ``translator.safetensors`` (read once: bridges ask on every step)."""
     from .files import read_json
     from .zoo import MODELS
 
