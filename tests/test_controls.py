@@ -33,3 +33,21 @@ def test_save_load_and_unknown_kind(tmp_path):
     assert ControlTransform.load(tmp_path / "nothing") is None
     with pytest.raises(UserError, match="unknown control kind 'depth'"):
         ControlTransform("depth")
+
+
+def test_experts_load_a_controlnet_once_and_check_it_for_each_expert(monkeypatch):
+    """Coop runs in one process (the UI) share loaded ControlNets like the experts."""
+    from pangudraw import experts as module
+    from pangudraw.render import Experts
+
+    calls = []
+    real = module.load_controlnet
+    monkeypatch.setattr(
+        module, "load_controlnet", lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    )
+    pool = Experts()
+    full = pool.get("full")
+    first = pool.controlnet("zoo:controlnet_canny", full)
+    assert pool.controlnet("zoo:controlnet_canny", full) is first and len(calls) == 1
+    with pytest.raises(UserError, match="another base"):
+        pool.controlnet("zoo:controlnet_canny", pool.get("generator_b"))

@@ -783,6 +783,17 @@ def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load ControlNet {path}: {str(exc).splitlines()[0]}") from exc
     model.to(memory_format=torch.channels_last)  # as the UNet it steers
+    check_controlnet(model, path, expert)
+    return model.eval()
+
+
+def check_controlnet(model: ControlNetModel, path: str, expert: Expert) -> None:
+    """Refuse a ControlNet built for another UNet than ``expert``'s."""
+    if expert.family != "unet":
+        raise UserError(
+            f"{expert.name} is a {expert.family} model; ControlNets load for UNet models only "
+            "(give the control to an SD or SDXL expert in the same recipe)"
+        )
     keys = ("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type")
     theirs, ours = model.config, expert.network.config
     mismatched = [k for k in keys if list(_listify(theirs.get(k))) != list(_listify(ours.get(k)))]
@@ -791,7 +802,6 @@ def load_controlnet(path: str, expert: Expert, allow_pickle: bool = False):
             f"ControlNet {path} was built for another base than {expert.name} "
             f"(differs in {', '.join(mismatched)}); use a ControlNet trained for that model"
         )
-    return model.eval()
 
 
 def _listify(value) -> list:

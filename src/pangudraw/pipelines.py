@@ -16,7 +16,7 @@ from PIL import Image
 from .bridge import Bridges, Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
 from .errors import UserError
-from .experts import Conditioning, Control, Expert, load_controlnet
+from .experts import Conditioning, Control, Expert
 from .imageio import read_image, read_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
 from .noise import SigmaWindow
@@ -301,7 +301,7 @@ def coop_generate(
         mask = None if spec.mask is None else read_image(spec.mask, "L", canvas.size, "mask")
         controls = [
             Control(
-                load_controlnet(c.model, expert, allow_pickle),
+                experts.controlnet(c.model, expert),
                 control_image(c, size),
                 c.scale,
                 sigma_window(c.window, expert),

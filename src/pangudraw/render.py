@@ -82,6 +82,21 @@ class Experts:
                 self._loaded[key] = expert if self.device is None else expert.to(self.device)
             return self._loaded[key]
 
+    def controlnet(self, model: str | Path, expert):
+        """A ControlNet, loaded once and shared like the experts (and moved to their
+        device), checked against ``expert`` on every use."""
+        from .experts import check_controlnet, load_controlnet
+
+        path = bundled(model)
+        key = ("controlnet", str(path.resolve()))
+        with self._lock:
+            if key not in self._loaded:
+                net = load_controlnet(str(path), expert, self.allow_pickle)
+                self._loaded[key] = net if self.device is None else net.to(self.device)
+            net = self._loaded[key]
+        check_controlnet(net, str(path), expert)
+        return net
+
 
 @dataclass
 class GenerateRequest:
