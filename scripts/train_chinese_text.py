@@ -3,6 +3,9 @@
     .venv/bin/python scripts/train_chinese_text.py [--data data/emoji-google] [--steps 3000]
 
 Needs the emoji dataset (``pangu-draw data emoji --style google --out data/emoji-google``).
+``--cldr data/cldr/annotations`` adds CLDR's keyword lists: ``npm pack
+cldr-annotations-full@48.2.0`` and extract ``package/annotations`` (Unicode licence).
+``--from-bundled`` fine-tunes the bundled rows instead of starting from MiniLM's.
 Resumable: run it again after an interruption (or ``--max-minutes``) and it continues from
 ``runs/minilm_zh``. When all steps are done, the rows, token list and resource record are
 copied to ``src/pangudraw/zoo/models/minilm_zh`` and the zoo manifest gets their hash.
@@ -16,8 +19,8 @@ import shutil
 from pathlib import Path
 
 from pangudraw.cli.progress import quiet_libraries
-from pangudraw.textenc import ZH_FOLDER, ZH_ROWS
-from pangudraw.train.chinese import train
+from pangudraw.textenc import ZH_FOLDER, ZH_ROWS, read_cjk_rows
+from pangudraw.train.chinese import load_keyword_pairs, train
 from pangudraw.zoo import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +34,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max-minutes", type=float, default=45.0)
+    parser.add_argument(
+        "--cldr",
+        type=Path,
+        default=None,
+        help="the annotations/ folder of npm's cldr-annotations-full: adds CLDR's keyword "
+        "lists (English and Chinese bags of words) to the training pairs",
+    )
+    parser.add_argument(
+        "--from-bundled", action="store_true", help="start from the bundled rows (fine-tune)"
+    )
     args = parser.parse_args()
     quiet_libraries()
-    record = train(args.data, args.out, args.steps, args.batch, args.lr, args.max_minutes)
+    keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
+    init = read_cjk_rows(ZH_FOLDER) if args.from_bundled else None
+    record = train(
+        args.data,
+        args.out,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.max_minutes,
+        keywords=keywords,
+        init=init,
+    )
     if record["step"] < record["steps"]:
         print(f"stopped at step {record['step']} of {record['steps']}; run again to continue")
         return

@@ -113,3 +113,35 @@ def test_tampered_rows_are_refused(tmp_path):
     (copy / "tokens.json").write_text(json.dumps(["ab", *chars[1:]]), encoding="utf-8")
     with pytest.raises(UserError, match="do not describe CJK rows"):
         read_cjk_rows(copy)
+
+
+def test_cldr_keyword_pairs_leave_out_the_held_out_emoji(tmp_path):
+    """CLDR keyword bags join the training pairs, but never those of a held-out emoji."""
+    from pangudraw.train.chinese import load_keyword_pairs
+
+    files = ["images/1f600.png", "images/2764-fe0f.png"]
+    held = [f for f in files if held_out(f)]
+    kept = [f for f in files if not held_out(f)]
+    assert not held  # the two emoji used here: pick another if the split changes
+    held_file = next(
+        f"images/{c:x}.png" for c in range(0x1F400, 0x1F500) if held_out(f"images/{c:x}.png")
+    )
+    rows = [{"file_name": f, "name": "x", "zh": "x"} for f in kept + [held_file]]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    held_emoji = chr(int(Path(held_file).stem, 16))
+    table = {
+        "zh": {"😀": ["笑脸", "开心"], "❤": ["红心"], held_emoji: ["秘密"]},
+        "en": {"😀": ["grin", "happy"], "❤": ["heart"], held_emoji: ["secret"]},
+    }
+    for lang, words in table.items():
+        folder = tmp_path / "annotations" / lang
+        folder.mkdir(parents=True)
+        entries = {e: {"default": w, "tts": w[:1]} for e, w in words.items()}
+        (folder / "annotations.json").write_text(
+            json.dumps({"annotations": {"annotations": entries}}, ensure_ascii=False)
+        )
+    pairs = load_keyword_pairs(tmp_path / "annotations", tmp_path)
+    assert sorted((p.english, p.chinese) for p in pairs) == [
+        ("grin happy", "笑脸 开心"),
+        ("heart", "红心"),
+    ]

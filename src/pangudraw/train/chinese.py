@@ -62,6 +62,32 @@ def characters(pairs: list[Pair]) -> list[str]:
     return list(dict.fromkeys(c for p in pairs for c in p.chinese if is_cjk(c)))
 
 
+def _key(text: str) -> str:
+    """An emoji's code points without variation selectors (how CLDR and file names meet)."""
+    return text.replace("\ufe0f", "")
+
+
+def load_keyword_pairs(annotations: Path, data: Path) -> list[Pair]:
+    """CLDR's keyword lists (``cldr-annotations-full``: ``annotations/{en,zh}``), English
+    and Chinese bags of words per emoji, for every emoji not held out of ``data``: more
+    characters and more words for the rows to learn from (sentence loss only: no image)."""
+    zh = json.loads((annotations / "zh" / "annotations.json").read_text(encoding="utf-8"))
+    en = json.loads((annotations / "en" / "annotations.json").read_text(encoding="utf-8"))
+    zh, en = zh["annotations"]["annotations"], en["annotations"]["annotations"]
+    held = set()
+    for line in (data / "metadata.jsonl").read_text(encoding="utf-8").splitlines():
+        file = json.loads(line)["file_name"]
+        if held_out(file):
+            held.add(_key("".join(chr(int(c, 16)) for c in Path(file).stem.split("-"))))
+    pairs = []
+    for emoji, entry in zh.items():
+        words_zh, words_en = entry.get("default"), en.get(emoji, {}).get("default")
+        if _key(emoji) in held or not words_zh or not words_en:
+            continue
+        pairs.append(Pair(" ".join(words_en), " ".join(words_zh), ""))
+    return pairs
+
+
 def token_states(text, prompts: list[str], grad: bool = False):
     """MiniLM's last hidden states (what the generators see) and mean-pooled unit
     embeddings (what the evaluator compares), for prompts padded to 16 tokens."""
@@ -149,6 +175,8 @@ def train(
     seed: int = 0,
     generator_weight: float = 10.0,
     log=print,
+    keywords: list[Pair] = (),
+    init: tuple[list[str], torch.Tensor] | None = None,
 ) -> dict:
     """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
     checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
@@ -158,7 +186,8 @@ def train(
     from ..experts import load_expert
 
     pairs = [p for p in load_pairs(data) if not held_out(p.file)]
-    chars = characters(pairs)
+    keywords = list(keywords)
+    chars = characters(pairs + keywords)
     # One MiniLM serves as teacher and student: English text has no CJK token, so it gets
     # the plain embeddings; the student's rows enter through ``inputs_embeds``.
     student = load_minilm(chinese=False)
@@ -167,6 +196,9 @@ def train(
     vocab = tokenizer.get_vocab()
     unseen = table[tokenizer.unk_token_id]
     rows = torch.stack([table[vocab[c]] if c in vocab else unseen for c in chars])
+    if init is not None:  # start from trained rows (the bundled ones) where there are some
+        known = dict(zip(init[0], init[1]))
+        rows = torch.stack([known.get(c, row) for c, row in zip(chars, rows)])
     checkpoint, progress = out / "checkpoint.safetensors", out / "progress.json"
     done, seconds = 0, 0.0
     moments = [torch.zeros_like(rows), torch.zeros_like(rows)]
@@ -195,6 +227,13 @@ def train(
             *(token_states(student, english[i : i + 256]) for i in range(0, len(english), 256))
         )
     hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
+    keyword_zh = [p.chinese for p in keywords]
+    with torch.no_grad():
+        english_kw = [p.english for p in keywords]
+        pooled_kw = [
+            token_states(student, english_kw[i : i + 256])[1] for i in range(0, len(keywords), 256)
+        ]
+    pooled_kw = torch.cat(pooled_kw) if keywords else None
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     for expert in (structure, texture):
         expert.network.requires_grad_(False)
@@ -214,6 +253,10 @@ def train(
         weights[ids] = param
         hidden, pooled = _student_states(student, weights, [chinese[i] for i in index])
         sentence = (1 - (pooled * pooled_en[index]).sum(-1)).mean()
+        if keywords:  # bags of keywords: the same loss on a second batch
+            pick = torch.randint(len(keywords), (batch,), generator=gen)
+            _, pooled_k = _student_states(student, weights, [keyword_zh[i] for i in pick])
+            sentence = (sentence + (1 - (pooled_k * pooled_kw[pick]).sum(-1)).mean()) / 2
         generator = stages[done % 2].loss(index, hidden, gen)  # the two models in turn
         loss = sentence + generator_weight * generator
         optimizer.zero_grad()
@@ -232,6 +275,8 @@ def train(
         "seconds": round(seconds, 1),
         "characters": len(chars),
         "training_pairs": len(pairs),
+        "keyword_pairs": len(keywords),
+        "started_from_bundled_rows": init is not None,
         "batch": batch,
         "lr": lr,
         "generator_weight": generator_weight,
