@@ -64,29 +64,26 @@ _lock = threading.Lock()
 
 @functools.cache
 def _load_translator(folder):
-    from .files import read_json
-    from .textenc import sha256
     from .translate import Translator
-    from .zoo import MANIFEST
+    from .zoo import check_weights
 
-    weights = folder / "translator.safetensors"
-    expected = read_json(MANIFEST, "zoo manifest").get(f"{folder.name}/translator.safetensors")
-    if expected is None or sha256(weights) != expected:
-        from .errors import UserError
-
-        raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
+    check_weights(folder / "translator.safetensors")
     return Translator.load(folder)
+
+
+def _translator(ids: tuple[str, str]):
+    folder = _translators().get(ids)
+    if folder is None:
+        return None
+    with _lock:
+        return _load_translator(folder)
 
 
 def translator_for(source: LatentSpace, target: LatentSpace):
     """The bundled translator trained from ``source`` to ``target``, or None."""
     from .translate import space_id
 
-    folder = _translators().get((space_id(source), space_id(target)))
-    if folder is None:
-        return None
-    with _lock:
-        return _load_translator(folder)
+    return _translator((space_id(source), space_id(target)))
 
 
 @dataclass
@@ -111,9 +108,9 @@ class Bridges:
             return x0
         from .translate import space_id
 
-        translator = translator_for(source.space, target.space) if self.mode == "learned" else None
-        pair = f"{space_id(source.space)} -> {space_id(target.space)}"
-        self.used[pair] = "exact" if translator is None else "learned"
+        ids = (space_id(source.space), space_id(target.space))
+        translator = _translator(ids) if self.mode == "learned" else None
+        self.used[" -> ".join(ids)] = "exact" if translator is None else "learned"
         if translator is None:
             return bridge(x0, source, target)
         with torch.no_grad():

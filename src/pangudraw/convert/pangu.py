@@ -37,6 +37,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import UserError
+from ..train.export import drop_loading_paths
 from .mindspore import read_checkpoint
 
 UNET = "model.diffusion_model."
@@ -503,7 +504,7 @@ def convert_pangu_v3(
             (folder / "model_index.json").write_text(
                 json.dumps(model_index(role, buckets), indent=2) + "\n"
             )
-            _drop_loading_paths(folder)
+            drop_loading_paths(folder)
         os.replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -514,11 +515,3 @@ def convert_pangu_v3(
         low_source.ignored + high_source.ignored,
         unmapped,
     )
-
-
-def _drop_loading_paths(folder: Path) -> None:
-    """No ``_name_or_path`` (a machine path) in the written configs."""
-    for path in folder.rglob("config.json"):
-        config = json.loads(path.read_text())
-        if config.pop("_name_or_path", None) is not None:
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -131,6 +131,16 @@ def weight_hashes() -> dict[str, str]:
     return {str(f.relative_to(MODELS)): sha256(f) for f in sorted(MODELS.rglob("*.safetensors"))}
 
 
+def check_weights(weights: Path) -> None:
+    """Refuse a bundled weight file whose sha256 is not the one the manifest names."""
+    from ..files import read_json
+    from ..textenc import sha256
+
+    expected = read_json(MANIFEST, "zoo manifest").get(f"{weights.parent.name}/{weights.name}")
+    if expected is None or sha256(weights) != expected:
+        raise UserError(f"{weights} does not match the zoo manifest; reinstall pangu-draw")
+
+
 def write_manifest() -> dict[str, str]:
     """Record the current weight hashes (after a model is added by ``make zoo``)."""
     import json
