@@ -1,0 +1,318 @@
+"""Original-layout (ldm / sgm) UNets, VAEs and CLIP text towers as diffusers models.
+
+Stable Diffusion's own code (``ldm``, and ``sgm`` for SDXL) saves one state dict per model:
+``model.diffusion_model.*`` (the UNet), ``first_stage_model.*`` (the VAE) and the text
+towers (a Hugging Face ``CLIPTextModel`` or an OpenCLIP text model). Here the diffusers
+configuration is read from the tensor shapes, the keys are mapped by diffusers' own
+single-file conversion, and the result is loaded strictly into a model built on the meta
+device: a missing or extra key, a wrong shape, or a value no mapping used is an error, so
+nothing is guessed or dropped silently. Nothing is fetched from the hub.
+
+What the shapes do not hold is passed in by the caller: the attention head width (64 in
+SD 2.x, SDXL and PanGu-Draw v3; SD 1.x has 8 heads at every level), the VAE's scaling
+factor and the width of each size embedding of SDXL's vector condition (256).
+
+Used by :mod:`.pangu` (the PanGu-Draw v3 release) and :mod:`.single` (single files).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..errors import UserError
+
+UNET = "model.diffusion_model."
+VAE = "first_stage_model."
+SIZE_EMBEDDING = 256  # sgm's ConcatTimestepEmbedderND(outdim=256): one per size number
+SD1_HEADS = 8  # SD 1.x: 8 heads at every level (diffusers' attention_head_dim=8)
+DATA = Path(__file__).parent / "data"
+CLIP_BPE = (
+    "bpe_simple_vocab_16e6.txt.gz",
+    "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+)
+# Clip's BPE: 256 byte characters, their end-of-word forms, 48,894 merges, two specials.
+_MERGES = 49152 - 256 - 2
+
+
+def shape(sd: dict, key: str, what: str, layout: str) -> torch.Size:
+    if key not in sd:
+        raise UserError(f"{what} has no {key}: it is not {layout}")
+    return sd[key].shape
+
+
+def indices(sd: dict, prefix: str) -> list[int]:
+    """Sorted distinct integers that follow ``prefix`` in the keys."""
+    found = set()
+    for key in sd:
+        if key.startswith(prefix):
+            head = key[len(prefix) :].split(".", 1)[0]
+            if head.isdigit():
+                found.add(int(head))
+    return sorted(found)
+
+
+def unet_config(
+    sd: dict, what: str, layout: str, head_channels: int | None, sample_size: int
+) -> dict:
+    """A diffusers ``UNet2DConditionModel`` config from an ldm/sgm UNet's shapes (keys
+    without the ``model.diffusion_model.`` prefix). ``head_channels`` None: SD 1.x's 8
+    heads at every level; otherwise heads of that width."""
+    first = shape(sd, "input_blocks.0.0.weight", what, layout)
+    model_channels, in_channels = first[0], first[1]
+    downsamples = [i for i in indices(sd, "input_blocks.") if f"input_blocks.{i}.0.op.weight" in sd]
+    if not downsamples:
+        raise UserError(f"{what} has no downsampling blocks: it is not {layout}")
+    per_level = downsamples[0] - 1  # resnets per level
+    levels = len(downsamples) + 1
+    mult, depths = [], []
+    for level in range(levels):
+        block = 1 + level * (per_level + 1)
+        out = shape(sd, f"input_blocks.{block}.0.in_layers.2.weight", what, layout)[0]
+        mult.append(out // model_channels)
+        depths.append(len(indices(sd, f"input_blocks.{block}.1.transformer_blocks.")))
+    mid_depth = len(indices(sd, "middle_block.1.transformer_blocks."))
+    if not any(depths) or not mid_depth:
+        raise UserError(f"{what} has no attention blocks: it is not {layout}")
+    attn = next(k for k in sd if k.endswith("attn2.to_k.weight"))
+    proj_in = next(k for k in sd if k.endswith(".proj_in.weight"))
+    channels = [model_channels * m for m in mult]
+    config = {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": shape(sd, "out.2.weight", what, layout)[0],
+        "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths],
+        "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depths)],
+        "block_out_channels": channels,
+        "layers_per_block": per_level,
+        "cross_attention_dim": sd[attn].shape[1],
+        "attention_head_dim": (
+            SD1_HEADS if head_channels is None else [c // head_channels for c in channels]
+        ),
+        # diffusers gives the middle block the last level's depth; levels without
+        # attention ignore theirs (the SDXL refiner's last level has none, its middle 4).
+        "transformer_layers_per_block": [d or mid_depth for d in depths[:-1]] + [mid_depth],
+        "use_linear_projection": sd[proj_in].ndim == 2,
+    }
+    if depths[-1] not in (0, mid_depth):
+        raise UserError(f"{what}: the middle block's depth differs from the last level's")
+    if "label_emb.0.0.weight" in sd:  # SDXL's vector condition: pooled text + size numbers
+        config |= {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": SIZE_EMBEDDING,
+            "projection_class_embeddings_input_dim": sd["label_emb.0.0.weight"].shape[1],
+        }
+    return config
+
+
+def vae_config(sd: dict, scaling_factor: float, layout: str) -> dict:
+    """A diffusers ``AutoencoderKL`` config from an ldm VAE's shapes (keys without the
+    ``first_stage_model.`` prefix)."""
+    what = "the VAE"
+    levels = indices(sd, "encoder.down.")
+    channels = [
+        shape(sd, f"encoder.down.{i}.block.0.conv2.weight", what, layout)[0] for i in levels
+    ]
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": shape(sd, "encoder.conv_in.weight", what, layout)[1],
+        "out_channels": shape(sd, "decoder.conv_out.weight", what, layout)[0],
+        "down_block_types": ["DownEncoderBlock2D"] * len(channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(channels),
+        "block_out_channels": channels,
+        "layers_per_block": len(indices(sd, "encoder.down.0.block.")),
+        "latent_channels": shape(sd, "decoder.conv_in.weight", what, layout)[1],
+        "sample_size": 1024,
+        "scaling_factor": scaling_factor,
+        "force_upcast": True,
+    }
+
+
+def clip_config(sd: dict, what: str, layout: str, head_channels: int = 64) -> dict:
+    """A ``CLIPTextConfig`` dict from a Hugging Face CLIP text model's shapes (keys
+    starting ``text_model.``); OpenAI's CLIP token ids and activation."""
+    p = "text_model."
+    vocab, width = shape(sd, p + "embeddings.token_embedding.weight", what, layout)
+    config = {
+        "vocab_size": vocab,
+        "hidden_size": width,
+        "intermediate_size": shape(sd, p + "encoder.layers.0.mlp.fc1.weight", what, layout)[0],
+        "num_hidden_layers": len(indices(sd, p + "encoder.layers.")),
+        "num_attention_heads": width // head_channels,
+        "max_position_embeddings": shape(
+            sd, p + "embeddings.position_embedding.weight", what, layout
+        )[0],
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,  # transformers then pools at the highest id, CLIP's end token
+    }
+    if "text_projection.weight" in sd:
+        config["projection_dim"] = sd["text_projection.weight"].shape[0]
+    return config
+
+
+def openclip_config(sd: dict, prefix: str, what: str, layout: str) -> dict:
+    """A ``CLIPTextConfig`` dict from an OpenCLIP text tower's shapes (keys under
+    ``prefix``); 64-wide heads, GELU."""
+    vocab, width = shape(sd, prefix + "token_embedding.weight", what, layout)
+    return {
+        "vocab_size": vocab,
+        "hidden_size": width,
+        "intermediate_size": shape(
+            sd, prefix + "transformer.resblocks.0.mlp.c_fc.weight", what, layout
+        )[0],
+        "num_hidden_layers": len(indices(sd, prefix + "transformer.resblocks.")),
+        "num_attention_heads": width // 64,
+        "max_position_embeddings": shape(sd, prefix + "positional_embedding", what, layout)[0],
+        "projection_dim": shape(sd, prefix + "text_projection", what, layout)[1],
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        # eos 2: transformers then pools at the highest token id, OpenCLIP's end token
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    }
+
+
+def numel(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+def load_strict(model: torch.nn.Module, state: dict, what: str, layout: str) -> torch.nn.Module:
+    """Put ``state`` into a model built on the meta device: every parameter must come
+    from the checkpoint with its exact shape."""
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"{what} does not have {layout}'s layout: {detail}") from exc
+    return model
+
+
+def check_all_used(source: dict, converted: dict, what: str, layout: str) -> None:
+    """Every value of the source part lands in the converted part (a tensor diffusers'
+    mapping skipped would be lost silently otherwise)."""
+    have, got = numel(source.values()), numel(converted.values())
+    if have != got:
+        raise UserError(f"{what}: {have - got} of {have} values were not mapped (not {layout})")
+
+
+def convert_unet(source: dict, what: str, layout: str, head_channels: int | None, sample_size: int):
+    """The UNet of ``source`` (keys with the ``model.diffusion_model.`` prefix);
+    ``sample_size``: its default latent side (not in the weights)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    plain = {k[len(UNET) :]: v for k, v in source.items()}
+    config = unet_config(plain, what, layout, head_channels, sample_size)
+    converted = convert_ldm_unet_checkpoint(source, config)
+    check_all_used(source, converted, what, layout)
+    with torch.device("meta"):
+        model = UNet2DConditionModel.from_config(config)
+    return load_strict(model, converted, what, layout)
+
+
+def convert_vae(source: dict, scaling_factor: float, layout: str):
+    """The VAE of ``source`` (keys with the ``first_stage_model.`` prefix)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    config = vae_config({k[len(VAE) :]: v for k, v in source.items()}, scaling_factor, layout)
+    converted = convert_ldm_vae_checkpoint(source, config)
+    check_all_used(source, converted, "the VAE", layout)
+    with torch.device("meta"):
+        model = AutoencoderKL.from_config(config)
+    return load_strict(model, converted, "the VAE", layout)
+
+
+def convert_clip(source: dict, prefix: str, what: str, layout: str, ids: dict | None = None):
+    """A Hugging Face CLIP text model stored under ``prefix`` (``text_model.*`` below it,
+    or the older layout without that level); ``ids`` replaces OpenAI's token ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    converted = {k[len(prefix) :]: v for k, v in source.items()}
+    if not any(k.startswith("text_model.") for k in converted):
+        converted = {"text_model." + k: v for k, v in converted.items()}
+    config = CLIPTextConfig(**clip_config(converted, what, layout) | (ids or {}))
+    with torch.device("meta"):
+        model = CLIPTextModel(config)
+    if not any(k.startswith("text_model.") for k in model.state_dict()):
+        # transformers 5 dropped the ``text_model.`` level of CLIPTextModel
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    return load_strict(model, converted, what, layout)
+
+
+def convert_openclip(source: dict, prefix: str, what: str, layout: str):
+    """An OpenCLIP text tower stored under ``prefix``, as ``CLIPTextModelWithProjection``."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(**openclip_config(source, prefix, what, layout))
+    converted = convert_open_clip_checkpoint(SimpleNamespace(config=config), source, prefix)
+    check_all_used(source, converted, what, layout)
+    with torch.device("meta"):
+        model = CLIPTextModelWithProjection(config)
+    return load_strict(model, converted, what, layout)
+
+
+def bundled(name: str, sha256: str) -> Path:
+    """A data file shipped in the package, checked against its SHA-256."""
+    path = DATA / name
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    if digest != sha256:
+        raise UserError(f"{path} is missing or altered (SHA-256 mismatch); reinstall pangu-draw")
+    return path
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte-to-character table (the BPE works on these characters)."""
+    bs = list(range(ord("!"), ord("~") + 1))
+    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@lru_cache(maxsize=1)
+def _clip_bpe() -> tuple[str, str]:
+    """CLIP's ``vocab.json`` and ``merges.txt`` as text, from the bundled BPE file."""
+    lines = gzip.decompress(bundled(*CLIP_BPE).read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _MERGES + 1]]
+    tokens = list(bytes_to_unicode().values())
+    tokens += [t + "</w>" for t in tokens] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = json.dumps({t: i for i, t in enumerate(tokens)})
+    return vocab, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+
+
+def clip_tokenizer(pad_token: str):
+    """CLIP's tokenizer (77 tokens, start 49406, end 49407) from the bundled BPE, with
+    ``pad_token``: ``<|endoftext|>`` as OpenAI's CLIP pads, ``!`` (id 0) as OpenCLIP's."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_bpe()
+    with tempfile.TemporaryDirectory(prefix="pangu-draw-bpe-") as tmp:
+        (Path(tmp) / "vocab.json").write_text(vocab)
+        (Path(tmp) / "merges.txt").write_text(merges)
+        return CLIPTokenizer(
+            str(Path(tmp) / "vocab.json"),
+            str(Path(tmp) / "merges.txt"),
+            pad_token=pad_token,
+            model_max_length=77,
+        )
