@@ -44,6 +44,13 @@ def main() -> None:
     parser.add_argument(
         "--from-bundled", action="store_true", help="start from the bundled rows (fine-tune)"
     )
+    parser.add_argument(
+        "--generator-weight",
+        type=float,
+        default=10.0,
+        help="weight of the generator loss (same noise prediction from Chinese and English) "
+        "against the sentence loss",
+    )
     args = parser.parse_args()
     quiet_libraries()
     keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
@@ -55,6 +62,7 @@ def main() -> None:
         args.batch,
         args.lr,
         args.max_minutes,
+        generator_weight=args.generator_weight,
         keywords=keywords,
         init=init,
     )

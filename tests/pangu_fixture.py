@@ -138,7 +138,8 @@ def unet_to_sgm(unet) -> dict:
     }
     for a, b in simple.items():
         for t in ("weight", "bias"):
-            out[f"{b}.{t}"] = sd[f"{a}.{t}"]
+            if f"{a}.{t}" in sd:  # SD 1.x has no vector condition (add_embedding)
+                out[f"{b}.{t}"] = sd[f"{a}.{t}"]
     levels = len(cfg.block_out_channels)
     for i in range(levels):
         for j in range(per):

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel
@@ -486,6 +488,11 @@ def _flux_text_ids(length: int, device, dtype) -> torch.Tensor:
     return torch.zeros(length, 3, device=device, dtype=dtype)
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+"""A model path with one of these suffixes is an original-layout single file
+(:mod:`pangudraw.convert.single`)."""
+
+
 def resolve_model(path: str | Path) -> Path:
     """``zoo:NAME`` as the bundled model's folder; anything else as a path."""
     if str(path).startswith(ZOO_PREFIX):
@@ -563,6 +570,11 @@ def bundled_vae(name: str) -> AutoencoderKL:
 
 
 def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
+    """A diffusers scheduler config file, checked (:func:`check_scheduler_config`)."""
+    return check_scheduler_config(read_json(path, "scheduler config"), path)
+
+
+def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedule]:
     """A diffusers scheduler config, checked, and the training schedule it describes.
 
     ``_class_name`` must be a diffusers scheduler and every other key one of its
@@ -572,7 +584,6 @@ def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
 
     import diffusers
 
-    config = read_json(path, "scheduler config")
     name = config.get("_class_name")
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is None or not inspect.isclass(cls) or not name.endswith("Scheduler"):
@@ -619,7 +630,9 @@ def _files_key(folder: Path, cls: type) -> tuple | None:
 
 def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None = None) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux.1),
-    from the hub when ``path`` is ``hf:owner/name``, or a bundled model (``zoo:NAME``).
+    an SD 1.x or SDXL single file in the original layout (``.safetensors``; ``.ckpt`` with
+    ``allow_pickle``), from the hub when ``path`` is ``hf:owner/name``, or a bundled model
+    (``zoo:NAME``).
 
     Weights load from safetensors only unless ``allow_pickle`` is set. ``cache`` (a dict
     the caller keeps) lets experts whose components are the same files on disk share one
@@ -630,6 +643,10 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
     if str(path).startswith(HUB_PREFIX):
         path = download(str(path)[len(HUB_PREFIX) :], allow_pickle)
     folder = resolve_model(path)
+    if folder.suffix.lower() in SINGLE_FILE_SUFFIXES and not folder.is_dir():
+        from .convert.single import load_single_file
+
+        return load_single_file(folder, allow_pickle)
     if not folder.exists():
         raise UserError(
             f"model folder {folder} does not exist (a Hugging Face hub model is named "
@@ -679,9 +696,6 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
                 f"{folder} has no {required}; only text-to-image UNet, SD3 and Flux models load"
             )
     network = component(denoiser)
-    family = {"FluxTransformer2DModel": "flux", "SD3Transformer2DModel": "sd3"}.get(
-        type(network).__name__, "unet"
-    )
     from . import zoo
 
     try:
@@ -692,7 +706,25 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")
-    scheduler_config, schedule = read_scheduler_config(scheduler_file)
+    scheduler = read_scheduler_config(scheduler_file)
+    return assemble(str(folder), index, component, network, vae, scheduler, index_file)
+
+
+def assemble(
+    name: str,
+    index: dict,
+    component: Callable[[str], Any],
+    network: torch.nn.Module,
+    vae: AutoencoderKL | None,
+    scheduler: tuple[dict, Schedule],
+    index_file: Path | str,
+) -> Expert:
+    """An expert from its loaded denoiser, VAE and scheduler; ``component(name)`` gives the
+    other components ``index`` (a ``model_index.json`` or its equivalent) lists."""
+    family = {"FluxTransformer2DModel": "flux", "SD3Transformer2DModel": "sd3"}.get(
+        type(network).__name__, "unet"
+    )
+    scheduler_config, schedule = scheduler
     prediction_type = (
         "flow" if schedule.kind == "flow" else scheduler_config.get("prediction_type", "epsilon")
     )
@@ -753,7 +785,7 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
     size = 128 if family == "flux" else network.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return Expert(
-        name=str(folder),
+        name=name,
         network=network.eval(),
         space=space,
         text=text,

@@ -197,6 +197,16 @@ def load_strict(model: torch.nn.Module, state: dict, what: str, layout: str) -> 
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UserError(f"{what} does not have {layout}'s layout: {detail}") from exc
+    # Buffers no checkpoint holds stay on the meta device; CLIP's position ids are the one
+    # kind these models have (a model saved and reloaded would rebuild them too).
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if not buffer.is_meta:
+                continue
+            if name != "position_ids":
+                raise RuntimeError(f"{type(module).__name__}.{name} was not loaded")
+            ids = torch.arange(buffer.shape[-1]).expand(buffer.shape)
+            module.register_buffer(name, ids, persistent=False)
     return model
 
 

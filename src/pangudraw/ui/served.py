@@ -51,6 +51,18 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
+def _is_single_file_model(path: Path) -> bool:
+    """A ``.safetensors`` file with a UNet in the original layout (not a LoRA or a VAE);
+    only the file's header is read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as handle:
+            return any(k.startswith("model.diffusion_model.") for k in handle.keys())  # noqa: SIM118 (not a dict)
+    except Exception:  # not a safetensors file: not listed
+        return False
+
+
 def _is_controlnet_folder(path: Path) -> bool:
     config = path / "config.json"
     if not config.is_file():
@@ -73,7 +85,8 @@ class Served:
 
     @classmethod
     def find(cls, outputs: Path, model_dirs=(), limits: Limits | None = None) -> Served:
-        """The bundled models plus every model folder directly under ``model_dirs``."""
+        """The bundled models plus every model folder and single-file checkpoint directly
+        under ``model_dirs``."""
         from .. import zoo
 
         dirs = tuple(Path(d).resolve() for d in model_dirs)
@@ -94,6 +107,9 @@ class Served:
                     served.generators[label] = str(sub)
                 elif _is_controlnet_folder(sub):
                     served.controlnets[label] = str(sub)
+            for file in sorted(folder.glob("*.safetensors")):
+                if file.is_file() and _is_single_file_model(file):
+                    served.generators[f"{folder.name}/{file.name}"] = str(file)
         return served
 
     def model(self, label: str | None, what: str = "model") -> str:

@@ -1,0 +1,250 @@
+"""Single-file checkpoints (SD 1.x and SDXL in Stable Diffusion's own key layout) as experts.
+
+A file like ``v1-5-pruned-emaonly.safetensors`` or ``sd_xl_base_1.0.safetensors`` holds the
+UNet (``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text towers
+(``cond_stage_model.transformer.*`` in SD 1.x; ``conditioner.embedders.N.*`` in SDXL). It
+loads offline: the architecture is read from the tensor shapes (:mod:`.sgm`), the keys are
+mapped by diffusers' single-file conversion, the tokenizers are built from CLIP's BPE that
+ships in the package, and the scheduler is the family's published configuration (below).
+No config or tokenizer is fetched from the hub.
+
+Families told apart by their keys: SD 1.x (CLIP ViT-L/14), SDXL base (CLIP ViT-L/14 and
+OpenCLIP bigG), SDXL refiner (bigG alone, aesthetic score). SD 2.x, SD3 and Flux single
+files are recognised and refused with what to do instead: SD 2.x because the file does not
+say whether it predicts noise or velocity, SD3 and Flux because their text stacks (T5) and
+separate component files are not assembled from single files yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from . import sgm
+from .sgm import UNET, VAE
+
+# Buffers a training run saves beside the weights (the DDPM schedule, derived from the
+# betas; the EMA copy of the UNet, which single files of either family prune or carry
+# under ``model_ema.``), and buffers derived from the architecture: read and dropped.
+SCHEDULE_BUFFERS = {
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+}
+IGNORED_PREFIXES = ("model_ema.", "denoiser.")
+IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
+
+SD1_CLIP = "cond_stage_model.transformer."
+SD2_CLIP = "cond_stage_model.model."
+XL_CLIP = "conditioner.embedders.0.transformer."
+XL_BIGG = "conditioner.embedders.1.model."
+REFINER_BIGG = "conditioner.embedders.0.model."
+
+_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# The schedulers the families were published with (their diffusers ``scheduler`` configs).
+SD1_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "num_train_timesteps": 1000,
+    **_BETAS,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    **_BETAS,
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+CLIP_WHAT = "the CLIP text model"
+SD1 = "an SD 1.x checkpoint"
+SDXL = "an SDXL checkpoint"
+
+
+def read_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.safetensors`` file (or, with ``allow_pickle``, a ``.ckpt``)."""
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".ckpt":
+        if not allow_pickle:
+            raise UserError(
+                f"{path} is a pickle checkpoint, which can run code when loaded; use a "
+                ".safetensors file, or pass --allow-pickle if you trust this one"
+            )
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # weights_only refusals, truncated or foreign files
+            raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+        ):
+            raise UserError(f"{path} does not hold a state dict of tensors")
+        return loaded
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _has(tensors: dict, *prefixes: str) -> bool:
+    return any(k.startswith(prefixes) for k in tensors)
+
+
+def family_of(tensors: dict) -> str:
+    """``sd1``, ``sdxl``, ``sdxl-refiner``; the families recognised but not loaded, and
+    anything else, are errors saying what to do."""
+    for family, marks in (
+        ("SD3", ("model.diffusion_model.joint_blocks.", "joint_blocks.")),
+        ("Flux", ("model.diffusion_model.double_blocks.", "double_blocks.")),
+    ):
+        if _has(tensors, *marks):
+            pipeline = "StableDiffusion3Pipeline" if family == "SD3" else "FluxPipeline"
+            raise UserError(
+                f"this is a {family} single file; pangu-draw loads SD 1.x and SDXL single files, "
+                f"and {family} as a diffusers folder: {pipeline}.from_single_file(FILE)"
+                ".save_pretrained(FOLDER) on a machine with the hub, then give FOLDER"
+            )
+    if not _has(tensors, UNET):
+        raise UserError(
+            "no UNet (model.diffusion_model.*): not an SD 1.x or SDXL checkpoint in the "
+            "original layout (a LoRA goes to --lora, a diffusers model is a folder)"
+        )
+    if _has(tensors, XL_BIGG):
+        return "sdxl"
+    if _has(tensors, REFINER_BIGG):
+        return "sdxl-refiner"
+    if _has(tensors, SD2_CLIP):
+        raise UserError(
+            "this is an SD 2.x single file, which does not say whether the model predicts "
+            "noise or velocity; save it as a diffusers folder and give the folder"
+        )
+    if _has(tensors, SD1_CLIP):
+        return "sd1"
+    raise UserError(
+        "the UNet comes without its text encoder (cond_stage_model.* or conditioner.*): "
+        "pangu-draw loads complete SD 1.x and SDXL single files"
+    )
+
+
+def _unexpected(tensors: dict, known: tuple[str, ...]) -> list[str]:
+    return sorted(
+        k
+        for k in tensors
+        if not k.startswith(known + IGNORED_PREFIXES)
+        and k not in SCHEDULE_BUFFERS
+        and k.rsplit(".", 1)[-1] not in IGNORED_TAILS
+    )
+
+
+def _part(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        k: v
+        for k, v in tensors.items()
+        if k.startswith(prefix) and k.rsplit(".", 1)[-1] not in IGNORED_TAILS
+    }
+
+
+def load_single_file(path: str | Path, allow_pickle: bool = False):
+    """An :class:`~pangudraw.experts.Expert` from an SD 1.x or SDXL single file."""
+    from ..experts import assemble, check_scheduler_config
+
+    path = Path(path)
+    tensors = read_tensors(path, allow_pickle)
+    try:
+        family = family_of(tensors)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    tensors = {
+        k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+        for k, v in tensors.items()
+    }
+    layout = SD1 if family == "sd1" else SDXL
+    towers = {"sd1": (SD1_CLIP,), "sdxl": (XL_CLIP, XL_BIGG), "sdxl-refiner": (REFINER_BIGG,)}
+    known = (UNET, VAE) + towers[family]
+    unexpected = _unexpected(tensors, known)
+    if unexpected:
+        shown = ", ".join(unexpected[:3]) + (
+            f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        )
+        raise UserError(f"{path}: tensors {layout} does not have: {shown}")
+    if not _has(tensors, VAE):
+        raise UserError(
+            f"{path} has no VAE (first_stage_model.*); pangu-draw loads complete single files"
+        )
+    what = f"{path.name}'s UNet"
+    if family == "sd1":
+        unet = sgm.convert_unet(_part(tensors, UNET), what, layout, None, 64)
+        vae = sgm.convert_vae(_part(tensors, VAE), 0.18215, layout)
+        encoder = sgm.convert_clip(_part(tensors, SD1_CLIP), SD1_CLIP, CLIP_WHAT, layout)
+        components = {"text_encoder": encoder, "tokenizer": sgm.clip_tokenizer("<|endoftext|>")}
+        index = {"text_encoder": ["transformers", "CLIPTextModel"]}
+        context, scheduler = encoder.config.hidden_size, SD1_SCHEDULER
+    else:
+        unet = sgm.convert_unet(_part(tensors, UNET), what, layout, 64, 128)
+        vae = sgm.convert_vae(_part(tensors, VAE), 0.13025, layout)
+        bigg_prefix = XL_BIGG if family == "sdxl" else REFINER_BIGG
+        bigg = sgm.convert_openclip(
+            _part(tensors, bigg_prefix), bigg_prefix, "the OpenCLIP text model", layout
+        )
+        components = {"text_encoder_2": bigg, "tokenizer_2": sgm.clip_tokenizer("!")}
+        context = bigg.config.hidden_size
+        if family == "sdxl":
+            clip = sgm.convert_clip(_part(tensors, XL_CLIP), XL_CLIP, CLIP_WHAT, layout)
+            components |= {"text_encoder": clip, "tokenizer": sgm.clip_tokenizer("<|endoftext|>")}
+            context += clip.config.hidden_size
+        # the vector condition: pooled text plus 6 size numbers (base: original size, crop,
+        # target size) or 5 (refiner: original size, crop, aesthetic score)
+        numbers = 6 if family == "sdxl" else 5
+        expected = bigg.config.projection_dim + numbers * sgm.SIZE_EMBEDDING
+        adm = unet.config.projection_class_embeddings_input_dim
+        if adm != expected:
+            raise UserError(
+                f"{what} takes a {adm}-wide vector condition, not the {expected} of an "
+                f"SDXL {'base' if family == 'sdxl' else 'refiner'} model"
+            )
+        index = {
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "force_zeros_for_empty_prompt": family == "sdxl",
+            "requires_aesthetics_score": family == "sdxl-refiner",
+        }
+        scheduler = SDXL_SCHEDULER
+    if unet.config.cross_attention_dim != context:
+        raise UserError(
+            f"{what} attends to {unet.config.cross_attention_dim}-wide text, not the "
+            f"{context} its text encoders give"
+        )
+    for module in components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return assemble(
+        str(path),
+        index,
+        components.get,
+        unet,
+        vae.eval(),
+        check_scheduler_config(dict(scheduler), f"{layout}'s scheduler"),
+        str(path),
+    )

@@ -1,0 +1,196 @@
+"""Single-file checkpoints (SD 1.x, SDXL, SDXL refiner in the original key layout) load
+offline through the project's loader and equal their diffusers-folder twins."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from single_file_fixture import write
+
+FAMILIES = ("sd1", "sdxl", "sdxl-refiner")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("single")
+    return folder, {family: write(folder, family, seed=i) for i, family in enumerate(FAMILIES)}
+
+
+def _modules(expert) -> dict[str, torch.nn.Module]:
+    text = vars(expert.text)
+    found = {"network": expert.network, "vae": expert.space.vae}
+    for key, value in text.items():
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, torch.nn.Module):
+                found[f"{key}{i}"] = item
+    return found
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_single_file_equals_its_diffusers_folder_twin(files, family):
+    from pangudraw.experts import load_expert
+    from pangudraw.pipelines import generate
+
+    folder, _ = files
+    single = load_expert(folder / f"{family}.safetensors")
+    twin = load_expert(folder / family)
+    a, b = _modules(single), _modules(twin)
+    assert a.keys() == b.keys() and len(a) >= 3
+    for name in a:
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys(), name
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{name}: {key}"
+    assert type(single.text) is type(twin.text)
+    published = {k: v for k, v in single.scheduler_config.items() if not k.startswith("_")}
+    assert published.items() <= twin.scheduler_config.items()
+    kwargs = {"num_inference_steps": 4, "seed": 3, "width": 32, "height": 24}
+    image = generate(single, None, "a red apple", **kwargs).images
+    assert image.shape == (1, 3, 24, 32) and image.std() > 0.01
+    assert torch.equal(image, generate(twin, None, "a red apple", **kwargs).images)
+
+
+def test_single_files_load_with_the_network_switched_off(files, monkeypatch):
+    from pangudraw.experts import load_expert
+
+    def refuse(*args, **kwargs):
+        raise OSError("the network is switched off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, _ = files
+    for family in FAMILIES:
+        expert = load_expert(folder / f"{family}.safetensors")
+        assert expert.encode_prompt(["a cat"], None, 4.0, (64, 64)).embeds.isfinite().all()
+
+
+def test_the_bundled_clip_tokenizer_gives_openai_clip_ids():
+    from pangudraw.convert.sgm import clip_tokenizer
+
+    # OpenAI CLIP's ids: a 320, photo 1125, of 539, cat 2368; start 49406, end 49407
+    ids = clip_tokenizer("<|endoftext|>")("a photo of a cat", padding="max_length").input_ids
+    assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407] and len(ids) == 77
+    assert set(ids[7:]) == {49407}
+    assert set(clip_tokenizer("!")("a cat", padding="max_length").input_ids[4:]) == {0}
+
+
+def cli(argv, capsys):
+    from pangudraw.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_generate_and_coop_take_single_files_and_coop_reproduces_from_the_png(files, tmp_path):
+    from pangudraw.cli.main import main
+
+    folder, _ = files
+    png = tmp_path / "apple.png"
+    model = str(folder / "sdxl.safetensors")
+    main(["generate", "a red apple", "--structure", model, "--size", "32", "--steps", "3",
+          "-o", str(png)])  # fmt: skip
+    with Image.open(png) as a:
+        assert model in json.dumps(json.loads(a.text["pangu-draw"]))
+        assert np.asarray(a, dtype=np.float32).std() > 1.0
+    recipe = folder / "mix.toml"
+    recipe.write_text(
+        """prompt = "a red apple"
+seed = 0
+steps = 3
+
+[canvas]
+width = 32
+height = 32
+expert = "xl"
+
+[[experts]]
+name = "xl"
+model = "sdxl.safetensors"
+window = { t = [500, 1000] }
+
+[[experts]]
+name = "one"
+model = "sd1.safetensors"
+window = { t = [0, 500] }
+""",
+        encoding="utf-8",
+    )
+    out, again = tmp_path / "mix.png", tmp_path / "again.png"
+    main(["coop", str(recipe), "-o", str(out)])
+    main(["coop", "--from-png", str(out), "--allow-outside-paths", "-o", str(again)])
+    with Image.open(out) as a, Image.open(again) as b:
+        assert a.size == (32, 32) and np.asarray(a, dtype=np.float32).std() > 1.0
+        assert a.tobytes() == b.tobytes()
+
+
+def _variant(source, folder, name: str, change) -> str:
+    """``source``'s tensors, changed, saved as ``folder/name``."""
+    tensors = load_file(source)
+    change(tensors)
+    save_file(tensors, folder / name)
+    return str(folder / name)
+
+
+def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
+    folder, _ = files
+    out = tmp_path / "x.png"
+    sd1 = folder / "sd1.safetensors"
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(sd1.read_bytes()[:5000])
+    pickle = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(sd1)}, pickle)
+    cases = {
+        str(tmp_path / "none.safetensors"): "does not exist",
+        str(truncated): "cannot read",
+        str(pickle): "pickle checkpoint",
+        _variant(sd1, tmp_path, "sd3.safetensors", lambda t: t.update(
+            {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1)})): "SD3 single file",
+        _variant(sd1, tmp_path, "flux.safetensors", lambda t: t.update(
+            {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)})): "Flux single file",
+        _variant(sd1, tmp_path, "sd2.safetensors", lambda t: t.update(
+            {"cond_stage_model.model.token_embedding.weight": torch.zeros(1)})): "SD 2.x",
+        _variant(sd1, tmp_path, "extra.safetensors", lambda t: t.update(
+            {"something.else": torch.zeros(1)})): "does not have: something.else",
+        _variant(sd1, tmp_path, "novae.safetensors", lambda t: [
+            t.pop(k) for k in list(t) if k.startswith("first_stage_model.")]): "has no VAE",
+        _variant(sd1, tmp_path, "lora.safetensors", lambda t: [
+            t.pop(k) for k in list(t) if k.startswith("model.")]): "a LoRA goes to --lora",
+        _variant(sd1, tmp_path, "cut_unet.safetensors", lambda t: t.pop(
+            "model.diffusion_model.out.2.weight")): "has no out.2.weight",
+    }  # fmt: skip
+    for model, message in cases.items():
+        code, err = cli(["generate", "a", "--structure", model, "-o", str(out)], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (model, err)
+        assert not out.exists()
+
+
+def test_a_trusted_pickle_single_file_loads_with_allow_pickle(files, tmp_path):
+    from pangudraw.experts import load_expert
+
+    folder, _ = files
+    pickle = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(folder / "sd1.safetensors")}, pickle)
+    a = load_expert(pickle, allow_pickle=True).network.state_dict()
+    b = load_expert(folder / "sd1.safetensors").network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, tmp_path):
+    from pangudraw.ui.served import Served
+
+    folder, _ = files
+    _variant(folder / "sd1.safetensors", folder, "vae_only.safetensors", lambda t: [
+        t.pop(k) for k in list(t) if not k.startswith("first_stage_model.")])  # fmt: skip
+    (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    served = Served.find(tmp_path, [folder])
+    labels = {label for label in served.generators if label.endswith(".safetensors")}
+    assert labels == {f"{folder.name}/{f}.safetensors" for f in FAMILIES}
