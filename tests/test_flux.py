@@ -159,3 +159,89 @@ def test_cross_family_example_parses():
     layout, texture = recipe.experts
     assert "xl" in layout.model and "FLUX" in texture.model and recipe.canvas_expert == "texture"
     assert layout.window.hi == float("inf") and texture.window.hi == layout.window.lo
+
+
+@pytest.mark.parametrize("negative", ["a green pear", None])
+def test_flux_true_cfg_equals_flux_pipeline(models, negative):
+    """FluxPipeline's true_cfg_scale: the negative prompt's prediction pushed away from,
+    the dev model's guidance embedding unchanged. Without a negative prompt diffusers
+    skips true CFG; ours guides against the empty prompt, as diffusers does when given ""."""
+    folder = models["flux_dev"]
+    expert = load_expert(folder)
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.5, "height": 32, "width": 32}
+    ours = generate(
+        expert, None, PROMPT, negative_prompt=negative, seed=2, true_cfg=4.0, **settings
+    ).images
+    plain = generate(expert, None, PROMPT, negative_prompt=negative, seed=2, **settings).images
+    pipe = FluxPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        PROMPT,
+        negative_prompt=negative if negative is not None else "",
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(2),
+        output_type="pt",
+        **settings,
+    ).images
+    assert (ours - theirs).abs().max() <= TOL
+    assert (ours - plain).abs().max() > 0.01  # it changes the image
+
+
+def test_true_cfg_is_refused_where_it_means_nothing(models, tmp_path):
+    from pangudraw.cli.main import main
+
+    sd = load_expert(models["sd"])
+    with pytest.raises(UserError, match="true CFG is for Flux"):
+        generate(sd, None, PROMPT, num_inference_steps=2, true_cfg=3.0)
+    with pytest.raises(UserError, match="true CFG is for Flux"):
+        sd.encode_prompt([PROMPT], None, 7.0, (32, 32), (), 3.0)
+    with pytest.raises(UserError, match="below 1"):
+        load_expert(models["flux_dev"]).encode_prompt([PROMPT], None, 3.5, (32, 32), (), 0.5)
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "a", "--true-cfg", "0.5", "-o", str(tmp_path / "x.png")])
+    assert info.value.code == 2 and not (tmp_path / "x.png").exists()
+
+
+def test_a_recipe_expert_takes_true_cfg_and_its_png_keeps_it(models, tmp_path):
+    """One Flux expert with ``true_cfg`` in a recipe draws what generate(true_cfg=) draws,
+    and the PNG's recipe reproduces it."""
+    from PIL import Image
+
+    from pangudraw.cli.main import main
+    from pangudraw.recipes import load_recipe
+
+    recipe = tmp_path / "flux.toml"
+    recipe.write_text(
+        f"""prompt = "{PROMPT}"
+negative_prompt = "a green pear"
+seed = 2
+steps = 3
+guidance = 3.5
+
+[canvas]
+width = 32
+height = 32
+
+[[experts]]
+name = "flux"
+model = "{models["flux_dev"].as_posix()}"
+true_cfg = 4.0
+"""
+    )
+    from pangudraw.pipelines import coop_generate
+
+    ours = coop_generate(load_recipe(recipe)).images
+    expert = load_expert(models["flux_dev"])
+    direct = generate(
+        expert, None, PROMPT, negative_prompt="a green pear", seed=2, num_inference_steps=3,
+        guidance_scale=3.5, height=32, width=32, true_cfg=4.0,
+    ).images  # fmt: skip
+    assert (ours - direct).abs().max() <= 1e-5
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    main(["coop", str(recipe), "-o", str(first)])
+    main(["coop", "--from-png", str(first), "--allow-outside-paths", "-o", str(again)])
+    with Image.open(first) as a, Image.open(again) as b:
+        assert a.tobytes() == b.tobytes() and "true CFG 4" in a.text["parameters"]
+    recipe.write_text(recipe.read_text().replace("true_cfg = 4.0", "true_cfg = 0.5"))
+    with pytest.raises(UserError, match="true_cfg"):
+        load_recipe(recipe)

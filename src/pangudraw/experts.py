@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,15 @@ class Conditioning:
     ``added`` holds SDXL's ``text_embeds`` (pooled) and ``time_ids`` with the same batch layout.
     ``styles`` are the scales of extra guided branches (PanGu-Draw v3's style prompts),
     stacked after the conditional half: ``embeds`` is then ((2 + len(styles)) B, L, D).
+    ``cfg_scale``: the classifier-free scale fixed at encoding, used instead of the
+    expert's guidance value (Flux's true CFG, whose guidance value is the distilled one).
     """
 
     embeds: torch.Tensor
     guided: bool
     added: dict[str, torch.Tensor] | None = None
     styles: tuple[float, ...] = ()
+    cfg_scale: float | None = None
 
     @property
     def copies(self) -> int:
@@ -158,8 +161,9 @@ class SDXLText:
 class FluxText:
     """Flux.1's text stack: CLIP's pooled output and T5's last hidden state (no mask).
 
-    Flux is guidance-distilled: there is no unconditional branch, so ``guided`` is ignored
-    and the conditioning is never doubled.
+    Flux is guidance-distilled: no unconditional branch unless ``guided`` asks for true
+    classifier-free guidance (``FluxPipeline``'s ``true_cfg_scale``), which stacks the
+    negative prompts' encodings first, as for the other families.
     """
 
     clip_tokenizer: object
@@ -172,9 +176,11 @@ class FluxText:
     def encode(
         self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
     ) -> Conditioning:
+        if guided:
+            prompts = list(negatives or [""] * len(prompts)) + list(prompts)
         pooled = _clip_states(self.clip_tokenizer, self.clip, prompts).pooler_output
         embeds = _t5_states(self.t5_tokenizer, self.t5, prompts, self.max_sequence_length)
-        return Conditioning(embeds, False, {"pooled": pooled.cpu()})
+        return Conditioning(embeds, guided, {"pooled": pooled.cpu()})
 
 
 def _t5_states(tokenizer, encoder: torch.nn.Module, prompts: list[str], limit: int):
@@ -321,13 +327,28 @@ class Expert:
         guidance_scale: float = 1.0,
         size: tuple[int, int] | None = None,
         styles: tuple[tuple[str, float], ...] = (),
+        true_cfg: float = 1.0,
     ) -> Conditioning:
         """Encode prompts (and negatives when guidance is on) for this expert.
 
         ``size`` is the (height, width) in pixels that SDXL's time ids announce.
         ``styles`` are (name, scale) branches, for PanGu-Draw v3 models only.
+        ``true_cfg`` > 1: Flux's true classifier-free guidance at that scale, against the
+        negative prompts (empty ones when none are given); Flux models only.
         """
         guided, size = guidance_scale > 1.0, size or self.sample_size
+        if true_cfg != 1.0:
+            if self.family != "flux":
+                raise UserError(
+                    f"true CFG is for Flux models; {self.name} has classifier-free guidance "
+                    "at its guidance scale already"
+                )
+            if true_cfg < 1.0:
+                raise UserError(f"true CFG scale {true_cfg:g} is below 1; 1 turns it off")
+            cond = self.text.encode(prompts, negatives, True, size)
+            return replace(cond, cfg_scale=true_cfg)
+        if self.family == "flux":
+            guided = False  # the guidance value goes to the distilled embedding
         if styles:
             from .pangu import PanGuText
 
@@ -446,6 +467,10 @@ class Expert:
         if self.network.config.guidance_embeds:
             guidance = torch.full([batch], guidance_scale, device=device, dtype=torch.float32)
         timestep = torch.full([batch], t / self.schedule.num_train_timesteps, device=device)
+        if cond.guided:  # true CFG: the negative and positive halves in one batch
+            packed = torch.cat([packed, packed])
+            guidance = None if guidance is None else torch.cat([guidance, guidance])
+            timestep = torch.cat([timestep, timestep])
         out = self.network(
             hidden_states=packed,
             timestep=timestep.to(self.dtype),
@@ -456,7 +481,8 @@ class Expert:
             img_ids=image_ids,
             return_dict=False,
         )[0]
-        return FluxPipeline._unpack_latents(out, h, w, 1).float().to(z.device)
+        out = FluxPipeline._unpack_latents(out, h, w, 1).float().to(z.device)
+        return _guide(out, cond, cond.cfg_scale) if cond.guided else out
 
 
 def _guide(out: torch.Tensor, cond: Conditioning, guidance_scale: float) -> torch.Tensor:

@@ -45,11 +45,15 @@ class _PromptCache:
     def __init__(self) -> None:
         self.entries: dict = {}
 
-    def __call__(self, expert, prompts, negatives, guidance, size, styles=()) -> Conditioning:
+    def __call__(
+        self, expert, prompts, negatives, guidance, size, styles=(), true_cfg=1.0
+    ) -> Conditioning:
         key = (id(expert.text), tuple(prompts), negatives and tuple(negatives), guidance > 1, size)
-        key += (styles,)
+        key += (styles, true_cfg)
         if key not in self.entries:
-            self.entries[key] = expert.encode_prompt(prompts, negatives, guidance, size, styles)
+            self.entries[key] = expert.encode_prompt(
+                prompts, negatives, guidance, size, styles, true_cfg
+            )
         return self.entries[key]
 
 
@@ -163,6 +167,7 @@ def generate(
     styles: tuple[tuple[str, float], ...] = (),
     handoff: str = "sigma",
     bridge: str = DEFAULT_BRIDGE,
+    true_cfg: float = 1.0,
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
 
@@ -183,9 +188,12 @@ def generate(
     ``handoff="release"`` hands over as PanGu-Draw v3's sampler does: the structure expert
     also runs the first step whose timestep is below ``t_split`` (it runs while the previous
     step's timestep was >= ``t_split``). ``styles`` are PanGu-Draw v3 style branches.
+    ``true_cfg`` > 1 is Flux's true classifier-free guidance for the Flux experts among the
+    two (``guidance_scale`` stays their distilled guidance value).
     """
     check_request(num_inference_steps, num_images, seed, width, height)
     check_finite(guidance_scale, "guidance scale")
+    check_finite(true_cfg, "true CFG scale")
     check_finite(t_split, "split")
     canvas_expert = texture or structure
     canvas = _canvas(canvas_expert, height, width, num_images)
@@ -207,10 +215,13 @@ def generate(
             last_high = handoff_index(scheduler.timesteps, t_split) - 1
             sigma_split = scheduler.sigmas[last_high] if last_high >= 0 else math.inf
         roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
+    if true_cfg != 1.0 and all(expert.family != "flux" for expert, _ in roles):
+        raise UserError("true CFG is for Flux models; the others guide with the guidance scale")
     participants = []
     for expert, window in roles:
         size = working_size(expert, canvas_expert, canvas)
-        cond = encode(expert, prompts, negatives, guidance_scale, size, tuple(styles))
+        cfg = true_cfg if expert.family == "flux" else 1.0  # the others guide with -g
+        cond = encode(expert, prompts, negatives, guidance_scale, size, tuple(styles), cfg)
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
     _check_memory(participants, canvas, num_images)
@@ -309,7 +320,7 @@ def coop_generate(
             for c in spec.controls
         ]
         negatives = None if spec.negative_prompt is None else [spec.negative_prompt]
-        cond = encode(expert, [spec.prompt], negatives, spec.guidance, size)
+        cond = encode(expert, [spec.prompt], negatives, spec.guidance, size, (), spec.true_cfg)
         participants.append(
             Participant(
                 expert,

@@ -17,10 +17,11 @@
 
     [[experts]]
     name = "texture"
-    model = "models/texture"          # diffusers folder; relative to the recipe file
+    model = "models/texture"          # diffusers folder or single file; relative to the recipe
     window = { t = [0, 500] }         # or { sigma = [lo, hi] }; default: the whole trajectory
     weight = 1.0
-    guidance = 7.0
+    guidance = 7.0                    # Flux: the distilled guidance value
+    true_cfg = 1.0                    # Flux only: > 1 for true CFG with the negative prompt
     size = [64, 64]                   # working size; default: native size at canvas aspect
     mask = "left.png"                 # optional grayscale, white = full weight
     loras = [{ file = "style.safetensors", scale = 0.8 }]   # optional, through diffusers
@@ -79,6 +80,7 @@ EXPERT_KEYS = {
     "window",
     "weight",
     "guidance",
+    "true_cfg",
     "size",
     "mask",
     "controls",
@@ -118,6 +120,7 @@ class ExpertSpec:
     window: Window = field(default_factory=Window)
     weight: float = 1.0
     guidance: float = 7.0
+    true_cfg: float = 1.0  # Flux only: true classifier-free guidance (guidance: distilled)
     size: tuple[int, int] | None = None
     mask: str | None = None
     controls: list[ControlSpec] = field(default_factory=list)
@@ -177,6 +180,7 @@ class Recipe:
                         "window": window(e.window),
                         "weight": e.weight,
                         "guidance": e.guidance,
+                        "true_cfg": None if e.true_cfg == 1.0 else e.true_cfg,
                         "size": None if e.size is None else list(e.size),
                         "mask": where(e.mask),
                         "controls": controls,
@@ -334,6 +338,9 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         weight = r.get("weight", float, 1.0)
         if weight < 0:
             r.fail("weight", f"expected a number >= 0, got {weight}")
+        true_cfg = r.get("true_cfg", float, 1.0)
+        if true_cfg < 1:
+            r.fail("true_cfg", f"expected a number >= 1 (1 turns it off), got {true_cfg}")
         experts.append(
             ExpertSpec(
                 name=r.get("name", str, f"expert{i}"),
@@ -343,6 +350,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
                 window=_window(r, "window"),
                 weight=weight,
                 guidance=r.get("guidance", float, guidance),
+                true_cfg=true_cfg,
                 size=None if size is None else tuple(size),
                 mask=_path(r, "mask", base, policy),
                 controls=controls,

@@ -121,6 +121,7 @@ class GenerateRequest:
     styles: list[tuple[str, float]] | None = None  # PanGu-Draw v3 style branches
     bridge: str = DEFAULT_BRIDGE  # exact, or learned (bundled translators where trained)
     handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
+    true_cfg: float = 1.0  # Flux models' true classifier-free guidance (> 1 turns it on)
 
     @property
     def count(self) -> int:
@@ -159,6 +160,8 @@ class GenerateRequest:
         width, height = self.width, self.height
         if width is None and height is None and "size" in defaults:
             width, height = defaults["size"]
+        if self.true_cfg < 1:
+            raise UserError(f"true CFG scale {self.true_cfg:g} is below 1; 1 turns it off")
         if self.bridge not in BRIDGE_MODES:
             raise UserError(f"unknown bridge {self.bridge!r}; use {' or '.join(BRIDGE_MODES)}")
         if filled["styles"] and "size" not in defaults:
@@ -252,6 +255,7 @@ def _render_batch(
         styles=tuple(r.styles or ()),
         handoff=r.handoff or "sigma",
         bridge=r.bridge,
+        true_cfg=r.true_cfg,
     )
     height, width = result.images.shape[-2:]
     pictures = []
@@ -275,10 +279,13 @@ def _render_batch(
             record |= {"bridge": r.bridge, "bridges": result.bridges}
         if r.styles or r.handoff == "release":
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
+        if r.true_cfg != 1.0:
+            record["true_cfg"] = r.true_cfg
         settings = {
             "Steps": r.steps,
             "Sampler": r.sampler,
             "CFG scale": r.guidance_scale,
+            **({"True CFG scale": r.true_cfg} if r.true_cfg != 1.0 else {}),
             "Seed": image_seed,
             "Size": f"{width}x{height}",
             "Model": structure.name,
@@ -326,7 +333,8 @@ def render_coop(
         "Size": f"{width}x{height}",
         "Noise": recipe.noise,
         "Experts": " + ".join(
-            f"{e.name} ({Path(e.model).name}, w={e.weight:g}, CFG {e.guidance:g})"
+            f"{e.name} ({Path(e.model).name}, w={e.weight:g}, CFG {e.guidance:g}"
+            + (f", true CFG {e.true_cfg:g})" if e.true_cfg != 1.0 else ")")
             for e in recipe.experts
         ),
         "Version": f"pangu-draw {__version__}",

@@ -70,7 +70,15 @@ def output_paths(output: Path, count: int) -> list[Path]:
     type=FiniteFloat(),
     default=None,
     help="Classifier-free guidance scale, 1 turns guidance off [default: 7; 6 for PanGu-Draw "
-    "v3, as its release].",
+    "v3, as its release]. Flux: the distilled guidance value (3.5 is Flux's own).",
+)
+@click.option(
+    "--true-cfg",
+    type=FiniteFloat(),
+    default=1.0,
+    show_default=True,
+    help="Flux models: true classifier-free guidance at this scale against the negative "
+    "prompt (FluxPipeline's true_cfg_scale; twice the work per step); 1 turns it off.",
 )
 @click.option(
     "--sampler",
@@ -139,6 +147,7 @@ def command(
     t_split,
     steps,
     guidance_scale,
+    true_cfg,
     sampler,
     seed,
     width,
@@ -196,6 +205,7 @@ def command(
         batch_size,
         style_list,
         bridge,
+        true_cfg=true_cfg,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
