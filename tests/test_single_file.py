@@ -194,3 +194,28 @@ def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, t
     served = Served.find(tmp_path, [folder])
     labels = {label for label in served.generators if label.endswith(".safetensors")}
     assert labels == {f"{folder.name}/{f}.safetensors" for f in FAMILIES}
+
+
+def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
+    from pangudraw.experts import load_expert
+    from pangudraw.lora import LoraSpec, apply_loras
+    from pangudraw.pipelines import generate
+    from tiny_models import tiny_lora, to_kohya
+
+    folder, _ = files
+    lora = tiny_lora(folder / "sd1", tmp_path / "lora")
+    kohya = to_kohya(lora, tmp_path / "kohya.safetensors")
+
+    def image(model, file=None, scale=1.0):
+        expert = load_expert(model)
+        if file is not None:
+            expert = apply_loras(expert, [LoraSpec(str(file), scale)])
+        kwargs = {"num_inference_steps": 3, "seed": 1, "width": 32, "height": 32}
+        return generate(expert, None, "a red apple", **kwargs).images
+
+    single = folder / "sd1.safetensors"
+    with_lora = image(single, lora)
+    assert torch.equal(with_lora, image(folder / "sd1", lora))
+    assert torch.equal(with_lora, image(single, kohya))
+    assert (with_lora - image(single)).abs().max() > 0.01
+    assert torch.equal(image(single, lora, 0.0), image(single))
