@@ -28,7 +28,7 @@ from pangudraw.evaluate.features import caption_embeddings, load_evaluator, retr
 from pangudraw.experts import SDText, load_expert
 from pangudraw.imageio import save_grid
 from pangudraw.pipelines import generate
-from pangudraw.textenc import ZH_FOLDER, is_cjk, load_minilm, read_cjk_rows
+from pangudraw.textenc import ZH_FOLDER, is_cjk, load_chinese_encoder, load_minilm, read_cjk_rows
 from pangudraw.train.chinese import chance, held_out, load_pairs, retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,14 @@ def main() -> None:
     english = [p.english for p in pairs]
     chinese = [p.chinese for p in pairs]
     bilingual, plain = load_minilm(), load_minilm(chinese=False)
+    # Chinese text: MiniLM with the rows and, where bundled, the low-rank change merged in
+    chinese_encoder = load_chinese_encoder(bilingual[1])
+    zh_text = (bilingual[0], chinese_encoder or bilingual[1])
     candidates = caption_embeddings(english, plain)
     result = {
         "held_out_emoji": len(pairs),
         "text_retrieval": {
-            "chinese_rows": retrieval(bilingual, chinese, candidates),
+            "chinese_rows": retrieval(zh_text, chinese, candidates),
             "plain_minilm": retrieval(plain, chinese, candidates),
             "english": retrieval(plain, english, candidates),
             "chance": chance(len(pairs)),
@@ -74,7 +77,7 @@ def main() -> None:
         ("chinese_plain_minilm", chinese, SDText(*plain)),
     ):
         for expert in (structure, texture):
-            expert.text = text or SDText(*bilingual)
+            expert.text = text or SDText(*bilingual, chinese_encoder)
         tick = time.perf_counter()
         out = draw(structure, texture, prompts, args.seed)
         timing[label] = round(time.perf_counter() - tick, 1)

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from pangudraw.cli.progress import quiet_libraries
-from pangudraw.textenc import ZH_FOLDER, ZH_ROWS, read_cjk_rows
+from pangudraw.textenc import ZH_ADAPTER, ZH_FOLDER, ZH_ROWS, read_cjk_rows
 from pangudraw.train.chinese import load_keyword_pairs, train
 from pangudraw.zoo import write_manifest
 
@@ -51,6 +51,13 @@ def main() -> None:
         help="weight of the generator loss (same noise prediction from Chinese and English) "
         "against the sentence loss",
     )
+    parser.add_argument(
+        "--adapter-rank",
+        type=int,
+        default=0,
+        help="also train a low-rank change of MiniLM's linear layers, used only for text "
+        "with a CJK character (0: rows only)",
+    )
     args = parser.parse_args()
     quiet_libraries()
     keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
@@ -63,6 +70,7 @@ def main() -> None:
         args.lr,
         args.max_minutes,
         generator_weight=args.generator_weight,
+        adapter_rank=args.adapter_rank,
         keywords=keywords,
         init=init,
     )
@@ -72,6 +80,10 @@ def main() -> None:
     ZH_FOLDER.mkdir(exist_ok=True)
     for name in (ZH_ROWS, "tokens.json"):
         shutil.copyfile(args.out / name, ZH_FOLDER / name)
+    if args.adapter_rank:
+        shutil.copyfile(args.out / ZH_ADAPTER, ZH_FOLDER / ZH_ADAPTER)
+    else:
+        (ZH_FOLDER / ZH_ADAPTER).unlink(missing_ok=True)
     (ZH_FOLDER / "resources.json").write_text(json.dumps(record, indent=2) + "\n")
     write_manifest()
     print(f"wrote {ZH_FOLDER}; write its card (README.md) from resources.json and the benchmark")

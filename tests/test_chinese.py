@@ -145,3 +145,58 @@ def test_cldr_keyword_pairs_leave_out_the_held_out_emoji(tmp_path):
         ("grin happy", "笑脸 开心"),
         ("heart", "红心"),
     ]
+
+
+def test_the_low_rank_change_merges_into_what_training_computed():
+    """The adapter as trained (wrapped layers) and as loaded (merged weights) give the same
+    states; a file with missing or misshapen factors is refused."""
+    import copy
+
+    from pangudraw.errors import UserError
+    from pangudraw.textenc import adapter_tensors, add_adapter, merge_adapter
+
+    tok, plain = load_minilm(chinese=False)
+    trained = copy.deepcopy(plain)
+    wrapped = add_adapter(trained, rank=4, seed=1)
+    assert len(wrapped) == 6 * 6  # six linear layers in each of MiniLM's six blocks
+    with torch.no_grad():
+        for module in wrapped.values():
+            module.up.normal_(0, 0.02)
+    tensors = adapter_tensors(wrapped)
+    merged = merge_adapter(copy.deepcopy(plain), tensors, "test")
+    ids = tok(ENGLISH, padding="max_length", max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        a = trained(ids.input_ids, attention_mask=ids.attention_mask)[0]
+        b = merged(ids.input_ids, attention_mask=ids.attention_mask)[0]
+        c = plain(ids.input_ids, attention_mask=ids.attention_mask)[0]
+    # float32 rounding of the merged weights: 7e-5 measured, against a change of 0.56
+    assert (a - b).abs().max() < 5e-4 and (a - c).abs().max() > 0.1
+    with pytest.raises(UserError, match="does not hold"):
+        merge_adapter(copy.deepcopy(plain), dict(list(tensors.items())[1:]), "x")
+    bad = dict(tensors)
+    key = next(k for k in bad if k.endswith(".up"))
+    bad[key] = torch.zeros(bad[key].shape[0] + 1, 4)
+    with pytest.raises(UserError, match="wrong shape"):
+        merge_adapter(copy.deepcopy(plain), bad, "x")
+
+
+def test_only_prompts_with_cjk_characters_reach_the_chinese_encoder(encoders):
+    """English prompts get exactly MiniLM's states, Chinese ones the Chinese encoder's, and
+    a batch that mixes them keeps each prompt in its place."""
+    import copy
+
+    from pangudraw.experts import SDText
+
+    tok, enc = encoders[0]
+    chinese = copy.deepcopy(enc)
+    with torch.no_grad():
+        for p in chinese.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    routed, plain, zh_only = SDText(tok, enc, chinese), SDText(tok, enc), SDText(tok, chinese)
+    prompts = ["red heart", "红心", "grinning face", "笑脸 face"]
+    with torch.no_grad():
+        mixed = routed._embed(prompts)
+        english = plain._embed(prompts[0::2])
+        zh = zh_only._embed(prompts[1::2])
+    assert torch.equal(mixed[0::2], english) and torch.equal(mixed[1::2], zh)
+    assert not torch.equal(zh, plain._embed(prompts[1::2]))

@@ -34,7 +34,7 @@ from .noise import (
     unit,
 )
 from .options import HUB_PREFIX, ZOO_PREFIX
-from .textenc import MINILM_REFERENCE, load_minilm
+from .textenc import MINILM_REFERENCE, load_chinese_encoder, load_minilm
 
 
 @dataclass
@@ -69,12 +69,33 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 @dataclass
 class SDText:
-    """One tokenizer and text encoder whose last hidden state conditions the UNet (SD 1.x/2.x)."""
+    """One tokenizer and text encoder whose last hidden state conditions the UNet (SD 1.x/2.x).
+
+    ``chinese``: the bundled MiniLM's Chinese encoder (:func:`textenc.load_chinese_encoder`),
+    which encodes the prompts that have a CJK character; the others keep ``encoder``.
+    """
 
     tokenizer: object
     encoder: torch.nn.Module
+    chinese: torch.nn.Module | None = None
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
+        if self.chinese is None:
+            return self._states(self.encoder, prompts)
+        from .textenc import has_cjk
+
+        routed = torch.tensor([has_cjk(p) for p in prompts])
+        if not routed.any():
+            return self._states(self.encoder, prompts)
+        if routed.all():
+            return self._states(self.chinese, prompts)
+        plain = self._states(self.encoder, [p for p, r in zip(prompts, routed) if not r])
+        chinese = self._states(self.chinese, [p for p, r in zip(prompts, routed) if r])
+        out = plain.new_empty((len(prompts), *plain.shape[1:]))
+        out[~routed], out[routed] = plain, chinese
+        return out
+
+    def _states(self, encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(
             prompts,
             padding="max_length",
@@ -83,14 +104,12 @@ class SDText:
             return_tensors="pt",
         )
         mask = (
-            tokens.attention_mask
-            if getattr(self.encoder.config, "use_attention_mask", False)
-            else None
+            tokens.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
         )
-        device = _device(self.encoder)
+        device = _device(encoder)
         if mask is not None:
             mask = mask.to(device)
-        return self.encoder(tokens.input_ids.to(device), attention_mask=mask)[0].cpu()
+        return encoder(tokens.input_ids.to(device), attention_mask=mask)[0].cpu()
 
     @torch.no_grad()
     def encode(
@@ -792,7 +811,8 @@ def assemble(
             aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
         )
     elif index.get("text_encoder") == MINILM_REFERENCE:
-        text = SDText(*load_minilm())
+        tokenizer, encoder = load_minilm()
+        text = SDText(tokenizer, encoder, load_chinese_encoder(encoder))
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 

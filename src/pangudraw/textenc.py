@@ -8,7 +8,10 @@ text becomes [UNK]. The bundled extension ``zoo/models/minilm_zh`` adds the CJK 
 of the emoji names as tokens, with embedding rows distilled so that a Chinese name drives
 the generators and the evaluator as its English name does (``scripts/train_chinese_text.py``).
 Only rows of CJK characters are added or changed: text without CJK characters gets exactly
-the embeddings it got before.
+the embeddings it got before. Where the extension also has ``adapter.safetensors`` (a
+low-rank change to MiniLM's linear layers, distilled with the rows), text with a CJK
+character is encoded by MiniLM with that change merged in, and text without one by MiniLM
+as it is (:func:`load_chinese_encoder`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ MINILM_MAX_TOKENS = 16  # emoji names are short; longer captions are truncated
 MINILM_REFERENCE = ["pangudraw", "MiniLM"]  # how model_index.json names it
 ZH_FOLDER = Path(__file__).parent / "zoo" / "models" / "minilm_zh"
 ZH_ROWS = "cjk_rows.safetensors"
+ZH_ADAPTER = "adapter.safetensors"
 
 
 def minilm_folder() -> Path:
@@ -125,3 +129,87 @@ def add_cjk_rows(tokenizer, encoder, chars: list[str], rows: torch.Tensor) -> No
     grown = torch.nn.Embedding(len(tokenizer), old.embedding_dim, old.padding_idx, _weight=weight)
     encoder.set_input_embeddings(grown)
     encoder.config.vocab_size = len(tokenizer)
+
+
+def has_cjk(text: str) -> bool:
+    return any(is_cjk(c) for c in text)
+
+
+class LowRank(torch.nn.Module):
+    """A linear layer plus a trainable low-rank change, ``W + up @ down`` (LoRA; the change
+    starts at zero, so the layer starts as it was)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        scale = base.in_features**-0.5
+        self.down = torch.nn.Parameter(
+            torch.randn(rank, base.in_features, generator=generator) * scale
+        )
+        self.up = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.down.T) @ self.up.T
+
+
+def adapter_targets(encoder: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """MiniLM's linear layers inside its transformer blocks (attention and MLP), by name."""
+    return {
+        name: module
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layer." in f".{name}"
+    }
+
+
+def add_adapter(encoder: torch.nn.Module, rank: int, seed: int = 0) -> dict[str, LowRank]:
+    """Wrap each target layer of ``encoder`` in a :class:`LowRank` (in place, for training)."""
+    generator = torch.Generator().manual_seed(seed)
+    wrapped = {}
+    for name, linear in adapter_targets(encoder).items():
+        parent_name, _, child = name.rpartition(".")
+        wrapped[name] = LowRank(linear, rank, generator)
+        setattr(encoder.get_submodule(parent_name), child, wrapped[name])
+    return wrapped
+
+
+def adapter_tensors(wrapped: dict[str, LowRank]) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{part}": getattr(module, part).detach()
+        for name, module in wrapped.items()
+        for part in ("down", "up")
+    }
+
+
+def merge_adapter(encoder: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str):
+    """``encoder`` with the low-rank changes added to its weights (in place). Every target
+    layer must have its two factors, of matching shapes, and nothing else may be there."""
+    targets = adapter_targets(encoder)
+    expected = {f"{name}.{part}" for name in targets for part in ("down", "up")}
+    if set(tensors) != expected:
+        raise UserError(f"{where} does not hold a low-rank change for MiniLM's layers")
+    with torch.no_grad():
+        for name, linear in targets.items():
+            down, up = tensors[f"{name}.down"].float(), tensors[f"{name}.up"].float()
+            if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features:
+                raise UserError(f"{where}: {name} has the wrong shape")
+            if down.shape[0] != up.shape[1]:
+                raise UserError(f"{where}: {name}'s two factors disagree on the rank")
+            linear.weight += up @ down
+    return encoder
+
+
+def load_chinese_encoder(encoder: torch.nn.Module, folder: Path = ZH_FOLDER):
+    """A copy of ``encoder`` (MiniLM with the Chinese rows) with the bundled low-rank
+    change merged in, for text with a CJK character; None where there is no change."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from .zoo import check_weights, name_of
+
+    weights = folder / ZH_ADAPTER
+    if not weights.is_file():
+        return None
+    if name_of(folder):
+        check_weights(weights)
+    return merge_adapter(copy.deepcopy(encoder), load_file(weights), str(weights)).eval()

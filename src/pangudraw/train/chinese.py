@@ -30,7 +30,16 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..files import json_writer, read_json, safetensors_writer, write_outputs
-from ..textenc import MINILM_MAX_TOKENS, ZH_ROWS, add_cjk_rows, is_cjk, load_minilm
+from ..textenc import (
+    MINILM_MAX_TOKENS,
+    ZH_ADAPTER,
+    ZH_ROWS,
+    adapter_tensors,
+    add_adapter,
+    add_cjk_rows,
+    is_cjk,
+    load_minilm,
+)
 
 
 @dataclass(frozen=True)
@@ -177,10 +186,16 @@ def train(
     log=print,
     keywords: list[Pair] = (),
     init: tuple[list[str], torch.Tensor] | None = None,
+    adapter_rank: int = 0,
+    adapter_lr: float = 1e-3,
 ) -> dict:
     """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
     checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
-    ``out/cjk_rows.safetensors`` and ``out/tokens.json``. Returns the progress record."""
+    ``out/cjk_rows.safetensors`` and ``out/tokens.json``. Returns the progress record.
+
+    ``adapter_rank`` > 0 also trains a low-rank change of MiniLM's linear layers
+    (:func:`textenc.add_adapter`), used only for text with a CJK character; written as
+    ``out/adapter.safetensors``."""
     from safetensors.torch import load_file
 
     from ..experts import load_expert
@@ -200,7 +215,7 @@ def train(
         known = dict(zip(init[0], init[1]))
         rows = torch.stack([known.get(c, row) for c, row in zip(chars, rows)])
     checkpoint, progress = out / "checkpoint.safetensors", out / "progress.json"
-    done, seconds = 0, 0.0
+    done, seconds, saved = 0, 0.0, {}
     moments = [torch.zeros_like(rows), torch.zeros_like(rows)]
     if checkpoint.is_file():
         saved = load_file(checkpoint)
@@ -245,6 +260,21 @@ def train(
         ),
         Stage.build(texture, (0, 500), image_latents(texture, data, files), hidden_en, 2, gen),
     ]
+    # The adapter goes in after the English targets were computed by plain MiniLM.
+    wrapped = add_adapter(encoder, adapter_rank, seed) if adapter_rank else {}
+    extra = [getattr(w, part) for w in wrapped.values() for part in ("down", "up")]
+    names = [f"{n}.{part}" for n in wrapped for part in ("down", "up")]
+    if extra:
+        optimizer.add_param_group({"params": extra, "lr": adapter_lr})
+        for name, tensor in zip(names, extra):
+            if f"adapter.{name}" in saved:
+                with torch.no_grad():
+                    tensor.copy_(saved[f"adapter.{name}"])
+                optimizer.state[tensor] = {
+                    "step": torch.tensor(float(done)),
+                    "exp_avg": saved[f"m.adapter.{name}"],
+                    "exp_avg_sq": saved[f"v.adapter.{name}"],
+                }
     gen = torch.Generator().manual_seed(seed + 1 + done)
     start, losses = time.perf_counter(), []
     while done < steps and seconds + (time.perf_counter() - start) < max_minutes * 60:
@@ -280,19 +310,28 @@ def train(
         "batch": batch,
         "lr": lr,
         "generator_weight": generator_weight,
+        "adapter_rank": adapter_rank,
+        "adapter_lr": adapter_lr if adapter_rank else None,
         "last_losses": [round(x, 5) for x in torch.tensor(losses[-50:]).mean(0).tolist()]
         if losses
         else None,
     }
+    tensors = {"rows": param, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
+    for name, tensor in zip(names, extra):
+        moment = optimizer.state.get(tensor) or {}
+        tensors[f"adapter.{name}"] = tensor.detach()
+        tensors[f"m.adapter.{name}"] = moment.get("exp_avg", torch.zeros_like(tensor))
+        tensors[f"v.adapter.{name}"] = moment.get("exp_avg_sq", torch.zeros_like(tensor))
     files = {  # written together, whole: a kill never leaves a checkpoint without progress
-        checkpoint: safetensors_writer(
-            {"rows": param, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
-        ),
+        checkpoint: safetensors_writer(tensors),
         progress: json_writer(record),
     }
     if done >= steps:
         files[out / ZH_ROWS] = safetensors_writer({"rows": param.half()})
         files[out / "tokens.json"] = json_writer(chars)
+        if wrapped:
+            adapter = {k: v.half() for k, v in adapter_tensors(wrapped).items()}
+            files[out / ZH_ADAPTER] = safetensors_writer(adapter)
     write_outputs(files)
     return record
 
