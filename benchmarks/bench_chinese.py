@@ -48,7 +48,7 @@ def main() -> None:
     chinese = [p.chinese for p in pairs]
     bilingual, plain = load_minilm(), load_minilm(chinese=False)
     # Chinese text: MiniLM with the rows and, where bundled, the low-rank change merged in
-    chinese_encoder = load_chinese_encoder(bilingual[1])
+    chinese_encoder = load_chinese_encoder()
     zh_text = (bilingual[0], chinese_encoder or bilingual[1])
     candidates = caption_embeddings(english, plain)
     result = {

@@ -812,7 +812,7 @@ def assemble(
         )
     elif index.get("text_encoder") == MINILM_REFERENCE:
         tokenizer, encoder = load_minilm()
-        text = SDText(tokenizer, encoder, load_chinese_encoder(encoder))
+        text = SDText(tokenizer, encoder, load_chinese_encoder())
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 

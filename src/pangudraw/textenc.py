@@ -198,9 +198,17 @@ def merge_adapter(encoder: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
     return encoder
 
 
-def load_chinese_encoder(encoder: torch.nn.Module, folder: Path = ZH_FOLDER):
-    """A copy of ``encoder`` (MiniLM with the Chinese rows) with the bundled low-rank
-    change merged in, for text with a CJK character; None where there is no change."""
+def load_chinese_encoder(folder: Path = ZH_FOLDER):
+    """MiniLM with the Chinese rows and ``folder``'s low-rank change merged in, for text
+    with a CJK character; None where there is no change. Built once per process and shared
+    by every expert (nothing changes it in place: LoRAs reach ``SDText.encoder`` only)."""
+    if not (folder / ZH_ADAPTER).is_file():
+        return None
+    return _chinese_encoder(folder)
+
+
+@functools.cache
+def _chinese_encoder(folder: Path):
     import copy
 
     from safetensors.torch import load_file
@@ -208,8 +216,7 @@ def load_chinese_encoder(encoder: torch.nn.Module, folder: Path = ZH_FOLDER):
     from .zoo import check_weights, name_of
 
     weights = folder / ZH_ADAPTER
-    if not weights.is_file():
-        return None
     if name_of(folder):
         check_weights(weights)
+    _, encoder = _load_minilm(minilm_folder(), MINILM_SHA256, True)
     return merge_adapter(copy.deepcopy(encoder), load_file(weights), str(weights)).eval()
