@@ -200,3 +200,40 @@ def test_only_prompts_with_cjk_characters_reach_the_chinese_encoder(encoders):
         zh = zh_only._embed(prompts[1::2])
     assert torch.equal(mixed[0::2], english) and torch.equal(mixed[1::2], zh)
     assert not torch.equal(zh, plain._embed(prompts[1::2]))
+
+
+def test_an_adapter_file_is_loaded_merged_and_checked(tmp_path):
+    """A folder with ``adapter.safetensors`` gives a Chinese encoder (built once, shared);
+    a file with the wrong tensors is refused; without the file there is none."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from pangudraw.errors import UserError
+    from pangudraw.textenc import (
+        ZH_ADAPTER,
+        adapter_tensors,
+        add_adapter,
+        load_chinese_encoder,
+    )
+
+    folder = tmp_path / "minilm_zh"
+    shutil.copytree(ZH_FOLDER, folder)
+    (folder / ZH_ADAPTER).unlink(missing_ok=True)
+    assert load_chinese_encoder(folder) is None
+    tok, plain = load_minilm()
+    wrapped = add_adapter(load_minilm()[1], rank=2, seed=3)
+    with torch.no_grad():
+        for module in wrapped.values():
+            module.up.normal_(0, 0.02)
+    save_file({k: v.contiguous() for k, v in adapter_tensors(wrapped).items()}, folder / ZH_ADAPTER)
+    chinese = load_chinese_encoder(folder)
+    assert chinese is load_chinese_encoder(folder)  # one per process
+    ids = tok(["红心"], return_tensors="pt")
+    with torch.no_grad():
+        assert (chinese(**ids)[0] - plain(**ids)[0]).abs().max() > 0.01
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    save_file({"x.down": torch.zeros(2, 2)}, broken / ZH_ADAPTER)
+    with pytest.raises(UserError, match="does not hold a low-rank change"):
+        load_chinese_encoder(broken)
