@@ -219,3 +219,17 @@ def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
     assert torch.equal(with_lora, image(single, kohya))
     assert (with_lora - image(single)).abs().max() > 0.01
     assert torch.equal(image(single, lora, 0.0), image(single))
+
+
+def test_an_inpainting_single_file_is_refused_before_it_runs(files, tmp_path, capsys):
+    """Nine input channels (latents, mask, masked image): a one-line error, not a shape
+    error in the middle of sampling."""
+    folder, _ = files
+
+    def widen(t):
+        key = "model.diffusion_model.input_blocks.0.0.weight"
+        t[key] = torch.cat([t[key], torch.zeros_like(t[key])[:, :1].repeat(1, 5, 1, 1)], dim=1)
+
+    model = _variant(folder / "sd1.safetensors", tmp_path, "inpaint.safetensors", widen)
+    code, err = cli(["generate", "a", "--structure", model, "-o", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "takes 9 latent channels" in err and err.count("\n") == 1

@@ -820,6 +820,15 @@ def assemble(
     space = (
         LatentSpace(vae) if vae is not None else LatentSpace(None, index.get("pixel_unshuffle", 1))
     )
+    # A denoiser takes the latents and nothing else: an inpainting or instruct model's extra
+    # input channels (mask, source image) have nothing to come from here.
+    takes = network.config.in_channels // (4 if family == "flux" else 1)  # Flux: 2x2 packed
+    if takes != space.channels:
+        raise UserError(
+            f"{name}: the {type(network).__name__} takes {takes} latent channels where its "
+            f"latent space has {space.channels} (an inpainting or instruct model?); "
+            "pangu-draw generates from text with text-to-image models"
+        )
     # Convolutions in channels-last layout: a third faster for one image on the CPU, the
     # same in batches (BENCHMARKS.md, "Equal quality in fewer steps"); values agree with
     # the default layout to ~1e-6.
