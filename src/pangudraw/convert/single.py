@@ -79,8 +79,15 @@ SD1 = "an SD 1.x checkpoint"
 SDXL = "an SDXL checkpoint"
 
 
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Floating-point values as float32 (experts compute in float32); others unchanged."""
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 def read_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.safetensors`` file (or, with ``allow_pickle``, a ``.ckpt``)."""
+    """The state dict of a ``.safetensors`` file (or, with ``allow_pickle``, a ``.ckpt``),
+    floating-point values as float32, converted one tensor at a time as they are read (an
+    SDXL file in float16 would otherwise sit in memory twice)."""
     if not path.is_file():
         raise UserError(f"model file {path} does not exist")
     if path.suffix.lower() == ".ckpt":
@@ -99,12 +106,12 @@ def read_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
         ):
             raise UserError(f"{path} does not hold a state dict of tensors")
-        return loaded
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+        return {k: _float32(v) for k, v in loaded.items()}
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path)
+        with safe_open(path, "pt") as handle:
+            return {k: _float32(handle.get_tensor(k)) for k in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -177,10 +184,6 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         family = family_of(tensors)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from exc
-    tensors = {
-        k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
-        for k, v in tensors.items()
-    }
     layout = SD1 if family == "sd1" else SDXL
     towers = {"sd1": (SD1_CLIP,), "sdxl": (XL_CLIP, XL_BIGG), "sdxl-refiner": (REFINER_BIGG,)}
     known = (UNET, VAE) + towers[family]
