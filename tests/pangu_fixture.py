@@ -208,9 +208,10 @@ def vae_to_sgm(vae) -> dict:
         up = levels - 1 - i
         block(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{up}.block.")
         block(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{up}.upsample.")
-    for name in ("quant_conv", "post_quant_conv"):
+    for name in ("quant_conv", "post_quant_conv"):  # SD3's and Flux's VAEs have none
         for t in ("weight", "bias"):
-            out[f"{name}.{t}"] = sd[f"{name}.{t}"]
+            if f"{name}.{t}" in sd:
+                out[f"{name}.{t}"] = sd[f"{name}.{t}"]
     assert len(out) == len(sd), "the inverse VAE mapping missed keys"
     return out
 

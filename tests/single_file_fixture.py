@@ -1,4 +1,4 @@
-"""Tiny SD 1.x, SDXL and SDXL-refiner models written as original-layout single files.
+"""Tiny SD 1.x, SDXL, SDXL-refiner and SD3 models written as original-layout single files.
 
 Random diffusers / transformers models (the ground truth) are mapped back to Stable
 Diffusion's own key names by hand (:mod:`pangu_fixture`'s inverse mappings), and each is
@@ -17,7 +17,7 @@ from pangu_fixture import _perturb, bigg_to_openclip, unet_to_sgm, vae_to_sgm
 CLIP_WIDTH, BIGG_WIDTH = 64, 64  # 64-wide heads, as the real text towers
 
 
-def clip_l(seed: int, projection: bool = False):
+def clip_l(seed: int, projection: bool = False, act: str | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -29,7 +29,7 @@ def clip_l(seed: int, projection: bool = False):
         num_attention_heads=1,
         max_position_embeddings=77,
         projection_dim=BIGG_WIDTH,
-        hidden_act="quick_gelu" if not projection else "gelu",
+        hidden_act=act or ("quick_gelu" if not projection else "gelu"),
         eos_token_id=2,
     )
     model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
@@ -80,7 +80,8 @@ def unet(seed: int, family: str):
     return model.eval()
 
 
-def vae(seed: int, scaling_factor: float):
+def vae(seed: int, scaling_factor: float, flow: bool = False):
+    """SD's VAE, or (``flow``) SD3's: 16 channels, a shift factor, no quant convs."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -89,11 +90,115 @@ def vae(seed: int, scaling_factor: float):
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=16 if flow else 4,
         scaling_factor=scaling_factor,
+        shift_factor=0.0609 if flow else None,
+        use_quant_conv=not flow,
+        use_post_quant_conv=not flow,
     )
     _perturb(model)
     return model.eval()
+
+
+def mmdit(seed: int):
+    """SD3.5-medium-shaped in small: 64-wide heads, a second attention in the first block,
+    RMS norms on queries and keys; the last block only reads the text (context_pre_only)."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=64,
+        num_attention_heads=1,
+        joint_attention_dim=32,
+        caption_projection_dim=64,
+        pooled_projection_dim=2 * BIGG_WIDTH,
+        out_channels=16,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    _perturb(model)
+    return model.eval()
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """(shift, scale) <-> (scale, shift): the original MMDiT's and diffusers' orders."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def mmdit_to_original(model) -> dict:
+    """diffusers' SD3 names back to the original MMDiT's (fused q/k/v, adaLN halves)."""
+    sd = model.state_dict()
+    last = model.config.num_layers - 1
+    out = {
+        "pos_embed": sd["pos_embed.pos_embed"],
+        "final_layer.linear.weight": sd["proj_out.weight"],
+        "final_layer.linear.bias": sd["proj_out.bias"],
+        "final_layer.adaLN_modulation.1.weight": _swap_halves(sd["norm_out.linear.weight"]),
+        "final_layer.adaLN_modulation.1.bias": _swap_halves(sd["norm_out.linear.bias"]),
+    }
+    simple = {
+        "pos_embed.proj": "x_embedder.proj",
+        "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+        "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+        "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+        "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+        "context_embedder": "context_embedder",
+    }
+    for i in range(model.config.num_layers):
+        a, x, c = (
+            f"transformer_blocks.{i}.",
+            f"joint_blocks.{i}.x_block.",
+            f"joint_blocks.{i}.context_block.",
+        )
+        simple |= {
+            a + "attn.to_out.0": x + "attn.proj",
+            a + "norm1.linear": x + "adaLN_modulation.1",
+            a + "ff.net.0.proj": x + "mlp.fc1",
+            a + "ff.net.2": x + "mlp.fc2",
+            a + "attn2.to_out.0": x + "attn2.proj",
+        }
+        if i != last:
+            simple |= {
+                a + "attn.to_add_out": c + "attn.proj",
+                a + "norm1_context.linear": c + "adaLN_modulation.1",
+                a + "ff_context.net.0.proj": c + "mlp.fc1",
+                a + "ff_context.net.2": c + "mlp.fc2",
+            }
+        else:
+            for t in ("weight", "bias"):
+                out[f"{c}adaLN_modulation.1.{t}"] = _swap_halves(sd[f"{a}norm1_context.linear.{t}"])
+        for t in ("weight", "bias"):
+            for names, dst in (
+                (("to_q", "to_k", "to_v"), x + "attn.qkv"),
+                (("add_q_proj", "add_k_proj", "add_v_proj"), c + "attn.qkv"),
+                (("attn2.to_q", "attn2.to_k", "attn2.to_v"), x + "attn2.qkv"),
+            ):
+                keys = [a + (n if n.startswith("attn2") else "attn." + n) + f".{t}" for n in names]
+                if keys[0] in sd:
+                    out[f"{dst}.{t}"] = torch.cat([sd[k] for k in keys])
+        norms = {
+            "attn.norm_q": x + "attn.ln_q",
+            "attn.norm_k": x + "attn.ln_k",
+            "attn.norm_added_q": c + "attn.ln_q",
+            "attn.norm_added_k": c + "attn.ln_k",
+            "attn2.norm_q": x + "attn2.ln_q",
+            "attn2.norm_k": x + "attn2.ln_k",
+        }
+        for src, dst in norms.items():
+            if f"{a}{src}.weight" in sd:
+                out[f"{dst}.weight"] = sd[f"{a}{src}.weight"]
+    for src, dst in simple.items():
+        for t in ("weight", "bias"):
+            if f"{src}.{t}" in sd:
+                out[f"{dst}.{t}"] = sd[f"{src}.{t}"]
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values())
+    return out
 
 
 def _clip_keys(model, prefix: str) -> dict:
@@ -109,7 +214,9 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict
     the ground-truth modules."""
     from diffusers import (
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
         PNDMScheduler,
+        StableDiffusion3Pipeline,
         StableDiffusionPipeline,
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
@@ -117,13 +224,24 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict
     from safetensors.torch import save_file
 
     from pangudraw.convert import sgm
-    from pangudraw.convert.single import SD1_SCHEDULER, SDXL_SCHEDULER
+    from pangudraw.convert.single import SD1_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER
 
-    parts = {"unet": unet(seed, family)}
-    parts["vae"] = vae(seed + 1, 0.18215 if family == "sd1" else 0.13025)
-    tensors = {"model.diffusion_model." + k: v for k, v in unet_to_sgm(parts["unet"]).items()}
+    if family == "sd3":
+        parts = {"transformer": mmdit(seed)}
+        parts["vae"] = vae(seed + 1, 1.5305, flow=True)
+        original = mmdit_to_original(parts["transformer"])
+    else:
+        parts = {"unet": unet(seed, family)}
+        parts["vae"] = vae(seed + 1, 0.18215 if family == "sd1" else 0.13025)
+        original = unet_to_sgm(parts["unet"])
+    tensors = {"model.diffusion_model." + k: v for k, v in original.items()}
     tensors |= {"first_stage_model." + k: v for k, v in vae_to_sgm(parts["vae"]).items()}
-    if family == "sd1":
+    if family == "sd3":  # both CLIPs projected, in Hugging Face's layout
+        parts["text_encoder"] = clip_l(seed + 2, projection=True, act="quick_gelu")
+        parts["text_encoder_2"] = clip_l(seed + 3, projection=True)
+        tensors |= _clip_keys(parts["text_encoder"], "text_encoders.clip_l.transformer.")
+        tensors |= _clip_keys(parts["text_encoder_2"], "text_encoders.clip_g.transformer.")
+    elif family == "sd1":
         parts["text_encoder"] = clip_l(seed + 2)
         tensors |= _clip_keys(parts["text_encoder"], "cond_stage_model.transformer.")
     else:
@@ -145,9 +263,19 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict
 
     with torch.no_grad():  # the twin holds the values the file holds
         for module in parts.values():
-            for p in module.parameters():
-                p.copy_(p.to(dtype).float())
-    if family == "sd1":
+            for p in [*module.parameters(), *module.buffers()]:
+                if p.is_floating_point():
+                    p.copy_(p.to(dtype).float())
+    if family == "sd3":
+        pipe = StableDiffusion3Pipeline(
+            **parts,
+            tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
+            tokenizer_2=sgm.clip_tokenizer("!"),
+            text_encoder_3=None,
+            tokenizer_3=None,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
+        )
+    elif family == "sd1":
         pipe = StableDiffusionPipeline(
             **parts,
             tokenizer=sgm.clip_tokenizer("<|endoftext|>"),

@@ -1,4 +1,4 @@
-"""Single-file checkpoints (SD 1.x, SDXL, SDXL refiner in the original key layout) load
+"""Single-file checkpoints (SD 1.x, SDXL, SDXL refiner, SD3 in the original key layout) load
 offline through the project's loader and equal their diffusers-folder twins."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from single_file_fixture import write
 
-FAMILIES = ("sd1", "sdxl", "sdxl-refiner")
+FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,10 @@ def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
         str(truncated): "cannot read",
         str(pickle): "pickle checkpoint",
         _variant(sd1, tmp_path, "sd3.safetensors", lambda t: t.update(
-            {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1)})): "SD3 single file",
+            {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1)})): "no CLIP text",
+        _variant(sd1, tmp_path, "sd3_t5.safetensors", lambda t: t.update(
+            {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1),
+             "text_encoders.t5xxl.transformer.shared.weight": torch.zeros(1)})): "holds T5-XXL",
         _variant(sd1, tmp_path, "flux.safetensors", lambda t: t.update(
             {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)})): "Flux single file",
         _variant(sd1, tmp_path, "sd2.safetensors", lambda t: t.update(

@@ -675,7 +675,7 @@ def _files_key(folder: Path, cls: type) -> tuple | None:
 
 def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None = None) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux.1),
-    an SD 1.x or SDXL single file in the original layout (``.safetensors``; ``.ckpt`` with
+    an SD 1.x, SDXL or SD3 single file in the original layout (``.safetensors``; ``.ckpt`` with
     ``allow_pickle``), from the hub when ``path`` is ``hf:owner/name``, or a bundled model
     (``zoo:NAME``).
 

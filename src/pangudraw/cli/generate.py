@@ -38,7 +38,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "--structure",
     type=click.Path(path_type=Path),
     default=None,
-    help="Model folder, single .safetensors file (SD 1.x, SDXL) or bundled model name for "
+    help="Model folder, single .safetensors file (SD 1.x, SDXL, SD3) or bundled model name for "
     "the high-noise part, or the only model. "
     "Default: the bundled structure + texture pair.",
 )

@@ -114,9 +114,11 @@ def unet_config(
     return config
 
 
-def vae_config(sd: dict, scaling_factor: float, layout: str) -> dict:
+def vae_config(
+    sd: dict, scaling_factor: float, layout: str, shift_factor: float | None = None
+) -> dict:
     """A diffusers ``AutoencoderKL`` config from an ldm VAE's shapes (keys without the
-    ``first_stage_model.`` prefix)."""
+    ``first_stage_model.`` prefix); SD3's VAE has a shift factor and no quant convs."""
     what = "the VAE"
     levels = indices(sd, "encoder.down.")
     channels = [
@@ -133,6 +135,9 @@ def vae_config(sd: dict, scaling_factor: float, layout: str) -> dict:
         "latent_channels": shape(sd, "decoder.conv_in.weight", what, layout)[1],
         "sample_size": 1024,
         "scaling_factor": scaling_factor,
+        "shift_factor": shift_factor,
+        "use_quant_conv": "quant_conv.weight" in sd,
+        "use_post_quant_conv": "post_quant_conv.weight" in sd,
         "force_upcast": True,
     }
 
@@ -233,12 +238,15 @@ def convert_unet(source: dict, what: str, layout: str, head_channels: int | None
     return load_strict(model, converted, what, layout)
 
 
-def convert_vae(source: dict, scaling_factor: float, layout: str):
+def convert_vae(
+    source: dict, scaling_factor: float, layout: str, shift_factor: float | None = None
+):
     """The VAE of ``source`` (keys with the ``first_stage_model.`` prefix)."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    config = vae_config({k[len(VAE) :]: v for k, v in source.items()}, scaling_factor, layout)
+    plain = {k[len(VAE) :]: v for k, v in source.items()}
+    config = vae_config(plain, scaling_factor, layout, shift_factor)
     converted = convert_ldm_vae_checkpoint(source, config)
     check_all_used(source, converted, "the VAE", layout)
     with torch.device("meta"):
@@ -246,17 +254,19 @@ def convert_vae(source: dict, scaling_factor: float, layout: str):
     return load_strict(model, converted, "the VAE", layout)
 
 
-def convert_clip(source: dict, prefix: str, what: str, layout: str, ids: dict | None = None):
+def convert_clip(source: dict, prefix: str, what: str, layout: str, overrides: dict | None = None):
     """A Hugging Face CLIP text model stored under ``prefix`` (``text_model.*`` below it,
-    or the older layout without that level); ``ids`` replaces OpenAI's token ids."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    or the older layout without that level), with its projection when it has one;
+    ``overrides`` replaces config values the shapes do not give (token ids, activation)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     converted = {k[len(prefix) :]: v for k, v in source.items()}
-    if not any(k.startswith("text_model.") for k in converted):
+    if not any(k.startswith(("text_model.", "text_projection.")) for k in converted):
         converted = {"text_model." + k: v for k, v in converted.items()}
-    config = CLIPTextConfig(**clip_config(converted, what, layout) | (ids or {}))
+    config = CLIPTextConfig(**clip_config(converted, what, layout) | (overrides or {}))
+    cls = CLIPTextModelWithProjection if "text_projection.weight" in converted else CLIPTextModel
     with torch.device("meta"):
-        model = CLIPTextModel(config)
+        model = cls(config)
     if not any(k.startswith("text_model.") for k in model.state_dict()):
         # transformers 5 dropped the ``text_model.`` level of CLIPTextModel
         converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
@@ -326,3 +336,49 @@ def clip_tokenizer(pad_token: str):
             pad_token=pad_token,
             model_max_length=77,
         )
+
+
+def sd3_transformer_config(sd: dict, what: str, layout: str) -> dict:
+    """A diffusers ``SD3Transformer2DModel`` config from an MMDiT's shapes (keys without
+    the ``model.diffusion_model.`` prefix); 64-wide heads, as SD3 and SD3.5."""
+    hidden, in_channels, patch, _ = shape(sd, "x_embedder.proj.weight", what, layout)
+    context_out, context_in = shape(sd, "context_embedder.weight", what, layout)
+    positions = shape(sd, "pos_embed", what, layout)[1]
+    side = round(positions**0.5)
+    if side * side != positions:
+        raise UserError(f"{what}: {positions} position embeddings do not make a square grid")
+    layers = indices(sd, "joint_blocks.")
+    return {
+        "_class_name": "SD3Transformer2DModel",
+        "sample_size": 128,
+        "patch_size": patch,
+        "in_channels": in_channels,
+        "num_layers": len(layers),
+        "attention_head_dim": 64,
+        "num_attention_heads": hidden // 64,
+        "joint_attention_dim": context_in,
+        "caption_projection_dim": context_out,
+        "pooled_projection_dim": shape(sd, "y_embedder.mlp.0.weight", what, layout)[1],
+        "out_channels": shape(sd, "final_layer.linear.weight", what, layout)[0] // patch**2,
+        "pos_embed_max_size": side,
+        "dual_attention_layers": tuple(
+            i for i in layers if f"joint_blocks.{i}.x_block.attn2.qkv.weight" in sd
+        ),
+        "qk_norm": "rms_norm" if any(".attn.ln_q." in k for k in sd) else None,
+    }
+
+
+def convert_sd3_transformer(source: dict, what: str, layout: str):
+    """The MMDiT of ``source`` (keys with the ``model.diffusion_model.`` prefix)."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import (
+        convert_sd3_transformer_checkpoint_to_diffusers,
+    )
+
+    plain = {k[len(UNET) :]: v for k, v in source.items()}
+    config = sd3_transformer_config(plain, what, layout)
+    converted = convert_sd3_transformer_checkpoint_to_diffusers(dict(plain))
+    check_all_used(source, converted, what, layout)
+    with torch.device("meta"):
+        model = SD3Transformer2DModel.from_config(config)
+    return load_strict(model, converted, what, layout)

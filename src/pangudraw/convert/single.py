@@ -1,4 +1,4 @@
-"""Single-file checkpoints (SD 1.x and SDXL in Stable Diffusion's own key layout) as experts.
+"""Single-file checkpoints (SD 1.x, SDXL and SD3 in Stability's own key layout) as experts.
 
 A file like ``v1-5-pruned-emaonly.safetensors`` or ``sd_xl_base_1.0.safetensors`` holds the
 UNet (``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text towers
@@ -9,10 +9,12 @@ ships in the package, and the scheduler is the family's published configuration 
 No config or tokenizer is fetched from the hub.
 
 Families told apart by their keys: SD 1.x (CLIP ViT-L/14), SDXL base (CLIP ViT-L/14 and
-OpenCLIP bigG), SDXL refiner (bigG alone, aesthetic score). SD 2.x, SD3 and Flux single
-files are recognised and refused with what to do instead: SD 2.x because the file does not
-say whether it predicts noise or velocity, SD3 and Flux because their text stacks (T5) and
-separate component files are not assembled from single files yet.
+OpenCLIP bigG), SDXL refiner (bigG alone, aesthetic score), SD3/SD3.5 with its two CLIPs
+(``sd3_medium_incl_clips.safetensors``; the MMDiT then sees zeros where T5's tokens would
+be, as diffusers does without T5). Refused with what to do instead: SD 2.x (the file does
+not say whether it predicts noise or velocity), files that hold T5 (its tokenizer has no
+source this package could ship), files without text encoders (SD3.5 and Flux are
+published as separate component files), and Flux.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ SCHEDULE_BUFFERS = {
 IGNORED_PREFIXES = ("model_ema.", "denoiser.")
 IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
 
+SD3_CLIP_L = "text_encoders.clip_l.transformer."
+SD3_CLIP_G = "text_encoders.clip_g.transformer."
+SD3_T5 = "text_encoders.t5xxl."
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_CLIP = "cond_stage_model.model."
 XL_CLIP = "conditioner.embedders.0.transformer."
@@ -75,8 +80,14 @@ SDXL_SCHEDULER = {
     "use_karras_sigmas": False,
 }
 CLIP_WHAT = "the CLIP text model"
+SD3_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+}
 SD1 = "an SD 1.x checkpoint"
 SDXL = "an SDXL checkpoint"
+SD3 = "an SD3 checkpoint"
 
 
 def _float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -121,22 +132,36 @@ def _has(tensors: dict, *prefixes: str) -> bool:
 
 
 def family_of(tensors: dict) -> str:
-    """``sd1``, ``sdxl``, ``sdxl-refiner``; the families recognised but not loaded, and
-    anything else, are errors saying what to do."""
-    for family, marks in (
-        ("SD3", ("model.diffusion_model.joint_blocks.", "joint_blocks.")),
-        ("Flux", ("model.diffusion_model.double_blocks.", "double_blocks.")),
-    ):
-        if _has(tensors, *marks):
-            pipeline = "StableDiffusion3Pipeline" if family == "SD3" else "FluxPipeline"
+    """``sd1``, ``sdxl``, ``sdxl-refiner``, ``sd3``; the families recognised but not
+    loaded, and anything else, are errors saying what to do."""
+    folder = (
+        "{pipeline}.from_single_file(...).save_pretrained(FOLDER) on a machine with the hub, "
+        "then give FOLDER"
+    )
+    if _has(tensors, "model.diffusion_model.double_blocks.", "double_blocks."):
+        raise UserError(
+            "this is a Flux single file; pangu-draw loads Flux as a diffusers folder: "
+            + folder.format(pipeline="FluxPipeline")
+        )
+    if _has(tensors, "model.diffusion_model.joint_blocks.", "joint_blocks."):
+        if _has(tensors, SD3_T5):
             raise UserError(
-                f"this is a {family} single file; pangu-draw loads SD 1.x and SDXL single files, "
-                f"and {family} as a diffusers folder: {pipeline}.from_single_file(FILE)"
-                ".save_pretrained(FOLDER) on a machine with the hub, then give FOLDER"
+                "this SD3 file holds T5-XXL, whose tokenizer pangu-draw cannot ship (no "
+                "package source); use the file without T5 (…incl_clips.safetensors) or a "
+                "diffusers folder: " + folder.format(pipeline="StableDiffusion3Pipeline")
             )
+        if not (_has(tensors, SD3_CLIP_L) and _has(tensors, SD3_CLIP_G)):
+            raise UserError(
+                "this SD3 file has no CLIP text encoders (text_encoders.clip_l/clip_g); use "
+                "the file that includes them or a diffusers folder: "
+                + folder.format(pipeline="StableDiffusion3Pipeline")
+            )
+        if not _has(tensors, "model.diffusion_model."):
+            raise UserError("the MMDiT's keys lack the model.diffusion_model. prefix")
+        return "sd3"
     if not _has(tensors, UNET):
         raise UserError(
-            "no UNet (model.diffusion_model.*): not an SD 1.x or SDXL checkpoint in the "
+            "no UNet (model.diffusion_model.*): not an SD 1.x, SDXL or SD3 checkpoint in the "
             "original layout (a LoRA goes to --lora, a diffusers model is a folder)"
         )
     if _has(tensors, XL_BIGG):
@@ -152,7 +177,7 @@ def family_of(tensors: dict) -> str:
         return "sd1"
     raise UserError(
         "the UNet comes without its text encoder (cond_stage_model.* or conditioner.*): "
-        "pangu-draw loads complete SD 1.x and SDXL single files"
+        "pangu-draw loads complete SD 1.x, SDXL and SD3 single files"
     )
 
 
@@ -175,7 +200,7 @@ def _part(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def load_single_file(path: str | Path, allow_pickle: bool = False):
-    """An :class:`~pangudraw.experts.Expert` from an SD 1.x or SDXL single file."""
+    """An :class:`~pangudraw.experts.Expert` from an SD 1.x, SDXL or SD3 single file."""
     from ..experts import assemble, check_scheduler_config
 
     path = Path(path)
@@ -184,8 +209,13 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         family = family_of(tensors)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from exc
-    layout = SD1 if family == "sd1" else SDXL
-    towers = {"sd1": (SD1_CLIP,), "sdxl": (XL_CLIP, XL_BIGG), "sdxl-refiner": (REFINER_BIGG,)}
+    layout = {"sd1": SD1, "sd3": SD3}.get(family, SDXL)
+    towers = {
+        "sd1": (SD1_CLIP,),
+        "sdxl": (XL_CLIP, XL_BIGG),
+        "sdxl-refiner": (REFINER_BIGG,),
+        "sd3": (SD3_CLIP_L, SD3_CLIP_G),
+    }
     known = (UNET, VAE) + towers[family]
     unexpected = _unexpected(tensors, known)
     if unexpected:
@@ -197,7 +227,9 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         raise UserError(
             f"{path} has no VAE (first_stage_model.*); pangu-draw loads complete single files"
         )
-    what = f"{path.name}'s UNet"
+    what = f"{path.name}'s {'MMDiT' if family == 'sd3' else 'UNet'}"
+    if family == "sd3":
+        return _sd3(path, tensors, what)
     if family == "sd1":
         unet = sgm.convert_unet(_part(tensors, UNET), what, layout, None, 64)
         vae = sgm.convert_vae(_part(tensors, VAE), 0.18215, layout)
@@ -249,5 +281,42 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         unet,
         vae.eval(),
         check_scheduler_config(dict(scheduler), f"{layout}'s scheduler"),
+        str(path),
+    )
+
+
+def _sd3(path: Path, tensors: dict, what: str):
+    """SD3 / SD3.5 with its two CLIPs (penultimate states, projected pooled outputs) and no
+    T5: the MMDiT gets zeros in T5's place, as ``StableDiffusion3Pipeline`` without it."""
+    from ..experts import assemble, check_scheduler_config
+
+    network = sgm.convert_sd3_transformer(_part(tensors, UNET), what, SD3)
+    vae = sgm.convert_vae(_part(tensors, VAE), 1.5305, SD3, shift_factor=0.0609)
+    clip_l = sgm.convert_clip(_part(tensors, SD3_CLIP_L), SD3_CLIP_L, "CLIP-L", SD3)
+    clip_g = sgm.convert_clip(
+        _part(tensors, SD3_CLIP_G), SD3_CLIP_G, "CLIP-G", SD3, {"hidden_act": "gelu"}
+    )
+    for encoder, name in ((clip_l, "CLIP-L"), (clip_g, "CLIP-G")):
+        if not hasattr(encoder, "text_projection"):
+            raise UserError(f"{path}: {name} has no text projection (SD3's pooled text needs it)")
+    pooled = clip_l.config.projection_dim + clip_g.config.projection_dim
+    if network.config.pooled_projection_dim != pooled:
+        raise UserError(
+            f"{what} takes {network.config.pooled_projection_dim}-wide pooled text, not the "
+            f"{pooled} its CLIPs give"
+        )
+    components = {
+        "text_encoder": clip_l.eval(),
+        "tokenizer": sgm.clip_tokenizer("<|endoftext|>"),
+        "text_encoder_2": clip_g.eval(),
+        "tokenizer_2": sgm.clip_tokenizer("!"),
+    }
+    return assemble(
+        str(path),
+        {},
+        components.get,
+        network,
+        vae.eval(),
+        check_scheduler_config(dict(SD3_SCHEDULER), f"{SD3}'s scheduler"),
         str(path),
     )
