@@ -236,3 +236,21 @@ def test_an_inpainting_single_file_is_refused_before_it_runs(files, tmp_path, ca
     model = _variant(folder / "sd1.safetensors", tmp_path, "inpaint.safetensors", widen)
     code, err = cli(["generate", "a", "--structure", model, "-o", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "takes 9 latent channels" in err and err.count("\n") == 1
+
+
+def test_what_training_leaves_in_a_file_is_dropped(files, tmp_path):
+    """The DDPM buffers, an EMA copy and the VAE's training loss are not the model."""
+    from pangudraw.experts import load_expert
+
+    folder, _ = files
+
+    def leftovers(t):
+        t["model_ema.decay"] = torch.tensor(0.9999)
+        t["model_ema.diffusion_modelout2weight"] = torch.zeros(4, 32, 3, 3)
+        t["first_stage_model.loss.discriminator.main.0.weight"] = torch.zeros(8, 3, 4, 4)
+        t["betas"] = torch.zeros(1000)
+
+    model = _variant(folder / "sd1.safetensors", tmp_path, "trained.safetensors", leftovers)
+    a = load_expert(model).network.state_dict()
+    b = load_expert(folder / "sd1.safetensors").network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -28,8 +28,8 @@ from . import sgm
 from .sgm import UNET, VAE
 
 # Buffers a training run saves beside the weights (the DDPM schedule, derived from the
-# betas; the EMA copy of the UNet, which single files of either family prune or carry
-# under ``model_ema.``), and buffers derived from the architecture: read and dropped.
+# betas; the EMA copy of the UNet, which single files prune or carry under ``model_ema.``),
+# and buffers derived from the architecture: read and dropped.
 SCHEDULE_BUFFERS = {
     "betas",
     "alphas_cumprod",
@@ -45,7 +45,9 @@ SCHEDULE_BUFFERS = {
     "posterior_mean_coef2",
     "logvar",
 }
-IGNORED_PREFIXES = ("model_ema.", "denoiser.")
+# ... and the VAE's training loss (LPIPS and a discriminator), which some SD 1.x training
+# checkpoints still carry.
+IGNORED_PREFIXES = ("model_ema.", "denoiser.", "first_stage_model.loss.")
 IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
 
 SD3_CLIP_L = "text_encoders.clip_l.transformer."
@@ -195,7 +197,9 @@ def _part(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {
         k: v
         for k, v in tensors.items()
-        if k.startswith(prefix) and k.rsplit(".", 1)[-1] not in IGNORED_TAILS
+        if k.startswith(prefix)
+        and not k.startswith(IGNORED_PREFIXES)
+        and k.rsplit(".", 1)[-1] not in IGNORED_TAILS
     }
 
 
