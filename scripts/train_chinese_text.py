@@ -52,6 +52,12 @@ def main() -> None:
         "against the sentence loss",
     )
     parser.add_argument(
+        "--draws",
+        type=int,
+        default=2,
+        help="noisy versions of each image the generator loss draws from (fixed per run)",
+    )
+    parser.add_argument(
         "--adapter-rank",
         type=int,
         default=0,
@@ -71,6 +77,7 @@ def main() -> None:
         args.max_minutes,
         generator_weight=args.generator_weight,
         adapter_rank=args.adapter_rank,
+        draws=args.draws,
         keywords=keywords,
         init=init,
     )

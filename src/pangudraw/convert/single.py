@@ -1,8 +1,9 @@
 """Single-file checkpoints (SD 1.x, SDXL and SD3 in Stability's own key layout) as experts.
 
 A file like ``v1-5-pruned-emaonly.safetensors`` or ``sd_xl_base_1.0.safetensors`` holds the
-UNet (``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text towers
-(``cond_stage_model.transformer.*`` in SD 1.x; ``conditioner.embedders.N.*`` in SDXL). It
+UNet or MMDiT (``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text
+towers (``cond_stage_model.transformer.*`` in SD 1.x, ``conditioner.embedders.N.*`` in SDXL,
+``text_encoders.clip_l/clip_g.transformer.*`` in SD3). It
 loads offline: the architecture is read from the tensor shapes (:mod:`.sgm`), the keys are
 mapped by diffusers' single-file conversion, the tokenizers are built from CLIP's BPE that
 ships in the package, and the scheduler is the family's published configuration (below).

@@ -188,6 +188,7 @@ def train(
     init: tuple[list[str], torch.Tensor] | None = None,
     adapter_rank: int = 0,
     adapter_lr: float = 1e-3,
+    draws: int = 2,
 ) -> dict:
     """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
     checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
@@ -195,7 +196,8 @@ def train(
 
     ``adapter_rank`` > 0 also trains a low-rank change of MiniLM's linear layers
     (:func:`textenc.add_adapter`), used only for text with a CJK character; written as
-    ``out/adapter.safetensors``."""
+    ``out/adapter.safetensors``. ``draws``: noisy versions of each image (fixed, the
+    teacher's predictions computed once) that the generator loss samples from."""
     from safetensors.torch import load_file
 
     from ..experts import load_expert
@@ -256,9 +258,9 @@ def train(
     gen = torch.Generator().manual_seed(seed)  # the same fixed draws when resuming
     stages = [
         Stage.build(
-            structure, (500, 1000), image_latents(structure, data, files), hidden_en, 2, gen
+            structure, (500, 1000), image_latents(structure, data, files), hidden_en, draws, gen
         ),
-        Stage.build(texture, (0, 500), image_latents(texture, data, files), hidden_en, 2, gen),
+        Stage.build(texture, (0, 500), image_latents(texture, data, files), hidden_en, draws, gen),
     ]
     # The adapter goes in after the English targets were computed by plain MiniLM.
     wrapped = add_adapter(encoder, adapter_rank, seed) if adapter_rank else {}
@@ -312,6 +314,7 @@ def train(
         "generator_weight": generator_weight,
         "adapter_rank": adapter_rank,
         "adapter_lr": adapter_lr if adapter_rank else None,
+        "noisy_draws_per_image": draws,
         "last_losses": [round(x, 5) for x in torch.tensor(losses[-50:]).mean(0).tolist()]
         if losses
         else None,
