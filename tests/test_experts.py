@@ -85,3 +85,31 @@ def test_text_encoder_is_refused_when_its_hash_differs(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"tampered")
     with pytest.raises(UserError, match="has sha256 .* expected 53aa51172d142c89"):
         load_minilm(tmp_path)
+
+
+def test_the_bundled_pair_encodes_a_prompt_once_and_a_lora_unshares(models, monkeypatch, tmp_path):
+    """Every bundled model copies the same MiniLM: one generation encodes the prompt and
+    the empty negative once for both experts (same images as encoding twice). A LoRA may
+    change an encoder, so it ends the sharing."""
+    from pangudraw.lora import LoraSpec, apply_loras
+    from pangudraw.pipelines import generate
+    from tiny_models import tiny_lora
+
+    structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
+    calls = []
+    states = SDText._states
+
+    def counted(self, encoder, prompts):
+        calls.append(list(prompts))
+        return states(self, encoder, prompts)
+
+    monkeypatch.setattr(SDText, "_states", counted)
+    once = generate(structure, texture, "red apple", num_inference_steps=2, seed=0).images
+    assert calls == [["red apple"], [""]]
+    structure.text.shared = texture.text.shared = None
+    twice = generate(structure, texture, "red apple", num_inference_steps=2, seed=0).images
+    assert len(calls) == 6 and torch.equal(once, twice)
+    expert = load_expert(models["sd"])
+    expert.text.shared = "alike"
+    lora = tiny_lora(models["sd"], tmp_path / "lora")
+    assert apply_loras(expert, [LoraSpec(str(lora))]).text.shared is None

@@ -73,11 +73,15 @@ class SDText:
 
     ``chinese``: the bundled MiniLM's Chinese encoder (:func:`textenc.load_chinese_encoder`),
     which encodes the prompts that have a CJK character; the others keep ``encoder``.
+    ``shared``: text stacks with the same non-None value encode alike (the bundled MiniLM,
+    which every bundled model copies), so a generation encodes a prompt once for all of
+    them; a LoRA on the encoder clears it.
     """
 
     tokenizer: object
     encoder: torch.nn.Module
     chinese: torch.nn.Module | None = None
+    shared: str | None = None
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
         if self.chinese is None:
@@ -812,7 +816,7 @@ def assemble(
         )
     elif index.get("text_encoder") == MINILM_REFERENCE:
         tokenizer, encoder = load_minilm()
-        text = SDText(tokenizer, encoder, load_chinese_encoder())
+        text = SDText(tokenizer, encoder, load_chinese_encoder(), shared="bundled MiniLM")
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 

@@ -150,6 +150,8 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
     cls = _pipeline_class(expert)
     network_prefix = "unet" if expert.family == "unet" else "transformer"
     modules = {network_prefix: expert.network, **_text_encoders(expert)}
+    if getattr(expert.text, "shared", None):  # its encoder may change: no longer alike
+        expert.text.shared = None
     adapters: dict[str, list[tuple[str, float]]] = {prefix: [] for prefix in modules}
     for index, spec in enumerate(loras):
         path = Path(spec.path)

@@ -40,7 +40,8 @@ class GenerationOutput:
 
 
 class _PromptCache:
-    """Encodes each (text encoders, prompts, guidance, size) once per generation."""
+    """Encodes each (text encoders, prompts, guidance, size) once per generation; text
+    stacks that declare themselves alike (``SDText.shared``) count as one."""
 
     def __init__(self) -> None:
         self.entries: dict = {}
@@ -48,7 +49,9 @@ class _PromptCache:
     def __call__(
         self, expert, prompts, negatives, guidance, size, styles=(), true_cfg=1.0
     ) -> Conditioning:
-        key = (id(expert.text), tuple(prompts), negatives and tuple(negatives), guidance > 1, size)
+        shared = getattr(expert.text, "shared", None)  # alike, and blind to the size
+        text, size_key = (shared, None) if shared else (id(expert.text), size)
+        key = (text, tuple(prompts), negatives and tuple(negatives), guidance > 1, size_key)
         key += (styles, true_cfg)
         if key not in self.entries:
             self.entries[key] = expert.encode_prompt(
