@@ -61,6 +61,7 @@ def generate_args(seed: int, steps: int = STEPS, prompt: str = "red apple", **ch
         "split": 500,
         "steps": steps,
         "guidance": 7.0,
+        "true_cfg": 1.0,
         "sampler": "euler",
         "seed_mode": "fixed",
         "seed": seed,
@@ -123,6 +124,7 @@ def test_previews_arrive_before_the_final_image(client):
     [
         ({"steps": 51}, "Value 51 is greater than maximum value 50"),  # the slider's bound
         ({"num_images": 5}, "Value 5 is greater than maximum value 4"),
+        ({"true_cfg": 3.0}, "true CFG is for Flux models"),
         ({"prompts": "a\nb\nc", "num_images": 2}, "number of images 6 is over"),
     ],
 )

@@ -169,6 +169,7 @@ class App:
         split: float,
         steps: float,
         guidance: float,
+        true_cfg: float | None,
         sampler: str,
         seed_mode: str,
         seed: float | None,
@@ -215,6 +216,7 @@ class App:
                 width,
                 height,
                 num_images,
+                true_cfg=float(1.0 if true_cfg is None else true_cfg),
             ).check()
         except UserError as exc:
             raise gr.Error(str(exc)) from None
@@ -381,6 +383,7 @@ class App:
             record.get("split") or DEFAULT_SPLIT,
             record.get("steps", DEFAULT_STEPS),
             record.get("guidance_scale", 7.0),
+            record.get("true_cfg", 1.0),
             record.get("sampler", "euler"),
             "fixed",
             record.get("seed", 0),
@@ -454,6 +457,12 @@ def build(app: App) -> gr.Blocks:
                                 1, limits.max_steps, value=DEFAULT_STEPS, step=1, label="Steps"
                             )
                             guidance = gr.Slider(1, 15, value=7.0, step=0.5, label="Guidance")
+                            true_cfg = gr.Number(
+                                value=1.0,
+                                minimum=1,
+                                label="True CFG (Flux; 1 = off)",
+                                elem_id="generate-true-cfg",
+                            )
                             sampler = gr.Dropdown(
                                 list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label="Sampler"
                             )
@@ -498,6 +507,7 @@ def build(app: App) -> gr.Blocks:
                     split,
                     steps,
                     guidance,
+                    true_cfg,
                     sampler,
                     seed_mode,
                     seed,
