@@ -43,7 +43,8 @@ def tiny_unet(seed: int):
     return unet.eval()
 
 
-def tiny_vae(seed: int):
+def tiny_vae(seed: int, scaling_factor: float = 0.13025, layers: int = 2, flow: bool = False):
+    """SD's VAE, or (``flow``) SD3's: 16 channels, a shift factor, no quant convs."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -51,9 +52,12 @@ def tiny_vae(seed: int):
         block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=2,
-        latent_channels=4,
-        scaling_factor=0.13025,
+        layers_per_block=layers,
+        latent_channels=16 if flow else 4,
+        scaling_factor=scaling_factor,
+        shift_factor=0.0609 if flow else None,
+        use_quant_conv=not flow,
+        use_post_quant_conv=not flow,
     )
     _perturb(vae)
     return vae.eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pangu_fixture import _perturb, bigg_to_openclip, unet_to_sgm, vae_to_sgm
+from pangu_fixture import _perturb, bigg_to_openclip, tiny_vae, unet_to_sgm, vae_to_sgm
 
 CLIP_WIDTH, BIGG_WIDTH = 64, 64  # 64-wide heads, as the real text towers
 
@@ -76,26 +76,6 @@ def unet(seed: int, family: str):
             addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=BIGG_WIDTH + numbers * 256,
         )
-    _perturb(model)
-    return model.eval()
-
-
-def vae(seed: int, scaling_factor: float, flow: bool = False):
-    """SD's VAE, or (``flow``) SD3's: 16 channels, a shift factor, no quant convs."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    model = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=16 if flow else 4,
-        scaling_factor=scaling_factor,
-        shift_factor=0.0609 if flow else None,
-        use_quant_conv=not flow,
-        use_post_quant_conv=not flow,
-    )
     _perturb(model)
     return model.eval()
 
@@ -208,10 +188,9 @@ def _clip_keys(model, prefix: str) -> dict:
     return {prefix + k: v for k, v in sd.items()}
 
 
-def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict:
+def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None:
     """``folder/FAMILY.safetensors`` (the original layout, stored as ``dtype``) and
-    ``folder/FAMILY`` (the diffusers twin, float32 values rounded the same way). Returns
-    the ground-truth modules."""
+    ``folder/FAMILY`` (the diffusers twin, float32 values rounded the same way)."""
     from diffusers import (
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
@@ -228,11 +207,11 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict
 
     if family == "sd3":
         parts = {"transformer": mmdit(seed)}
-        parts["vae"] = vae(seed + 1, 1.5305, flow=True)
+        parts["vae"] = tiny_vae(seed + 1, 1.5305, layers=1, flow=True)
         original = mmdit_to_original(parts["transformer"])
     else:
         parts = {"unet": unet(seed, family)}
-        parts["vae"] = vae(seed + 1, 0.18215 if family == "sd1" else 0.13025)
+        parts["vae"] = tiny_vae(seed + 1, 0.18215 if family == "sd1" else 0.13025, layers=1)
         original = unet_to_sgm(parts["unet"])
     tensors = {"model.diffusion_model." + k: v for k, v in original.items()}
     tensors |= {"first_stage_model." + k: v for k, v in vae_to_sgm(parts["vae"]).items()}
@@ -302,4 +281,3 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> dict
             force_zeros_for_empty_prompt=False,
         )
     pipe.save_pretrained(folder / family)
-    return parts

@@ -153,7 +153,7 @@ def test_the_low_rank_change_merges_into_what_training_computed():
     import copy
 
     from pangudraw.errors import UserError
-    from pangudraw.textenc import adapter_tensors, add_adapter, merge_adapter
+    from pangudraw.textenc import adapter_factors, add_adapter, merge_adapter
 
     tok, plain = load_minilm(chinese=False)
     trained = copy.deepcopy(plain)
@@ -162,7 +162,7 @@ def test_the_low_rank_change_merges_into_what_training_computed():
     with torch.no_grad():
         for module in wrapped.values():
             module.up.normal_(0, 0.02)
-    tensors = adapter_tensors(wrapped)
+    tensors = adapter_factors(wrapped)
     merged = merge_adapter(copy.deepcopy(plain), tensors, "test")
     ids = tok(ENGLISH, padding="max_length", max_length=16, return_tensors="pt")
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_an_adapter_file_is_loaded_merged_and_checked(tmp_path):
     from pangudraw.errors import UserError
     from pangudraw.textenc import (
         ZH_ADAPTER,
-        adapter_tensors,
+        adapter_factors,
         add_adapter,
         load_chinese_encoder,
     )
@@ -226,7 +226,7 @@ def test_an_adapter_file_is_loaded_merged_and_checked(tmp_path):
     with torch.no_grad():
         for module in wrapped.values():
             module.up.normal_(0, 0.02)
-    save_file({k: v.contiguous() for k, v in adapter_tensors(wrapped).items()}, folder / ZH_ADAPTER)
+    save_file({k: v.detach() for k, v in adapter_factors(wrapped).items()}, folder / ZH_ADAPTER)
     chinese = load_chinese_encoder(folder)
     assert chinese is load_chinese_encoder(folder)  # one per process
     ids = tok(["红心"], return_tensors="pt")

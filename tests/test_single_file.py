@@ -19,8 +19,11 @@ FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    """The folder with each family's single file and its diffusers twin."""
     folder = tmp_path_factory.mktemp("single")
-    return folder, {family: write(folder, family, seed=i) for i, family in enumerate(FAMILIES)}
+    for i, family in enumerate(FAMILIES):
+        write(folder, family, seed=i)
+    return folder
 
 
 def _modules(expert) -> dict[str, torch.nn.Module]:
@@ -38,7 +41,7 @@ def test_a_single_file_equals_its_diffusers_folder_twin(files, family):
     from pangudraw.experts import load_expert
     from pangudraw.pipelines import generate
 
-    folder, _ = files
+    folder = files
     single = load_expert(folder / f"{family}.safetensors")
     twin = load_expert(folder / family)
     a, b = _modules(single), _modules(twin)
@@ -66,7 +69,7 @@ def test_single_files_load_with_the_network_switched_off(files, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder, _ = files
+    folder = files
     for family in FAMILIES:
         expert = load_expert(folder / f"{family}.safetensors")
         assert expert.encode_prompt(["a cat"], None, 4.0, (64, 64)).embeds.isfinite().all()
@@ -93,7 +96,7 @@ def cli(argv, capsys):
 def test_generate_and_coop_take_single_files_and_coop_reproduces_from_the_png(files, tmp_path):
     from pangudraw.cli.main import main
 
-    folder, _ = files
+    folder = files
     png = tmp_path / "apple.png"
     model = str(folder / "sdxl.safetensors")
     main(["generate", "a red apple", "--structure", model, "--size", "32", "--steps", "3",
@@ -141,7 +144,7 @@ def _variant(source, folder, name: str, change) -> str:
 
 
 def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
-    folder, _ = files
+    folder = files
     out = tmp_path / "x.png"
     sd1 = folder / "sd1.safetensors"
     truncated = tmp_path / "cut.safetensors"
@@ -179,7 +182,7 @@ def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
 def test_a_trusted_pickle_single_file_loads_with_allow_pickle(files, tmp_path):
     from pangudraw.experts import load_expert
 
-    folder, _ = files
+    folder = files
     pickle = tmp_path / "model.ckpt"
     torch.save({"state_dict": load_file(folder / "sd1.safetensors")}, pickle)
     a = load_expert(pickle, allow_pickle=True).network.state_dict()
@@ -190,7 +193,7 @@ def test_a_trusted_pickle_single_file_loads_with_allow_pickle(files, tmp_path):
 def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, tmp_path):
     from pangudraw.ui.served import Served
 
-    folder, _ = files
+    folder = files
     _variant(folder / "sd1.safetensors", folder, "vae_only.safetensors", lambda t: [
         t.pop(k) for k in list(t) if not k.startswith("first_stage_model.")])  # fmt: skip
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -205,7 +208,7 @@ def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
     from pangudraw.pipelines import generate
     from tiny_models import tiny_lora, to_kohya
 
-    folder, _ = files
+    folder = files
     lora = tiny_lora(folder / "sd1", tmp_path / "lora")
     kohya = to_kohya(lora, tmp_path / "kohya.safetensors")
 
@@ -227,7 +230,7 @@ def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
 def test_an_inpainting_single_file_is_refused_before_it_runs(files, tmp_path, capsys):
     """Nine input channels (latents, mask, masked image): a one-line error, not a shape
     error in the middle of sampling."""
-    folder, _ = files
+    folder = files
 
     def widen(t):
         key = "model.diffusion_model.input_blocks.0.0.weight"
@@ -242,7 +245,7 @@ def test_what_training_leaves_in_a_file_is_dropped(files, tmp_path):
     """The DDPM buffers, an EMA copy and the VAE's training loss are not the model."""
     from pangudraw.experts import load_expert
 
-    folder, _ = files
+    folder = files
 
     def leftovers(t):
         t["model_ema.decay"] = torch.tensor(0.9999)

@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, ControlNetModel
 from .errors import UserError
 from .files import read_json
 from .latents import LatentSpace
+from .limits import check_true_cfg
 from .noise import (
     PREDICTION_TYPES,
     DiscreteVPSchedule,
@@ -366,8 +367,7 @@ class Expert:
                     f"true CFG is for Flux models; {self.name} has classifier-free guidance "
                     "at its guidance scale already"
                 )
-            if true_cfg < 1.0:
-                raise UserError(f"true CFG scale {true_cfg:g} is below 1; 1 turns it off")
+            check_true_cfg(true_cfg)
             cond = self.text.encode(prompts, negatives, True, size)
             return replace(cond, cfg_scale=true_cfg)
         if self.family == "flux":

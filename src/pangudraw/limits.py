@@ -53,6 +53,13 @@ def check_finite(value: float, name: str) -> float:
     return float(value)
 
 
+def check_true_cfg(value: float) -> float:
+    """A true classifier-free guidance scale (Flux): finite and at least 1 (1 is off)."""
+    if check_finite(value, "true CFG scale") < 1:
+        raise UserError(f"true CFG scale {value:g} is below 1; 1 turns it off")
+    return float(value)
+
+
 def check_request(
     steps: int, num_images: int, seed: int, width: int | None, height: int | None
 ) -> None:

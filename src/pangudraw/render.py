@@ -140,7 +140,14 @@ class GenerateRequest:
         """The request with its defaults filled in (models, seed), checked before torch
         loads; a :class:`UserError` for anything out of bounds."""
         from .errors import UserError
-        from .limits import check_int, check_memory, check_request, max_images, pixel_estimate
+        from .limits import (
+            check_int,
+            check_memory,
+            check_request,
+            check_true_cfg,
+            max_images,
+            pixel_estimate,
+        )
 
         if not self.prompts:
             raise UserError("give at least one prompt")
@@ -160,8 +167,7 @@ class GenerateRequest:
         width, height = self.width, self.height
         if width is None and height is None and "size" in defaults:
             width, height = defaults["size"]
-        if self.true_cfg < 1:
-            raise UserError(f"true CFG scale {self.true_cfg:g} is below 1; 1 turns it off")
+        check_true_cfg(self.true_cfg)
         if self.bridge not in BRIDGE_MODES:
             raise UserError(f"unknown bridge {self.bridge!r}; use {' or '.join(BRIDGE_MODES)}")
         if filled["styles"] and "size" not in defaults:

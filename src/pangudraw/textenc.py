@@ -172,9 +172,11 @@ def add_adapter(encoder: torch.nn.Module, rank: int, seed: int = 0) -> dict[str,
     return wrapped
 
 
-def adapter_tensors(wrapped: dict[str, LowRank]) -> dict[str, torch.Tensor]:
+def adapter_factors(wrapped: dict[str, LowRank]) -> dict[str, torch.nn.Parameter]:
+    """The factors of :func:`add_adapter`'s layers under the names a saved adapter uses
+    (``LAYER.down``, ``LAYER.up``): what trains, and what :func:`merge_adapter` reads."""
     return {
-        f"{name}.{part}": getattr(module, part).detach()
+        f"{name}.{part}": getattr(module, part)
         for name, module in wrapped.items()
         for part in ("down", "up")
     }

@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..train.export import drop_loading_paths
 from . import sgm
 from .mindspore import read_checkpoint
-from .sgm import SIZE_EMBEDDING, UNET, VAE
+from .sgm import UNET, VAE
 
 ZH_CLIP = "conditioner.embedders.0.transformer."
 BIGG = "conditioner.embedders.1.model."
@@ -118,19 +118,9 @@ def read_source(path: Path, dtype: torch.dtype | None, progress: Callable[[int],
 LAYOUT = "PanGu-Draw v3's"
 
 
-def check_vector_condition(unet, pooled_dim: int, what: str) -> None:
-    """The UNet's vector condition is the pooled text plus the one size-bucket number."""
-    adm = unet.config.projection_class_embeddings_input_dim
-    if adm is None or adm - pooled_dim != SIZE_EMBEDDING:
-        raise UserError(
-            f"{what} takes a {adm}-wide vector condition, not the pooled text ({pooled_dim}) "
-            f"plus the {SIZE_EMBEDDING}-wide size bucket of PanGu-Draw v3"
-        )
-
-
 def convert_unet(source: dict, pooled_dim: int, what: str):
     unet = sgm.convert_unet(source, what, "an SDXL-shaped UNet", HEAD_CHANNELS, 128)
-    check_vector_condition(unet, pooled_dim, what)
+    sgm.check_vector_condition(unet, pooled_dim, 1, what, "PanGu-Draw v3 (its size bucket)")
     return unet
 
 

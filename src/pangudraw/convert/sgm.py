@@ -142,7 +142,12 @@ def vae_config(
     }
 
 
-def clip_config(sd: dict, what: str, layout: str, head_channels: int = 64) -> dict:
+# OpenAI's CLIP token ids (eos 2: transformers then pools at the highest token id, CLIP's
+# end token), as every CLIP text config here has them.
+_CLIP_IDS = {"layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+
+
+def clip_config(sd: dict, what: str, layout: str) -> dict:
     """A ``CLIPTextConfig`` dict from a Hugging Face CLIP text model's shapes (keys
     starting ``text_model.``); OpenAI's CLIP token ids and activation."""
     p = "text_model."
@@ -152,15 +157,12 @@ def clip_config(sd: dict, what: str, layout: str, head_channels: int = 64) -> di
         "hidden_size": width,
         "intermediate_size": shape(sd, p + "encoder.layers.0.mlp.fc1.weight", what, layout)[0],
         "num_hidden_layers": len(indices(sd, p + "encoder.layers.")),
-        "num_attention_heads": width // head_channels,
+        "num_attention_heads": width // 64,
         "max_position_embeddings": shape(
             sd, p + "embeddings.position_embedding.weight", what, layout
         )[0],
         "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "pad_token_id": 1,
-        "bos_token_id": 0,
-        "eos_token_id": 2,  # transformers then pools at the highest id, CLIP's end token
+        **_CLIP_IDS,
     }
     if "text_projection.weight" in sd:
         config["projection_dim"] = sd["text_projection.weight"].shape[0]
@@ -182,12 +184,21 @@ def openclip_config(sd: dict, prefix: str, what: str, layout: str) -> dict:
         "max_position_embeddings": shape(sd, prefix + "positional_embedding", what, layout)[0],
         "projection_dim": shape(sd, prefix + "text_projection", what, layout)[1],
         "hidden_act": "gelu",
-        "layer_norm_eps": 1e-5,
-        # eos 2: transformers then pools at the highest token id, OpenCLIP's end token
-        "pad_token_id": 1,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
+        **_CLIP_IDS,
     }
+
+
+def check_vector_condition(unet, pooled_dim: int, numbers: int, what: str, model: str) -> None:
+    """SDXL's vector condition is the pooled text plus ``numbers`` 256-wide embeddings of
+    size numbers (base 6, refiner 5, PanGu-Draw v3 one bucket index): refuse a UNet that
+    takes another width."""
+    adm = unet.config.projection_class_embeddings_input_dim
+    expected = pooled_dim + numbers * SIZE_EMBEDDING
+    if adm != expected:
+        raise UserError(
+            f"{what} takes a {adm}-wide vector condition, not the pooled text ({pooled_dim}) "
+            f"plus the {numbers} {SIZE_EMBEDDING}-wide size embedding(s) of {model}"
+        )
 
 
 def numel(tensors: Iterable[torch.Tensor]) -> int:
@@ -295,23 +306,11 @@ def bundled(name: str, sha256: str) -> Path:
     return path
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte-to-character table (the BPE works on these characters)."""
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @lru_cache(maxsize=1)
 def _clip_bpe() -> tuple[str, str]:
     """CLIP's ``vocab.json`` and ``merges.txt`` as text, from the bundled BPE file."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # CLIP's byte table
+
     lines = gzip.decompress(bundled(*CLIP_BPE).read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _MERGES + 1]]
     tokens = list(bytes_to_unicode().values())

@@ -214,7 +214,7 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         family = family_of(tensors)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from exc
-    layout = {"sd1": SD1, "sd3": SD3}.get(family, SDXL)
+    layout = {"sd1": SD1, "sd3": SD3}.get(family, SDXL)  # for the messages
     towers = {
         "sd1": (SD1_CLIP,),
         "sdxl": (XL_CLIP, XL_BIGG),
@@ -233,8 +233,26 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
             f"{path} has no VAE (first_stage_model.*); pangu-draw loads complete single files"
         )
     what = f"{path.name}'s {'MMDiT' if family == 'sd3' else 'UNet'}"
-    if family == "sd3":
-        return _sd3(path, tensors, what)
+    build = _sd3 if family == "sd3" else _unet_family
+    network, vae, components, index, scheduler = build(path, tensors, family, what)
+    for module in (network, vae, *components.values()):
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return assemble(
+        str(path),
+        index,
+        components.get,
+        network,
+        vae,
+        check_scheduler_config(dict(scheduler), f"{path.name}'s family's scheduler"),
+        str(path),
+    )
+
+
+def _unet_family(path: Path, tensors: dict, family: str, what: str):
+    """SD 1.x (CLIP-L, last hidden state) or SDXL (CLIP-L and bigG, or bigG alone in the
+    refiner; pooled text and size numbers in the vector condition)."""
+    layout = SD1 if family == "sd1" else SDXL
     if family == "sd1":
         unet = sgm.convert_unet(_part(tensors, UNET), what, layout, None, 64)
         vae = sgm.convert_vae(_part(tensors, VAE), 0.18215, layout)
@@ -255,16 +273,11 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
             clip = sgm.convert_clip(_part(tensors, XL_CLIP), XL_CLIP, CLIP_WHAT, layout)
             components |= {"text_encoder": clip, "tokenizer": sgm.clip_tokenizer("<|endoftext|>")}
             context += clip.config.hidden_size
-        # the vector condition: pooled text plus 6 size numbers (base: original size, crop,
-        # target size) or 5 (refiner: original size, crop, aesthetic score)
+        # size numbers: base 6 (original size, crop, target size), refiner 5 (original
+        # size, crop, aesthetic score)
+        model = "an SDXL base model" if family == "sdxl" else "an SDXL refiner"
         numbers = 6 if family == "sdxl" else 5
-        expected = bigg.config.projection_dim + numbers * sgm.SIZE_EMBEDDING
-        adm = unet.config.projection_class_embeddings_input_dim
-        if adm != expected:
-            raise UserError(
-                f"{what} takes a {adm}-wide vector condition, not the {expected} of an "
-                f"SDXL {'base' if family == 'sdxl' else 'refiner'} model"
-            )
+        sgm.check_vector_condition(unet, bigg.config.projection_dim, numbers, what, model)
         index = {
             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
             "force_zeros_for_empty_prompt": family == "sdxl",
@@ -276,25 +289,12 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
             f"{what} attends to {unet.config.cross_attention_dim}-wide text, not the "
             f"{context} its text encoders give"
         )
-    for module in components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval()
-    return assemble(
-        str(path),
-        index,
-        components.get,
-        unet,
-        vae.eval(),
-        check_scheduler_config(dict(scheduler), f"{layout}'s scheduler"),
-        str(path),
-    )
+    return unet, vae, components, index, scheduler
 
 
-def _sd3(path: Path, tensors: dict, what: str):
+def _sd3(path: Path, tensors: dict, family: str, what: str):
     """SD3 / SD3.5 with its two CLIPs (penultimate states, projected pooled outputs) and no
     T5: the MMDiT gets zeros in T5's place, as ``StableDiffusion3Pipeline`` without it."""
-    from ..experts import assemble, check_scheduler_config
-
     network = sgm.convert_sd3_transformer(_part(tensors, UNET), what, SD3)
     vae = sgm.convert_vae(_part(tensors, VAE), 1.5305, SD3, shift_factor=0.0609)
     clip_l = sgm.convert_clip(_part(tensors, SD3_CLIP_L), SD3_CLIP_L, "CLIP-L", SD3)
@@ -311,17 +311,9 @@ def _sd3(path: Path, tensors: dict, what: str):
             f"{pooled} its CLIPs give"
         )
     components = {
-        "text_encoder": clip_l.eval(),
+        "text_encoder": clip_l,
         "tokenizer": sgm.clip_tokenizer("<|endoftext|>"),
-        "text_encoder_2": clip_g.eval(),
+        "text_encoder_2": clip_g,
         "tokenizer_2": sgm.clip_tokenizer("!"),
     }
-    return assemble(
-        str(path),
-        {},
-        components.get,
-        network,
-        vae.eval(),
-        check_scheduler_config(dict(SD3_SCHEDULER), f"{SD3}'s scheduler"),
-        str(path),
-    )
+    return network, vae, components, {}, SD3_SCHEDULER

@@ -34,7 +34,7 @@ from ..textenc import (
     MINILM_MAX_TOKENS,
     ZH_ADAPTER,
     ZH_ROWS,
-    adapter_tensors,
+    adapter_factors,
     add_adapter,
     add_cjk_rows,
     is_cjk,
@@ -264,11 +264,10 @@ def train(
     ]
     # The adapter goes in after the English targets were computed by plain MiniLM.
     wrapped = add_adapter(encoder, adapter_rank, seed) if adapter_rank else {}
-    extra = [getattr(w, part) for w in wrapped.values() for part in ("down", "up")]
-    names = [f"{n}.{part}" for n in wrapped for part in ("down", "up")]
-    if extra:
-        optimizer.add_param_group({"params": extra, "lr": adapter_lr})
-        for name, tensor in zip(names, extra):
+    factors = adapter_factors(wrapped)  # name -> the trainable down/up parameter
+    if factors:
+        optimizer.add_param_group({"params": list(factors.values()), "lr": adapter_lr})
+        for name, tensor in factors.items():
             if f"adapter.{name}" in saved:
                 with torch.no_grad():
                     tensor.copy_(saved[f"adapter.{name}"])
@@ -320,7 +319,7 @@ def train(
         else None,
     }
     tensors = {"rows": param, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
-    for name, tensor in zip(names, extra):
+    for name, tensor in factors.items():
         moment = optimizer.state.get(tensor) or {}
         tensors[f"adapter.{name}"] = tensor.detach()
         tensors[f"m.adapter.{name}"] = moment.get("exp_avg", torch.zeros_like(tensor))
@@ -332,8 +331,8 @@ def train(
     if done >= steps:
         files[out / ZH_ROWS] = safetensors_writer({"rows": param.half()})
         files[out / "tokens.json"] = json_writer(chars)
-        if wrapped:
-            adapter = {k: v.half() for k, v in adapter_tensors(wrapped).items()}
+        if factors:
+            adapter = {k: v.detach().half() for k, v in factors.items()}
             files[out / ZH_ADAPTER] = safetensors_writer(adapter)
     write_outputs(files)
     return record
