@@ -28,15 +28,21 @@ RESULTS = Path(__file__).parent / "results"
 SNAPSHOTS = ROOT / "zoo/snapshot_images"  # decoupled.npz, full.npz: made on the GPU
 
 
-def real_images() -> tuple[torch.Tensor, list[str]]:
-    from pangudraw.train.config import TrainConfig
-    from pangudraw.train.stagedata import load_pool
-
+def emoji_data() -> Path:
+    """The Noto emoji set, rendered from the registry package when missing."""
     if not (DATA / "metadata.jsonl").is_file():
         subprocess.run(
             [str(Path(sys.executable).parent / "pangu-draw"), "data", "emoji", "--style",
              "google", "--out", str(DATA)], check=True,
         )  # fmt: skip
+    return DATA
+
+
+def real_images() -> tuple[torch.Tensor, list[str]]:
+    from pangudraw.train.config import TrainConfig
+    from pangudraw.train.stagedata import load_pool
+
+    emoji_data()
     config = TrainConfig(stage="full", data=str(DATA), output="", resolution=64, min_size=64)
     pool = load_pool(config)
     texts = [json.loads(r)["text"] for r in (DATA / "metadata.jsonl").read_text().splitlines()]

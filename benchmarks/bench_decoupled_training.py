@@ -15,7 +15,9 @@ Scales: ``cpu`` (default) fits the 2-core machine (32 px against a 16 px structu
 model, small UNets, 1,600 steps, about 15 minutes); ``cpu_long`` is the same for 4,800
 steps; ``zoo`` is the bundled models' scale (64 against 32 px) for a GPU. ``--seed 1
 --final-only`` scores another seed's final models; ``--part data`` runs the
-mixed-resolution pool (half of the emoji kept only at 24 px).
+mixed-resolution pool (half of the emoji kept only at 24 px); ``--split 300`` moves the
+hand-over (structure on [300, 1000), texture on [0, 300)) and trains only the pair again:
+the monolithic model does not depend on the split and is shared with the t = 500 run.
 Training runs in resumable chunks; run the script again to continue. Every finished
 point is saved, so an interrupted evaluation resumes too.
 
@@ -36,7 +38,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_decoupled_quality import DATA, RESULTS, ROOT, crossing, real_images  # noqa: E402
+from bench_decoupled_quality import (  # noqa: E402
+    DATA,
+    RESULTS,
+    ROOT,
+    crossing,
+    emoji_data,
+    real_images,
+)
 
 SCALES = {
     "cpu": {
@@ -76,11 +85,11 @@ SCALES = {
         "samples": 192,
     },
 }
-STEPS, GUIDANCE, SAMPLER, SPLIT = 25, 4.0, "dpmpp_2m", 500
+STEPS, GUIDANCE, SAMPLER, SPLIT = 25, 4.0, "dpmpp_2m", 500  # SPLIT: the default hand-over
 STAGES = ("full", "texture", "structure")
 
 
-def config_text(stage: str, scale: dict, seed: int, run: Path) -> str:
+def config_text(stage: str, scale: dict, seed: int, run: Path, split: int = SPLIT) -> str:
     resolution = scale["structure_resolution"] if stage == "structure" else scale["resolution"]
     unet = ", ".join(f"{k} = {json.dumps(v)}" for k, v in scale["unet"].items())
     return "\n".join(
@@ -92,6 +101,7 @@ def config_text(stage: str, scale: dict, seed: int, run: Path) -> str:
             "min_size = 64",  # the same pool for every stage (item 4 of the issue varies it)
             'vae = "zoo:vae_a"',
             f"seed = {seed}",
+            f"t_split = {split}",
             f"batch_size = {scale['batch_size']}",
             "lr = 2e-4",
             f"max_steps = {scale['max_steps']}",
@@ -104,13 +114,19 @@ def config_text(stage: str, scale: dict, seed: int, run: Path) -> str:
     )
 
 
-def train(scale_name: str, seed: int, chunk_minutes: float) -> Path:
-    """Train the three stages to the end (resuming where a chunk stopped)."""
-    root = ROOT / "runs" / f"claim_a-{scale_name}-seed{seed}"
-    for stage in STAGES:
-        text = config_text(stage, SCALES[scale_name], seed, root / stage)
-        _train_until_done(root / f"{stage}.toml", text, root / stage, chunk_minutes)
-    return root
+def train(scale_name: str, seed: int, chunk_minutes: float, split: int = SPLIT) -> dict:
+    """Train the three stages to the end (resuming where a chunk stopped); the run folder
+    of each stage. The monolithic model is the same for every split."""
+    base = ROOT / "runs" / f"claim_a-{scale_name}-seed{seed}"
+    pair = base.with_name(f"claim_a-{scale_name}-split{split}-seed{seed}")
+    pair = base if split == SPLIT else pair
+    runs = {stage: (base if stage == "full" else pair) / stage for stage in STAGES}
+    emoji_data()
+    for stage, run in runs.items():
+        at = SPLIT if stage == "full" else split  # the full range either way: one config
+        text = config_text(stage, SCALES[scale_name], seed, run, at)
+        _train_until_done(run.with_suffix(".toml"), text, run, chunk_minutes)
+    return runs
 
 
 def _train_until_done(config: Path, text: str, run: Path, chunk_minutes: float) -> None:
@@ -173,11 +189,11 @@ def data_preparation(scale_name: str, seed: int, chunk_minutes: float) -> dict:
     return {"root": str(root.relative_to(ROOT)), "usable": usable}
 
 
-def points(root: Path, stage: str, final_only: bool = False) -> list[Path]:
+def points(run: Path, final_only: bool = False) -> list[Path]:
     """Snapshots in step order (those before the last step), then the final model."""
-    final = root / stage / "model"
+    final = run / "model"
     last = cost(final)[0]
-    snaps = sorted((root / stage / "snapshots").glob("step-*"))
+    snaps = sorted((run / "snapshots").glob("step-*"))
     earlier = [p for p in snaps if int(p.name.split("-")[1]) < last]
     return [final] if final_only else [*earlier, final]
 
@@ -221,7 +237,7 @@ class Scorer:
         top = retrieval(self.net, pixels, self.captions, self.truth)
         return {"fid": self.fid(pixels.float() / 255), "top1": top[1], "top5": top[5]}
 
-    def point(self, first: Path, second: Path | None) -> dict:
+    def point(self, first: Path, second: Path | None, split: int = SPLIT) -> dict:
         from pangudraw.experts import load_expert
         from pangudraw.pipelines import generate
 
@@ -234,7 +250,7 @@ class Scorer:
             num_inference_steps=STEPS,
             guidance_scale=GUIDANCE,
             sampler=SAMPLER,
-            t_split=SPLIT,
+            t_split=split,
             num_images=self.n,
             seed=0,
         ).images
@@ -246,40 +262,44 @@ class Scorer:
         }
 
 
-def evaluate(root: Path, scorer: Scorer, out: Path, final_only: bool = False) -> dict:
+def evaluate(
+    runs: dict, scorer: Scorer, out: Path, final_only: bool = False, split: int = SPLIT
+) -> dict:
     """Scores at every point of both curves; saved after each point."""
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.setdefault("floor", scorer.floor)
-    structures = points(root, "structure", final_only)
-    textures = points(root, "texture", final_only)
+    structures = points(runs["structure"], final_only)
+    textures = points(runs["texture"], final_only)
     for label, pairs in (
-        ("monolithic", [(p, None) for p in points(root, "full", final_only)]),
+        ("monolithic", [(p, None) for p in points(runs["full"], final_only)]),
         ("decoupled", list(zip(structures, textures))),
     ):
         done = results.setdefault(label, [])
         for first, second in pairs[len(done) :]:
             tick = time.perf_counter()
-            done.append(scorer.point(first, second))
+            done.append(scorer.point(first, second, split))
             out.write_text(json.dumps(results, indent=2) + "\n")
             print(label, done[-1], f"{time.perf_counter() - tick:.0f} s", flush=True)
     return results
 
 
-def budget_split(root: Path, scorer: Scorer, out: Path, steps: list[int]) -> dict:
+def budget_split(
+    runs: dict, scorer: Scorer, out: Path, steps: list[int], split: int = SPLIT
+) -> dict:
     """Pairs of a structure snapshot and a texture snapshot trained for different numbers
     of steps: how the pair's compute is best shared. Saved after each point."""
     results = json.loads(out.read_text()) if out.is_file() else {"points": []}
     done = {tuple(p["steps"]) for p in results["points"]}
 
     def folder(stage: str, step: int) -> Path:
-        final = root / stage / "model"
-        return final if cost(final)[0] == step else root / stage / "snapshots" / f"step-{step:07d}"
+        final = runs[stage] / "model"
+        return final if cost(final)[0] == step else runs[stage] / "snapshots" / f"step-{step:07d}"
 
     for s_steps in steps:
         for t_steps in steps:
             if (s_steps, t_steps) in done:
                 continue
-            point = scorer.point(folder("structure", s_steps), folder("texture", t_steps))
+            point = scorer.point(folder("structure", s_steps), folder("texture", t_steps), split)
             results["points"].append(point)
             out.write_text(json.dumps(results, indent=2) + "\n")
             print("split", point, flush=True)
@@ -296,21 +316,19 @@ def frontier(points: list[dict]) -> list[dict]:
     return front
 
 
-def report(results: dict, root: Path, scale_name: str) -> dict:
+def report(results: dict, runs: dict, scale_name: str, split: int = SPLIT) -> dict:
     mono, pair = results["monolithic"], results["decoupled"]
     target = mono[-1]["fid"]
     reach = crossing(
         np.array([p["training_flops"] for p in pair]), np.array([p["fid"] for p in pair]), target
     )
     per_image = {
-        stage: json.loads((root / stage / "model" / "resources.json").read_text())[
-            "flops_per_image"
-        ]
+        stage: json.loads((runs[stage] / "model" / "resources.json").read_text())["flops_per_image"]
         for stage in STAGES
     }
     summary = {
         "scale": scale_name,
-        "settings": {"steps": STEPS, "guidance": GUIDANCE, "sampler": SAMPLER, "split": SPLIT},
+        "settings": {"steps": STEPS, "guidance": GUIDANCE, "sampler": SAMPLER, "split": split},
         "monolithic_final_fid": target,
         "monolithic_final_flops": mono[-1]["training_flops"],
         "decoupled_flops_to_reach_it": reach,
@@ -357,6 +375,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-minutes", type=float, default=40.0)
     parser.add_argument(
+        "--split",
+        type=int,
+        default=SPLIT,
+        help="The hand-over timestep: structure trains on [split, 1000), texture on [0, split).",
+    )
+    parser.add_argument(
         "--part", choices=["train", "evaluate", "all", "data", "split"], default="all"
     )
     parser.add_argument(
@@ -381,14 +405,15 @@ def main() -> None:
         out.write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps(found, indent=2))
         return
-    root = train(args.scale, args.seed, args.chunk_minutes)
+    runs = train(args.scale, args.seed, args.chunk_minutes, args.split)
     if args.part == "train":
         return
+    at = "" if args.split == SPLIT else f"_split{args.split}"
+    name = f"{args.scale}{at}_seed{args.seed}"
     if args.part == "split":
         steps = [int(s) for s in args.split_steps.split(",")]
-        name = f"{args.scale}_seed{args.seed}"
         out = RESULTS / f"decoupled_split_{name}.json"
-        found = budget_split(root, Scorer(SCALES[args.scale]), out, steps)
+        found = budget_split(runs, Scorer(SCALES[args.scale]), out, steps, args.split)
         mono = json.loads((RESULTS / f"decoupled_training_{name}.json").read_text())["monolithic"]
         target, flops = mono[-1]["fid"], mono[-1]["training_flops"]
         front = frontier(found["points"])
@@ -399,15 +424,16 @@ def main() -> None:
         out.write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps({"frontier": front, "ratio": found["flops_ratio_best_split"]}, indent=2))
         return
-    name = f"decoupled_training_{args.scale}_seed{args.seed}"
+    name = f"decoupled_training_{name}"
     scorer = Scorer(SCALES[args.scale])
-    results = evaluate(root, scorer, RESULTS / f"{name}.json", args.final_only)
-    results["summary"] = report(results, root, args.scale)
+    results = evaluate(runs, scorer, RESULTS / f"{name}.json", args.final_only, args.split)
+    results["summary"] = report(results, runs, args.scale, args.split)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
     if args.final_only:
         return
-    title = f"{args.scale} scale, seed {args.seed}: structure at half the side, split t = {SPLIT}"
+    title = f"{args.scale} scale, seed {args.seed}: structure at half the side, "
+    title += f"split t = {args.split}"
     plot(results, RESULTS / f"{name}.png", title)
 
 
