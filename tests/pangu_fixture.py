@@ -43,8 +43,14 @@ def tiny_unet(seed: int):
     return unet.eval()
 
 
-def tiny_vae(seed: int, scaling_factor: float = 0.13025, layers: int = 2, flow: bool = False):
-    """SD's VAE, or (``flow``) SD3's: 16 channels, a shift factor, no quant convs."""
+def tiny_vae(
+    seed: int,
+    scaling_factor: float = 0.13025,
+    layers: int = 2,
+    flow: bool = False,
+    shift_factor: float = 0.0609,
+):
+    """SD's VAE, or (``flow``) SD3's or Flux's: 16 channels, a shift factor, no quant convs."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -55,7 +61,7 @@ def tiny_vae(seed: int, scaling_factor: float = 0.13025, layers: int = 2, flow: 
         layers_per_block=layers,
         latent_channels=16 if flow else 4,
         scaling_factor=scaling_factor,
-        shift_factor=0.0609 if flow else None,
+        shift_factor=shift_factor if flow else None,
         use_quant_conv=not flow,
         use_post_quant_conv=not flow,
     )

@@ -1,4 +1,6 @@
-"""Tiny SD 1.x, SDXL, SDXL-refiner and SD3 models written as original-layout single files.
+"""Tiny SD 1.x, SDXL, SDXL-refiner, SD3 (without and with T5) and Flux.1 (dev, schnell)
+models written as original-layout single files, and Flux as component files with a model
+spec.
 
 Random diffusers / transformers models (the ground truth) are mapped back to Stable
 Diffusion's own key names by hand (:mod:`pangu_fixture`'s inverse mappings), and each is
@@ -105,6 +107,111 @@ def mmdit(seed: int):
     return model.eval()
 
 
+def t5(seed: int, width: int):
+    """A T5 v1.1-shaped encoder (gated GELU) with T5's whole vocabulary, ``width`` wide."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=32128,
+        d_model=width,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def flux(seed: int, guidance: bool):
+    """FLUX.1-shaped in small: one 128-wide head (Flux's width, split 16 + 56 + 56 by its
+    rotary axes), one double and one single block."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=128,
+        num_attention_heads=1,
+        joint_attention_dim=32,
+        pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=guidance,
+        axes_dims_rope=(16, 56, 56),
+    )
+    _perturb(model)
+    return model.eval()
+
+
+def flux_to_original(model) -> dict:
+    """diffusers' Flux names back to Black Forest Labs' (fused q/k/v and q/k/v/MLP, the
+    final modulation's halves swapped, RMS norms as ``scale``)."""
+    sd = model.state_dict()
+    out = {}
+
+    def put(dst: str, src: str) -> None:
+        for t in ("weight", "bias"):
+            if f"{src}.{t}" in sd:
+                out[f"{dst}.{t}"] = sd[f"{src}.{t}"]
+
+    embed = "time_text_embed."
+    for dst, src in {
+        "img_in": "x_embedder",
+        "txt_in": "context_embedder",
+        "time_in.in_layer": embed + "timestep_embedder.linear_1",
+        "time_in.out_layer": embed + "timestep_embedder.linear_2",
+        "vector_in.in_layer": embed + "text_embedder.linear_1",
+        "vector_in.out_layer": embed + "text_embedder.linear_2",
+        "guidance_in.in_layer": embed + "guidance_embedder.linear_1",
+        "guidance_in.out_layer": embed + "guidance_embedder.linear_2",
+        "final_layer.linear": "proj_out",
+    }.items():
+        put(dst, src)
+    for t in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{t}"] = _swap_halves(sd[f"norm_out.linear.{t}"])
+    for i in range(model.config.num_layers):
+        d, a = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        for dst, src in {
+            "img_mod.lin": "norm1.linear",
+            "txt_mod.lin": "norm1_context.linear",
+            "img_attn.proj": "attn.to_out.0",
+            "txt_attn.proj": "attn.to_add_out",
+            "img_mlp.0": "ff.net.0.proj",
+            "img_mlp.2": "ff.net.2",
+            "txt_mlp.0": "ff_context.net.0.proj",
+            "txt_mlp.2": "ff_context.net.2",
+        }.items():
+            put(d + dst, a + src)
+        for t in ("weight", "bias"):
+            out[f"{d}img_attn.qkv.{t}"] = torch.cat([sd[f"{a}attn.to_{n}.{t}"] for n in "qkv"])
+            out[f"{d}txt_attn.qkv.{t}"] = torch.cat(
+                [sd[f"{a}attn.add_{n}_proj.{t}"] for n in "qkv"]
+            )
+        for dst, src in {
+            "img_attn.norm.query_norm": "attn.norm_q",
+            "img_attn.norm.key_norm": "attn.norm_k",
+            "txt_attn.norm.query_norm": "attn.norm_added_q",
+            "txt_attn.norm.key_norm": "attn.norm_added_k",
+        }.items():
+            out[f"{d}{dst}.scale"] = sd[f"{a}{src}.weight"]
+    for i in range(model.config.num_single_layers):
+        d, a = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        put(d + "modulation.lin", a + "norm.linear")
+        put(d + "linear2", a + "proj_out")
+        for t in ("weight", "bias"):
+            fused = [sd[f"{a}attn.to_{n}.{t}"] for n in "qkv"] + [sd[f"{a}proj_mlp.{t}"]]
+            out[f"{d}linear1.{t}"] = torch.cat(fused)
+        out[f"{d}norm.query_norm.scale"] = sd[f"{a}attn.norm_q.weight"]
+        out[f"{d}norm.key_norm.scale"] = sd[f"{a}attn.norm_k.weight"]
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values())
+    return out
+
+
 def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
     """(shift, scale) <-> (scale, shift): the original MMDiT's and diffusers' orders."""
     first, second = tensor.chunk(2, dim=0)
@@ -205,7 +312,9 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
     from pangudraw.convert import sgm
     from pangudraw.convert.single import SD1_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER
 
-    if family == "sd3":
+    if family.startswith("flux"):
+        return write_flux(folder, family, seed, dtype)
+    if family.startswith("sd3"):
         parts = {"transformer": mmdit(seed)}
         parts["vae"] = tiny_vae(seed + 1, 1.5305, layers=1, flow=True)
         original = mmdit_to_original(parts["transformer"])
@@ -215,11 +324,20 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
         original = unet_to_sgm(parts["unet"])
     tensors = {"model.diffusion_model." + k: v for k, v in original.items()}
     tensors |= {"first_stage_model." + k: v for k, v in vae_to_sgm(parts["vae"]).items()}
-    if family == "sd3":  # both CLIPs projected, in Hugging Face's layout
+    if family.startswith("sd3"):  # both CLIPs projected, in Hugging Face's layout
         parts["text_encoder"] = clip_l(seed + 2, projection=True, act="quick_gelu")
         parts["text_encoder_2"] = clip_l(seed + 3, projection=True)
         tensors |= _clip_keys(parts["text_encoder"], "text_encoders.clip_l.transformer.")
         tensors |= _clip_keys(parts["text_encoder_2"], "text_encoders.clip_g.transformer.")
+        parts["text_encoder_3"] = None
+        if family == "sd3-t5":  # the token embedding once, as Stability's files hold it
+            parts["text_encoder_3"] = t5(seed + 4, parts["transformer"].config.joint_attention_dim)
+            prefix = "text_encoders.t5xxl.transformer."
+            tensors |= {
+                prefix + k: v
+                for k, v in parts["text_encoder_3"].state_dict().items()
+                if k != "encoder.embed_tokens.weight"
+            }
     elif family == "sd1":
         parts["text_encoder"] = clip_l(seed + 2)
         tensors |= _clip_keys(parts["text_encoder"], "cond_stage_model.transformer.")
@@ -240,18 +358,13 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
     file = folder / f"{family}.safetensors"
     save_file(tensors, file)
 
-    with torch.no_grad():  # the twin holds the values the file holds
-        for module in parts.values():
-            for p in [*module.parameters(), *module.buffers()]:
-                if p.is_floating_point():
-                    p.copy_(p.to(dtype).float())
-    if family == "sd3":
+    _rounded({k: v for k, v in parts.items() if v is not None}, dtype)
+    if family.startswith("sd3"):
         pipe = StableDiffusion3Pipeline(
             **parts,
             tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
             tokenizer_2=sgm.clip_tokenizer("!"),
-            text_encoder_3=None,
-            tokenizer_3=None,
+            tokenizer_3=None if parts["text_encoder_3"] is None else sgm.t5_tokenizer(),
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
         )
     elif family == "sd1":
@@ -281,3 +394,71 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
             force_zeros_for_empty_prompt=False,
         )
     pipe.save_pretrained(folder / family)
+
+
+def _rounded(parts: dict, dtype) -> None:
+    """The twin holds the values the file holds."""
+    with torch.no_grad():
+        for module in parts.values():
+            for p in [*module.parameters(), *module.buffers()]:
+                if p.is_floating_point():
+                    p.copy_(p.to(dtype).float())
+
+
+def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
+    """``FAMILY.safetensors`` as ComfyUI saves a whole Flux checkpoint (Black Forest Labs'
+    transformer names, the VAE, CLIP-L with the projection ComfyUI's file carries, T5-XXL),
+    its diffusers twin, and for dev also the component files as published (no prefixes)
+    in ``flux-parts/`` with the model spec ``flux-spec.toml`` naming them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from safetensors.torch import save_file
+
+    from pangudraw.convert import sgm
+    from pangudraw.convert.single import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER
+
+    dev = family == "flux"
+    parts = {
+        "transformer": flux(seed, guidance=dev),
+        "vae": tiny_vae(seed + 1, 0.3611, layers=1, flow=True, shift_factor=0.1159),
+        "text_encoder": clip_l(seed + 2),
+        "text_encoder_2": t5(seed + 3, 32),
+    }
+    torch.manual_seed(seed + 4)
+    components = {
+        "denoiser": flux_to_original(parts["transformer"]),
+        "vae": vae_to_sgm(parts["vae"]),
+        "clip_l": _clip_keys(parts["text_encoder"], "")
+        | {"text_projection.weight": torch.randn(CLIP_WIDTH, CLIP_WIDTH)},
+        "t5xxl": {
+            k: v
+            for k, v in parts["text_encoder_2"].state_dict().items()
+            if k != "encoder.embed_tokens.weight"
+        },
+    }
+    prefixes = {
+        "denoiser": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "clip_l": "text_encoders.clip_l.transformer.",
+        "t5xxl": "text_encoders.t5xxl.transformer.",
+    }
+    whole = {prefixes[role] + k: v for role, part in components.items() for k, v in part.items()}
+    save_file(
+        {k: v.to(dtype).contiguous() for k, v in whole.items()}, folder / f"{family}.safetensors"
+    )
+    if dev:
+        spec = folder / "flux-parts"
+        spec.mkdir()
+        for role, part in components.items():
+            save_file(
+                {k: v.to(dtype).contiguous() for k, v in part.items()}, spec / f"{role}.safetensors"
+            )
+        lines = [f'{role} = "flux-parts/{role}.safetensors"' for role in components]
+        (folder / "flux-spec.toml").write_text("[model]\n" + "\n".join(lines) + "\n")
+    _rounded(parts, dtype)
+    scheduler = FLUX_DEV_SCHEDULER if dev else FLUX_SCHNELL_SCHEDULER
+    FluxPipeline(
+        **parts,
+        tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
+        tokenizer_2=sgm.t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler),
+    ).save_pretrained(folder / family)

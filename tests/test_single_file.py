@@ -1,4 +1,5 @@
-"""Single-file checkpoints (SD 1.x, SDXL, SDXL refiner, SD3 in the original key layout) load
+"""Single-file checkpoints (SD 1.x, SDXL, SDXL refiner, SD3 without and with T5, Flux.1 dev
+and schnell, in their original key layouts) and model specs load
 offline through the project's loader and equal their diffusers-folder twins."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from single_file_fixture import write
 
-FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3")
+FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3", "sd3-t5", "flux", "flux-schnell")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,17 @@ def test_the_bundled_clip_tokenizer_gives_openai_clip_ids():
     assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407] and len(ids) == 77
     assert set(ids[7:]) == {49407}
     assert set(clip_tokenizer("!")("a cat", padding="max_length").input_ids[4:]) == {0}
+
+
+def test_the_bundled_t5_tokenizer_gives_t5_ids():
+    from pangudraw.convert.sgm import t5_tokenizer
+
+    # T5 v1.1's SentencePiece ids: Hello 8774, world 296, </s> 1; pad 0; 100 sentinels
+    tokenizer = t5_tokenizer()
+    assert tokenizer("Hello world").input_ids == [8774, 296, 1]
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=10).input_ids
+    assert ids == [3, 9, 1202, 13, 3, 9, 1712, 1, 0, 0]
+    assert len(tokenizer) == 32100 and tokenizer.convert_ids_to_tokens(32099) == "<extra_id_0>"
 
 
 def cli(argv, capsys):
@@ -157,11 +169,16 @@ def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
         str(pickle): "pickle checkpoint",
         _variant(sd1, tmp_path, "sd3.safetensors", lambda t: t.update(
             {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1)})): "no CLIP text",
-        _variant(sd1, tmp_path, "sd3_t5.safetensors", lambda t: t.update(
-            {"model.diffusion_model.joint_blocks.0.x.weight": torch.zeros(1),
-             "text_encoders.t5xxl.transformer.shared.weight": torch.zeros(1)})): "holds T5-XXL",
+        _variant(folder / "sd3-t5.safetensors", tmp_path, "sd3_t5.safetensors", lambda t: t.pop(
+            "text_encoders.t5xxl.transformer.shared.weight")): "T5 has no shared.weight",
         _variant(sd1, tmp_path, "flux.safetensors", lambda t: t.update(
-            {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)})): "Flux single file",
+            {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)})): "Flux transformer alone",
+        _variant(folder / "flux.safetensors", tmp_path, "flux_no_t5.safetensors", lambda t: [
+            t.pop(k) for k in list(t) if k.startswith("text_encoders.t5xxl.")]): "lacks its T5-XXL",
+        _variant(folder / "flux.safetensors", tmp_path, "flux_cut.safetensors", lambda t: t.pop(
+            "model.diffusion_model.single_blocks.0.linear1.bias")): "Flux.1 checkpoint's layout",
+        _variant(folder / "flux.safetensors", tmp_path, "flux_odd.safetensors", lambda t: t.update(
+            {"model.diffusion_model.single_blocks.0.linear1.bias": torch.zeros(5)})): "not mapped",
         _variant(sd1, tmp_path, "sd2.safetensors", lambda t: t.update(
             {"cond_stage_model.model.token_embedding.weight": torch.zeros(1)})): "SD 2.x",
         _variant(sd1, tmp_path, "extra.safetensors", lambda t: t.update(
@@ -197,9 +214,12 @@ def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, t
     _variant(folder / "sd1.safetensors", folder, "vae_only.safetensors", lambda t: [
         t.pop(k) for k in list(t) if not k.startswith("first_stage_model.")])  # fmt: skip
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "recipe.toml").write_text('prompt = "a cat"\n')  # TOML, but no model spec
     served = Served.find(tmp_path, [folder])
     labels = {label for label in served.generators if label.endswith(".safetensors")}
     assert labels == {f"{folder.name}/{f}.safetensors" for f in FAMILIES}
+    specs = {label for label in served.generators if label.endswith(".toml")}
+    assert specs == {f"{folder.name}/flux-spec.toml"}
 
 
 def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
@@ -257,3 +277,119 @@ def test_what_training_leaves_in_a_file_is_dropped(files, tmp_path):
     a = load_expert(model).network.state_dict()
     b = load_expert(folder / "sd1.safetensors").network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def _flux1_tensors() -> dict:
+    """Every tensor of FLUX.1-dev in Black Forest Labs' layout at its real output sizes
+    (width 3,072, MLP 12,288, 19 double and 38 single blocks), one column each: the rows
+    are what a mapping splits and reorders; every row holds a value of its own."""
+    hidden, mlp = 3072, 12288
+    rows = {
+        "img_in": hidden,
+        "txt_in": hidden,
+        "time_in.in_layer": hidden,
+        "time_in.out_layer": hidden,
+        "vector_in.in_layer": hidden,
+        "vector_in.out_layer": hidden,
+        "guidance_in.in_layer": hidden,
+        "guidance_in.out_layer": hidden,
+        "final_layer.linear": 64,
+        "final_layer.adaLN_modulation.1": 2 * hidden,
+    }
+    for i in range(19):
+        for s in ("img", "txt"):
+            rows |= {
+                f"double_blocks.{i}.{s}_mod.lin": 6 * hidden,
+                f"double_blocks.{i}.{s}_attn.qkv": 3 * hidden,
+                f"double_blocks.{i}.{s}_attn.proj": hidden,
+                f"double_blocks.{i}.{s}_mlp.0": mlp,
+                f"double_blocks.{i}.{s}_mlp.2": hidden,
+            }
+    for i in range(38):
+        rows |= {
+            f"single_blocks.{i}.modulation.lin": 3 * hidden,
+            f"single_blocks.{i}.linear1": 3 * hidden + mlp,
+            f"single_blocks.{i}.linear2": hidden,
+        }
+    keys = [(f"{m}.{t}", n) for m, n in rows.items() for t in ("weight", "bias")]
+    norms = [f"double_blocks.{i}.{s}_attn.norm" for i in range(19) for s in ("img", "txt")]
+    norms += [f"single_blocks.{i}.norm" for i in range(38)]
+    keys += [(f"{m}.{q}_norm.scale", 128) for m in norms for q in ("query", "key")]
+    return {
+        key: (torch.arange(n, dtype=torch.float64) + i * 1e5)[:, None]
+        for i, (key, n) in enumerate(keys)
+    }
+
+
+def test_the_flux_mapping_equals_diffusers_at_flux1_size():
+    """diffusers' own conversion fixes FLUX.1's width (3,072); ours reads it from the
+    shapes. At FLUX.1's size both give the same tensors, and exactly the model's keys."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+    )
+
+    from pangudraw.convert.sgm import flux_transformer_keys
+
+    tensors = _flux1_tensors()
+    ours = flux_transformer_keys(tensors, 3072)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(tensors))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(num_layers=19, num_single_layers=38, guidance_embeds=True)
+    assert set(model.state_dict()) == set(ours)
+
+
+def test_a_model_spec_of_component_files_equals_the_whole_file(files, tmp_path):
+    """Flux as published: the transformer, VAE, CLIP-L and T5 in four files named by a
+    model spec, loaded directly and from the CLI."""
+    from pangudraw.cli.main import main
+    from pangudraw.experts import load_expert
+
+    folder = files
+    spec, whole = load_expert(folder / "flux-spec.toml"), load_expert(folder / "flux.safetensors")
+    a, b = _modules(spec), _modules(whole)
+    assert a.keys() == b.keys()
+    for name in a:
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    out = tmp_path / "spec.png"
+    argv = ["generate", "a red apple", "--structure", str(folder / "flux-spec.toml")]
+    argv += ["--steps", "2", "--size", "32", "-o", str(out)]
+    main(argv)
+    record = json.loads(Image.open(out).text["pangu-draw"])
+    assert record["structure"].endswith("flux-spec.toml")
+
+
+def test_bad_model_specs_are_one_line_errors(files, tmp_path, capsys):
+    folder = files
+    parts = folder / "flux-parts"
+
+    def spec(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    def roles(**names) -> str:
+        return "[model]\n" + "".join(f'{k} = "{parts / v}"\n' for k, v in names.items())
+
+    full = {r: f"{r}.safetensors" for r in ("denoiser", "vae", "clip_l", "t5xxl")}
+    without_t5 = {k: v for k, v in full.items() if k != "t5xxl"}
+    cases = {
+        spec("empty.toml", ""): "is not a model spec",
+        spec("broken.toml", "[model\n"): "not valid TOML",
+        spec("nodenoiser.toml", roles(vae="vae.safetensors")): "model.denoiser: missing",
+        spec("unknown.toml", roles(**full, unet="x.safetensors")): "model.unet: unknown key",
+        spec("missing.toml", roles(**full | {"vae": "none.safetensors"})): "does not exist",
+        spec("not_st.toml", roles(**full | {"vae": "vae.bin"})): "expected a .safetensors",
+        spec("no_t5.toml", roles(**without_t5)): "lacks its T5-XXL",
+        spec("clip_g.toml", roles(**full | {"clip_g": "clip_l.safetensors"})): "does not have",
+        spec("twice.toml", roles(**full | {"denoiser": "../flux.safetensors"})): "is in both",
+        spec("swapped.toml", roles(**full | {"clip_l": "t5xxl.safetensors",
+                                             "t5xxl": "clip_l.safetensors"})): "CLIP-L has no",
+    }  # fmt: skip
+    out = tmp_path / "x.png"
+    for model, message in cases.items():
+        code, err = cli(["generate", "a", "--structure", model, "-o", str(out)], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (model, err)
+        assert not out.exists()

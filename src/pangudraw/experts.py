@@ -540,6 +540,9 @@ def _flux_text_ids(length: int, device, dtype) -> torch.Tensor:
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 """A model path with one of these suffixes is an original-layout single file
 (:mod:`pangudraw.convert.single`)."""
+MODEL_SPEC_SUFFIX = ".toml"
+"""A model path with this suffix is a model spec naming component files
+(:mod:`pangudraw.convert.single`)."""
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -679,8 +682,9 @@ def _files_key(folder: Path, cls: type) -> tuple | None:
 
 def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None = None) -> Expert:
     """Load an expert from a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux.1),
-    an SD 1.x, SDXL or SD3 single file in the original layout (``.safetensors``; ``.ckpt`` with
-    ``allow_pickle``), from the hub when ``path`` is ``hf:owner/name``, or a bundled model
+    an SD 1.x, SDXL, SD3 or Flux.1 single file in the original layout (``.safetensors``;
+    ``.ckpt`` with ``allow_pickle``), a model spec naming component files (``.toml``), from
+    the hub when ``path`` is ``hf:owner/name``, or a bundled model
     (``zoo:NAME``).
 
     Weights load from safetensors only unless ``allow_pickle`` is set. ``cache`` (a dict
@@ -696,6 +700,10 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
         from .convert.single import load_single_file
 
         return load_single_file(folder, allow_pickle)
+    if folder.suffix.lower() == MODEL_SPEC_SUFFIX and not folder.is_dir():
+        from .convert.single import load_model_spec
+
+        return load_model_spec(folder, allow_pickle)
     if not folder.exists():
         raise UserError(
             f"model folder {folder} does not exist (a Hugging Face hub model is named "

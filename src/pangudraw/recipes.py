@@ -17,7 +17,7 @@
 
     [[experts]]
     name = "texture"
-    model = "models/texture"          # diffusers folder or single file; relative to the recipe
+    model = "models/texture"          # folder, single file or model spec, relative to the recipe
     window = { t = [0, 500] }         # or { sigma = [lo, hi] }; default: the whole trajectory
     weight = 1.0
     guidance = 7.0                    # Flux: the distilled guidance value

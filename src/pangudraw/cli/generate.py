@@ -38,15 +38,16 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "--structure",
     type=click.Path(path_type=Path),
     default=None,
-    help="Model folder, single .safetensors file (SD 1.x, SDXL, SD3) or bundled model name for "
-    "the high-noise part, or the only model. "
+    help="Model folder, single .safetensors file (SD 1.x, SDXL, SD3, Flux.1), model spec "
+    "(.toml naming component files) or bundled model name for the high-noise part, or the "
+    "only model. "
     "Default: the bundled structure + texture pair.",
 )
 @click.option(
     "--texture",
     type=click.Path(path_type=Path),
     default=None,
-    help="Model folder, single file or bundled model name for the low-noise part; omit "
+    help="Model folder, single file, model spec or bundled model name for the low-noise part; omit "
     "for one model.",
 )
 @click.option(

@@ -12,6 +12,9 @@ What the shapes do not hold is passed in by the caller: the attention head width
 SD 2.x, SDXL and PanGu-Draw v3; SD 1.x has 8 heads at every level), the VAE's scaling
 factor and the width of each size embedding of SDXL's vector condition (256).
 
+T5 encoders (SD3's third text encoder, Flux's second) come in Hugging Face's own layout;
+their configuration is read from the shapes too, and T5's tokenizer ships in the package.
+
 Used by :mod:`.pangu` (the PanGu-Draw v3 release) and :mod:`.single` (single files).
 """
 
@@ -38,6 +41,12 @@ DATA = Path(__file__).parent / "data"
 CLIP_BPE = (
     "bpe_simple_vocab_16e6.txt.gz",
     "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+)
+# T5 v1.1's SentencePiece unigram vocabulary (32,000 pieces and 100 sentinels), as SD3
+# and Flux.1 use it, in the ``tokenizers`` JSON format.
+T5_TOKENIZER = (
+    "t5_tokenizer.json.gz",
+    "fdc1945f69027833709ac6976273c25ce523960c0d20b041f13e4ca900a15dd3",
 )
 # Clip's BPE: 256 byte characters, their end-of-word forms, 48,894 merges, two specials.
 _MERGES = 49152 - 256 - 2
@@ -380,4 +389,175 @@ def convert_sd3_transformer(source: dict, what: str, layout: str):
     check_all_used(source, converted, what, layout)
     with torch.device("meta"):
         model = SD3Transformer2DModel.from_config(config)
+    return load_strict(model, converted, what, layout)
+
+
+def t5_config(sd: dict, what: str, layout: str) -> dict:
+    """A ``T5Config`` dict from a T5 encoder's shapes (Hugging Face keys: ``shared.weight``,
+    ``encoder.block.N...``): gated GELU as T5 v1.1 (SD3, Flux) when the feed-forward has
+    two input matrices; the attention heads from the relative position table."""
+    vocab, width = shape(sd, "shared.weight", what, layout)
+    block = "encoder.block.0.layer."
+    inner = shape(sd, block + "0.SelfAttention.q.weight", what, layout)[0]
+    buckets, heads = shape(
+        sd, block + "0.SelfAttention.relative_attention_bias.weight", what, layout
+    )
+    gated = block + "1.DenseReluDense.wi_0.weight" in sd
+    wi = block + ("1.DenseReluDense.wi_0.weight" if gated else "1.DenseReluDense.wi.weight")
+    return {
+        "vocab_size": vocab,
+        "d_model": width,
+        "d_kv": inner // heads,
+        "d_ff": shape(sd, wi, what, layout)[0],
+        "num_layers": len(indices(sd, "encoder.block.")),
+        "num_heads": heads,
+        "relative_attention_num_buckets": buckets,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu" if gated else "relu",
+        "is_encoder_decoder": False,
+        "use_cache": False,
+    }
+
+
+def convert_t5(source: dict, prefix: str, what: str, layout: str):
+    """A ``T5EncoderModel`` stored under ``prefix`` in Hugging Face's layout. The token
+    embedding is one tensor shared by ``shared`` and ``encoder.embed_tokens`` (files hold
+    it once or twice)."""
+    from transformers import T5Config, T5EncoderModel
+
+    state = {k[len(prefix) :]: v for k, v in source.items()}
+    config = T5Config(**t5_config(state, what, layout))  # refuses a file without shared.weight
+    shared = state["shared.weight"]
+    if not torch.equal(state.setdefault("encoder.embed_tokens.weight", shared), shared):
+        raise UserError(f"{what}: shared.weight and encoder.embed_tokens.weight differ")
+    state["encoder.embed_tokens.weight"] = shared
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    return load_strict(model, state, what, layout)
+
+
+def t5_tokenizer():
+    """T5 v1.1's tokenizer (``</s>`` appended, ``<pad>`` id 0) from the bundled file."""
+    from transformers import T5TokenizerFast
+
+    text = gzip.decompress(bundled(*T5_TOKENIZER).read_bytes())
+    with tempfile.TemporaryDirectory(prefix="pangu-draw-t5-") as tmp:
+        (Path(tmp) / "tokenizer.json").write_bytes(text)
+        return T5TokenizerFast(tokenizer_file=str(Path(tmp) / "tokenizer.json"))
+
+
+# Flux.1 in Black Forest Labs' layout -> diffusers' FluxTransformer2DModel (the mapping of
+# diffusers' convert_flux_transformer_checkpoint_to_diffusers, which fixes the width at
+# FLUX.1's 3,072; here the width is read from the shapes, and a test checks that both
+# mappings agree at FLUX.1's size).
+FLUX_HEAD = 128  # FLUX.1's head width, split 16 + 56 + 56 by its rotary axes
+_FLUX_GLOBAL = {
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "txt_in": "context_embedder",
+    "img_in": "x_embedder",
+    "final_layer.linear": "proj_out",
+}
+_FLUX_DOUBLE = {
+    "img_mod.lin": "norm1.linear",
+    "txt_mod.lin": "norm1_context.linear",
+    "img_attn.norm.query_norm": "attn.norm_q",
+    "img_attn.norm.key_norm": "attn.norm_k",
+    "txt_attn.norm.query_norm": "attn.norm_added_q",
+    "txt_attn.norm.key_norm": "attn.norm_added_k",
+    "img_mlp.0": "ff.net.0.proj",
+    "img_mlp.2": "ff.net.2",
+    "txt_mlp.0": "ff_context.net.0.proj",
+    "txt_mlp.2": "ff_context.net.2",
+    "img_attn.proj": "attn.to_out.0",
+    "txt_attn.proj": "attn.to_add_out",
+}
+_FLUX_SINGLE = {
+    "modulation.lin": "norm.linear",
+    "norm.query_norm": "attn.norm_q",
+    "norm.key_norm": "attn.norm_k",
+    "linear2": "proj_out",
+}
+_FLUX_BLOCKS = {
+    "double_blocks": (_FLUX_DOUBLE, "transformer_blocks"),
+    "single_blocks": (_FLUX_SINGLE, "single_transformer_blocks"),
+}
+_FLUX_FUSED = {  # fused projections, split along the output rows
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+}
+
+
+def flux_transformer_config(sd: dict, what: str, layout: str) -> dict:
+    """A diffusers ``FluxTransformer2DModel`` config from a Flux.1 transformer's shapes
+    (keys without the ``model.diffusion_model.`` prefix): 128-wide heads; the guidance
+    embedding when the file has one (dev, not schnell)."""
+    hidden, in_channels = shape(sd, "img_in.weight", what, layout)
+    if hidden % FLUX_HEAD:
+        raise UserError(f"{what} is {hidden} wide, not a multiple of Flux's {FLUX_HEAD}-wide heads")
+    return {
+        "_class_name": "FluxTransformer2DModel",
+        "patch_size": 1,
+        "in_channels": in_channels,
+        "out_channels": shape(sd, "final_layer.linear.weight", what, layout)[0],
+        "num_layers": len(indices(sd, "double_blocks.")),
+        "num_single_layers": len(indices(sd, "single_blocks.")),
+        "attention_head_dim": FLUX_HEAD,
+        "num_attention_heads": hidden // FLUX_HEAD,
+        "joint_attention_dim": shape(sd, "txt_in.weight", what, layout)[1],
+        "pooled_projection_dim": shape(sd, "vector_in.in_layer.weight", what, layout)[1],
+        "guidance_embeds": "guidance_in.in_layer.weight" in sd,
+        "axes_dims_rope": (16, 56, 56),
+    }
+
+
+def flux_transformer_keys(sd: dict, hidden: int) -> dict:
+    """Black Forest Labs' names and fused tensors -> diffusers' (keys without the prefix);
+    a key no rule knows, or a tensor that does not split as its name says, is left out
+    (and then reported as not mapped)."""
+    out = {}
+    for key, value in sd.items():
+        if "." not in key or value.ndim == 0:
+            continue
+        module, tail = key.rsplit(".", 1)
+        tail = "weight" if tail == "scale" else tail  # the RMS norms' scale
+        kind, index, rest = (module.split(".", 2) + ["", ""])[:3]
+        if kind in _FLUX_BLOCKS and index.isdigit():
+            names, new = _FLUX_BLOCKS[kind]
+            prefix = f"{new}.{index}."
+            if rest in _FLUX_FUSED:
+                parts = _FLUX_FUSED[rest]
+                sizes = [hidden] * 3 + ([value.shape[0] - 3 * hidden] if len(parts) == 4 else [])
+                if min(sizes) <= 0 or sum(sizes) != value.shape[0]:
+                    continue
+                for name, piece in zip(parts, torch.split(value, sizes)):
+                    out[f"{prefix}{name}.{tail}"] = piece
+            elif rest in names:
+                out[f"{prefix}{names[rest]}.{tail}"] = value
+        elif module == "final_layer.adaLN_modulation.1" and value.shape[0] % 2 == 0:
+            # (shift, scale) -> (scale, shift)
+            shift, scale = value.chunk(2)
+            out[f"norm_out.linear.{tail}"] = torch.cat([scale, shift])
+        elif module in _FLUX_GLOBAL:
+            out[f"{_FLUX_GLOBAL[module]}.{tail}"] = value
+    return out
+
+
+def convert_flux_transformer(source: dict, what: str, layout: str):
+    """The Flux.1 transformer of ``source`` (keys with the ``model.diffusion_model.``
+    prefix)."""
+    from diffusers import FluxTransformer2DModel
+
+    plain = {k[len(UNET) :]: v for k, v in source.items()}
+    config = flux_transformer_config(plain, what, layout)
+    hidden = config["num_attention_heads"] * FLUX_HEAD
+    converted = flux_transformer_keys(plain, hidden)
+    check_all_used(source, converted, what, layout)
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config(config)
     return load_strict(model, converted, what, layout)

@@ -1,21 +1,38 @@
-"""Single-file checkpoints (SD 1.x, SDXL and SD3 in Stability's own key layout) as experts.
+"""Single-file checkpoints (SD 1.x, SDXL, SD3 and Flux.1 in their own key layouts) and
+model specs (a model's component files named in a TOML file) as experts.
 
 A file like ``v1-5-pruned-emaonly.safetensors`` or ``sd_xl_base_1.0.safetensors`` holds the
 UNet or MMDiT (``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text
 towers (``cond_stage_model.transformer.*`` in SD 1.x, ``conditioner.embedders.N.*`` in SDXL,
-``text_encoders.clip_l/clip_g.transformer.*`` in SD3). It
+``text_encoders.clip_l/clip_g/t5xxl.transformer.*`` in SD3, and in Flux.1 as ComfyUI saves
+a whole checkpoint, whose transformer keeps Black Forest Labs' names). It
 loads offline: the architecture is read from the tensor shapes (:mod:`.sgm`), the keys are
-mapped by diffusers' single-file conversion, the tokenizers are built from CLIP's BPE that
-ships in the package, and the scheduler is the family's published configuration (below).
-No config or tokenizer is fetched from the hub.
+mapped by diffusers' single-file conversion, the tokenizers are built from CLIP's BPE and
+T5's vocabulary that ship in the package, and the scheduler is the family's published
+configuration (below). No config or tokenizer is fetched from the hub.
 
 Families told apart by their keys: SD 1.x (CLIP ViT-L/14), SDXL base (CLIP ViT-L/14 and
 OpenCLIP bigG), SDXL refiner (bigG alone, aesthetic score), SD3/SD3.5 with its two CLIPs
+and T5-XXL (``sd3_medium_incl_clips_t5xxlfp16.safetensors``) or without T5
 (``sd3_medium_incl_clips.safetensors``; the MMDiT then sees zeros where T5's tokens would
-be, as diffusers does without T5). Refused with what to do instead: SD 2.x (the file does
-not say whether it predicts noise or velocity), files that hold T5 (its tokenizer has no
-source this package could ship), files without text encoders (SD3.5 and Flux are
-published as separate component files), and Flux.
+be, as diffusers does without T5), Flux.1 dev or schnell (CLIP-L and T5-XXL; dev when the
+transformer has a guidance embedding). Refused with what to do instead: SD 2.x (the file
+does not say whether it predicts noise or velocity) and files without their VAE or text
+encoders.
+
+SD3.5 and Flux.1 are published as component files (``flux1-dev.safetensors`` holds the
+transformer alone, ``ae.safetensors`` the VAE, ``clip_l`` and ``t5xxl_fp16`` the text
+encoders). A model spec names them, paths relative to the spec::
+
+    [model]
+    denoiser = "flux1-dev.safetensors"
+    vae = "ae.safetensors"
+    clip_l = "clip_l.safetensors"
+    t5xxl = "t5xxl_fp16.safetensors"
+
+Each file's keys are put under the prefix its role has in a whole checkpoint (a file that
+already uses those prefixes, like SD3.5's MMDiT with its VAE, keeps them), and the result
+loads as one single file would.
 """
 
 from __future__ import annotations
@@ -53,7 +70,7 @@ IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
 
 SD3_CLIP_L = "text_encoders.clip_l.transformer."
 SD3_CLIP_G = "text_encoders.clip_g.transformer."
-SD3_T5 = "text_encoders.t5xxl."
+SD3_T5 = "text_encoders.t5xxl.transformer."
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_CLIP = "cond_stage_model.model."
 XL_CLIP = "conditioner.embedders.0.transformer."
@@ -88,9 +105,34 @@ SD3_SCHEDULER = {
     "num_train_timesteps": 1000,
     "shift": 3.0,
 }
+# Flux.1's published schedulers: dev shifts with the image size, schnell does not shift.
+_FLUX_SHIFTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256}
+FLUX_DEV_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    **_FLUX_SHIFTS,
+    "max_image_seq_len": 4096,
+}
+FLUX_SCHNELL_SCHEDULER = FLUX_DEV_SCHEDULER | {"shift": 1.0, "use_dynamic_shifting": False}
 SD1 = "an SD 1.x checkpoint"
 SDXL = "an SDXL checkpoint"
 SD3 = "an SD3 checkpoint"
+FLUX = "a Flux.1 checkpoint"
+# A model spec's roles and the prefix each has in a whole checkpoint.
+ROLES = {
+    "denoiser": UNET,
+    "vae": VAE,
+    "clip_l": SD3_CLIP_L,
+    "clip_g": SD3_CLIP_G,
+    "t5xxl": SD3_T5,
+}
+WHOLE_PREFIXES = (UNET, VAE, "text_encoders.", "conditioner.", "cond_stage_model.")
+SPEC_HINT = (
+    "name the component files in a model spec (a .toml file with a [model] table: "
+    "denoiser, vae, clip_l, clip_g, t5xxl)"
+)
 
 
 def _float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -135,29 +177,21 @@ def _has(tensors: dict, *prefixes: str) -> bool:
 
 
 def family_of(tensors: dict) -> str:
-    """``sd1``, ``sdxl``, ``sdxl-refiner``, ``sd3``; the families recognised but not
-    loaded, and anything else, are errors saying what to do."""
-    folder = (
-        "{pipeline}.from_single_file(...).save_pretrained(FOLDER) on a machine with the hub, "
-        "then give FOLDER"
-    )
-    if _has(tensors, "model.diffusion_model.double_blocks.", "double_blocks."):
-        raise UserError(
-            "this is a Flux single file; pangu-draw loads Flux as a diffusers folder: "
-            + folder.format(pipeline="FluxPipeline")
-        )
+    """``sd1``, ``sdxl``, ``sdxl-refiner``, ``sd3``, ``flux``; the families recognised but
+    not loaded, and anything else, are errors saying what to do."""
+    if _has(tensors, "double_blocks."):
+        raise UserError(f"this file holds a Flux transformer alone; {SPEC_HINT}")
+    if _has(tensors, UNET + "double_blocks."):
+        parts = {"VAE": VAE, "CLIP-L": SD3_CLIP_L, "T5-XXL": SD3_T5}
+        missing = [name for name, prefix in parts.items() if not _has(tensors, prefix)]
+        if missing:
+            raise UserError(f"this Flux model lacks its {', '.join(missing)}; {SPEC_HINT}")
+        return "flux"
     if _has(tensors, "model.diffusion_model.joint_blocks.", "joint_blocks."):
-        if _has(tensors, SD3_T5):
-            raise UserError(
-                "this SD3 file holds T5-XXL, whose tokenizer pangu-draw cannot ship (no "
-                "package source); use the file without T5 (…incl_clips.safetensors) or a "
-                "diffusers folder: " + folder.format(pipeline="StableDiffusion3Pipeline")
-            )
         if not (_has(tensors, SD3_CLIP_L) and _has(tensors, SD3_CLIP_G)):
             raise UserError(
-                "this SD3 file has no CLIP text encoders (text_encoders.clip_l/clip_g); use "
-                "the file that includes them or a diffusers folder: "
-                + folder.format(pipeline="StableDiffusion3Pipeline")
+                "this SD3 model has no CLIP text encoders (text_encoders.clip_l/clip_g); use "
+                f"the file that includes them, or {SPEC_HINT}"
             )
         if not _has(tensors, "model.diffusion_model."):
             raise UserError("the MMDiT's keys lack the model.diffusion_model. prefix")
@@ -205,21 +239,59 @@ def _part(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def load_single_file(path: str | Path, allow_pickle: bool = False):
-    """An :class:`~pangudraw.experts.Expert` from an SD 1.x, SDXL or SD3 single file."""
-    from ..experts import assemble, check_scheduler_config
+    """An :class:`~pangudraw.experts.Expert` from an SD 1.x, SDXL, SD3 or Flux.1 single
+    file."""
+    path = Path(path)
+    return _expert(path, read_tensors(path, allow_pickle))
+
+
+def load_model_spec(path: str | Path, allow_pickle: bool = False):
+    """An :class:`~pangudraw.experts.Expert` from a model spec: a TOML file whose
+    ``[model]`` table names the component files (module docstring)."""
+    from ..tomlconf import TableReader, read_toml
 
     path = Path(path)
-    tensors = read_tensors(path, allow_pickle)
+    table = read_toml(path, "model spec")
+    if not isinstance(table.get("model"), dict) or set(table) != {"model"}:
+        raise UserError(
+            f"{path} is not a model spec: expected one [model] table naming the files "
+            "(denoiser, vae, clip_l, clip_g, t5xxl)"
+        )
+    reader = TableReader(str(path), table["model"], "model", set(ROLES))
+    names = {role: reader.get(role, str, required=role == "denoiser") for role in ROLES}
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for role, name in names.items():
+        if name is None:
+            continue
+        file = path.parent / name
+        if file.suffix.lower() not in (".safetensors", ".ckpt"):
+            reader.fail(role, f"expected a .safetensors file, got {name!r}")
+        part = read_tensors(file, allow_pickle)
+        if not any(k.startswith(WHOLE_PREFIXES) for k in part):
+            part = {ROLES[role] + k: v for k, v in part.items()}
+        for key in part:
+            if key in tensors:
+                raise UserError(f"{path}: {key} is in both {origin[key].name} and {file.name}")
+            origin[key] = file
+        tensors |= part
+    return _expert(path, tensors)
+
+
+def _expert(path: Path, tensors: dict):
+    from ..experts import assemble, check_scheduler_config
+
     try:
         family = family_of(tensors)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from exc
-    layout = {"sd1": SD1, "sd3": SD3}.get(family, SDXL)  # for the messages
+    layout = {"sd1": SD1, "sd3": SD3, "flux": FLUX}.get(family, SDXL)  # for the messages
     towers = {
         "sd1": (SD1_CLIP,),
         "sdxl": (XL_CLIP, XL_BIGG),
         "sdxl-refiner": (REFINER_BIGG,),
-        "sd3": (SD3_CLIP_L, SD3_CLIP_G),
+        "sd3": (SD3_CLIP_L, SD3_CLIP_G, SD3_T5),
+        "flux": (SD3_CLIP_L, SD3_T5),
     }
     known = (UNET, VAE) + towers[family]
     unexpected = _unexpected(tensors, known)
@@ -229,11 +301,10 @@ def load_single_file(path: str | Path, allow_pickle: bool = False):
         )
         raise UserError(f"{path}: tensors {layout} does not have: {shown}")
     if not _has(tensors, VAE):
-        raise UserError(
-            f"{path} has no VAE (first_stage_model.*); pangu-draw loads complete single files"
-        )
-    what = f"{path.name}'s {'MMDiT' if family == 'sd3' else 'UNet'}"
-    build = _sd3 if family == "sd3" else _unet_family
+        raise UserError(f"{path} has no VAE (first_stage_model.*); {SPEC_HINT}")
+    network_name = {"sd3": "MMDiT", "flux": "transformer"}.get(family, "UNet")
+    what = f"{path.name}'s {network_name}"
+    build = {"sd3": _sd3, "flux": _flux}.get(family, _unet_family)
     network, vae, components, index, scheduler = build(path, tensors, family, what)
     for module in (network, vae, *components.values()):
         if isinstance(module, torch.nn.Module):
@@ -293,8 +364,9 @@ def _unet_family(path: Path, tensors: dict, family: str, what: str):
 
 
 def _sd3(path: Path, tensors: dict, family: str, what: str):
-    """SD3 / SD3.5 with its two CLIPs (penultimate states, projected pooled outputs) and no
-    T5: the MMDiT gets zeros in T5's place, as ``StableDiffusion3Pipeline`` without it."""
+    """SD3 / SD3.5 with its two CLIPs (penultimate states, projected pooled outputs) and
+    T5-XXL when the file holds it; without T5 the MMDiT gets zeros in T5's place, as
+    ``StableDiffusion3Pipeline`` without it."""
     network = sgm.convert_sd3_transformer(_part(tensors, UNET), what, SD3)
     vae = sgm.convert_vae(_part(tensors, VAE), 1.5305, SD3, shift_factor=0.0609)
     clip_l = sgm.convert_clip(_part(tensors, SD3_CLIP_L), SD3_CLIP_L, "CLIP-L", SD3)
@@ -316,4 +388,39 @@ def _sd3(path: Path, tensors: dict, family: str, what: str):
         "text_encoder_2": clip_g,
         "tokenizer_2": sgm.clip_tokenizer("!"),
     }
+    if _has(tensors, SD3_T5):
+        t5 = sgm.convert_t5(_part(tensors, SD3_T5), SD3_T5, "T5", SD3)
+        if t5.config.d_model != network.config.joint_attention_dim:
+            raise UserError(
+                f"{what} attends to {network.config.joint_attention_dim}-wide text, not "
+                f"the {t5.config.d_model} its T5 gives"
+            )
+        components |= {"text_encoder_3": t5, "tokenizer_3": sgm.t5_tokenizer()}
     return network, vae, components, {}, SD3_SCHEDULER
+
+
+def _flux(path: Path, tensors: dict, family: str, what: str):
+    """Flux.1 dev or schnell: CLIP-L's pooled output (unprojected, so a projection the
+    file may carry is not used) and T5-XXL's last hidden state; the 16-channel VAE."""
+    network = sgm.convert_flux_transformer(_part(tensors, UNET), what, FLUX)
+    vae = sgm.convert_vae(_part(tensors, VAE), 0.3611, FLUX, shift_factor=0.1159)
+    projection = SD3_CLIP_L + "text_projection."
+    clip_part = {
+        k: v for k, v in _part(tensors, SD3_CLIP_L).items() if not k.startswith(projection)
+    }
+    clip = sgm.convert_clip(clip_part, SD3_CLIP_L, "CLIP-L", FLUX)
+    t5 = sgm.convert_t5(_part(tensors, SD3_T5), SD3_T5, "T5", FLUX)
+    for wanted, given, name in (
+        (network.config.pooled_projection_dim, clip.config.hidden_size, "pooled text, CLIP-L"),
+        (network.config.joint_attention_dim, t5.config.d_model, "text, T5"),
+    ):
+        if wanted != given:
+            raise UserError(f"{what} takes {wanted}-wide {name} gives {given}")
+    components = {
+        "tokenizer": sgm.clip_tokenizer("<|endoftext|>"),
+        "text_encoder": clip,
+        "tokenizer_2": sgm.t5_tokenizer(),
+        "text_encoder_2": t5,
+    }
+    dev = network.config.guidance_embeds
+    return network, vae, components, {}, FLUX_DEV_SCHEDULER if dev else FLUX_SCHNELL_SCHEDULER

@@ -63,6 +63,17 @@ def _is_single_file_model(path: Path) -> bool:
         return False
 
 
+def _is_model_spec(path: Path) -> bool:
+    """A ``.toml`` file with a ``[model]`` table naming a denoiser (a model spec)."""
+    from ..tomlconf import read_toml
+
+    try:
+        model = read_toml(path, "model spec").get("model")
+    except UserError:  # not TOML, unreadable: not listed
+        return False
+    return isinstance(model, dict) and isinstance(model.get("denoiser"), str)
+
+
 def _is_controlnet_folder(path: Path) -> bool:
     config = path / "config.json"
     if not config.is_file():
@@ -85,8 +96,8 @@ class Served:
 
     @classmethod
     def find(cls, outputs: Path, model_dirs=(), limits: Limits | None = None) -> Served:
-        """The bundled models plus every model folder and single-file checkpoint directly
-        under ``model_dirs``."""
+        """The bundled models plus every model folder, single-file checkpoint and model
+        spec directly under ``model_dirs``."""
         from .. import zoo
 
         dirs = tuple(Path(d).resolve() for d in model_dirs)
@@ -109,6 +120,9 @@ class Served:
                     served.controlnets[label] = str(sub)
             for file in sorted(folder.glob("*.safetensors")):
                 if file.is_file() and _is_single_file_model(file):
+                    served.generators[f"{folder.name}/{file.name}"] = str(file)
+            for file in sorted(folder.glob("*.toml")):
+                if file.is_file() and _is_model_spec(file):
                     served.generators[f"{folder.name}/{file.name}"] = str(file)
         return served
 
