@@ -357,6 +357,8 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
     tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
     file = folder / f"{family}.safetensors"
     save_file(tensors, file)
+    if family == "sd3-t5":  # as SD3.5 is published: MMDiT + VAE in one file, text encoders apart
+        _write_parts(folder, "sd3", tensors, ("clip_l", "clip_g", "t5xxl"))
 
     _rounded({k: v for k, v in parts.items() if v is not None}, dtype)
     if family.startswith("sd3"):
@@ -405,6 +407,29 @@ def _rounded(parts: dict, dtype) -> None:
                     p.copy_(p.to(dtype).float())
 
 
+def _write_parts(folder: Path, name: str, tensors: dict, roles: tuple[str, ...]) -> None:
+    """``tensors`` (a whole checkpoint) as component files in ``folder/NAME-parts/``: each
+    role's tensors without their prefix; what no role takes (SD3.5: the MMDiT with its
+    VAE) in ``denoiser.safetensors`` with its prefixes; and the model spec
+    ``folder/NAME-spec.toml`` naming them."""
+    from safetensors.torch import save_file
+
+    from pangudraw.convert.single import ROLES
+
+    parts = folder / f"{name}-parts"
+    parts.mkdir()
+    rest = dict(tensors)
+    for role in roles:
+        prefix = ROLES[role]
+        part = {k[len(prefix) :]: rest.pop(k) for k in list(rest) if k.startswith(prefix)}
+        save_file(part, parts / f"{role}.safetensors")
+    if rest:
+        save_file(rest, parts / "denoiser.safetensors")
+        roles = ("denoiser", *roles)
+    lines = [f'{role} = "{parts.name}/{role}.safetensors"' for role in roles]
+    (folder / f"{name}-spec.toml").write_text("[model]\n" + "\n".join(lines) + "\n")
+
+
 def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
     """``FAMILY.safetensors`` as ComfyUI saves a whole Flux checkpoint (Black Forest Labs'
     transformer names, the VAE, CLIP-L with the projection ComfyUI's file carries, T5-XXL),
@@ -414,7 +439,7 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
     from safetensors.torch import save_file
 
     from pangudraw.convert import sgm
-    from pangudraw.convert.single import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER
+    from pangudraw.convert.single import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER, ROLES
 
     dev = family == "flux"
     parts = {
@@ -435,25 +460,11 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
             if k != "encoder.embed_tokens.weight"
         },
     }
-    prefixes = {
-        "denoiser": "model.diffusion_model.",
-        "vae": "first_stage_model.",
-        "clip_l": "text_encoders.clip_l.transformer.",
-        "t5xxl": "text_encoders.t5xxl.transformer.",
-    }
-    whole = {prefixes[role] + k: v for role, part in components.items() for k, v in part.items()}
-    save_file(
-        {k: v.to(dtype).contiguous() for k, v in whole.items()}, folder / f"{family}.safetensors"
-    )
+    whole = {ROLES[role] + k: v for role, part in components.items() for k, v in part.items()}
+    whole = {k: v.to(dtype).contiguous() for k, v in whole.items()}
+    save_file(whole, folder / f"{family}.safetensors")
     if dev:
-        spec = folder / "flux-parts"
-        spec.mkdir()
-        for role, part in components.items():
-            save_file(
-                {k: v.to(dtype).contiguous() for k, v in part.items()}, spec / f"{role}.safetensors"
-            )
-        lines = [f'{role} = "flux-parts/{role}.safetensors"' for role in components]
-        (folder / "flux-spec.toml").write_text("[model]\n" + "\n".join(lines) + "\n")
+        _write_parts(folder, "flux", whole, tuple(components))
     _rounded(parts, dtype)
     scheduler = FLUX_DEV_SCHEDULER if dev else FLUX_SCHNELL_SCHEDULER
     FluxPipeline(

@@ -219,7 +219,7 @@ def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, t
     labels = {label for label in served.generators if label.endswith(".safetensors")}
     assert labels == {f"{folder.name}/{f}.safetensors" for f in FAMILIES}
     specs = {label for label in served.generators if label.endswith(".toml")}
-    assert specs == {f"{folder.name}/flux-spec.toml"}
+    assert specs == {f"{folder.name}/flux-spec.toml", f"{folder.name}/sd3-spec.toml"}
 
 
 def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
@@ -341,25 +341,28 @@ def test_the_flux_mapping_equals_diffusers_at_flux1_size():
     assert set(model.state_dict()) == set(ours)
 
 
-def test_a_model_spec_of_component_files_equals_the_whole_file(files, tmp_path):
-    """Flux as published: the transformer, VAE, CLIP-L and T5 in four files named by a
-    model spec, loaded directly and from the CLI."""
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_model_spec_of_component_files_equals_the_whole_file(files, tmp_path, family):
+    """Flux as published (the transformer, VAE, CLIP-L and T5 in four files, none with
+    a prefix) and SD3.5 as published (MMDiT and VAE in one file with their prefixes, the
+    three text encoders apart), named by a model spec, loaded directly and from the CLI."""
     from pangudraw.cli.main import main
     from pangudraw.experts import load_expert
 
     folder = files
-    spec, whole = load_expert(folder / "flux-spec.toml"), load_expert(folder / "flux.safetensors")
+    whole_file = folder / ("flux.safetensors" if family == "flux" else "sd3-t5.safetensors")
+    spec, whole = load_expert(folder / f"{family}-spec.toml"), load_expert(whole_file)
     a, b = _modules(spec), _modules(whole)
     assert a.keys() == b.keys()
     for name in a:
         sa, sb = a[name].state_dict(), b[name].state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
     out = tmp_path / "spec.png"
-    argv = ["generate", "a red apple", "--structure", str(folder / "flux-spec.toml")]
+    argv = ["generate", "a red apple", "--structure", str(folder / f"{family}-spec.toml")]
     argv += ["--steps", "2", "--size", "32", "-o", str(out)]
     main(argv)
     record = json.loads(Image.open(out).text["pangu-draw"])
-    assert record["structure"].endswith("flux-spec.toml")
+    assert record["structure"].endswith(f"{family}-spec.toml")
 
 
 def test_bad_model_specs_are_one_line_errors(files, tmp_path, capsys):
