@@ -1,5 +1,7 @@
 """Flux.1 experts: our loop against diffusers' FluxPipeline, and Flux beside SD in Coop."""
 
+import json
+
 import pytest
 import torch
 from diffusers import FluxPipeline
@@ -245,3 +247,36 @@ true_cfg = 4.0
     recipe.write_text(recipe.read_text().replace("true_cfg = 4.0", "true_cfg = 0.5"))
     with pytest.raises(UserError, match="true_cfg"):
         load_recipe(recipe)
+
+
+def test_a_flux_model_gets_its_own_steps_and_guidance_unless_given(models, tmp_path):
+    """Without -g/--steps a Flux.1 model samples as FluxPipeline does (dev: 28 steps,
+    distilled guidance 3.5; schnell: 4 steps), not with the SD defaults (7, 15 steps); the
+    PNG records what was used. A recipe's Flux expert without a guidance value gets 3.5."""
+    from PIL import Image
+
+    from pangudraw.cli.main import main
+    from pangudraw.families import flux_variant
+    from pangudraw.recipes import parse_recipe
+
+    assert flux_variant(models["flux_dev"]) == "dev"
+    assert flux_variant(models["flux_schnell"]) == "schnell"
+    assert flux_variant(models["sdxl"]) is None and flux_variant(tmp_path / "none") is None
+
+    def record(*extra):
+        out = tmp_path / "flux.png"
+        main(["generate", "a red apple", "--size", "32", "-o", str(out), *extra])
+        made = json.loads(Image.open(out).text["pangu-draw"])
+        out.unlink()
+        return made["steps"], made["guidance_scale"]
+
+    dev, schnell = str(models["flux_dev"]), str(models["flux_schnell"])
+    assert record("--structure", dev) == (28, 3.5)
+    assert record("--structure", schnell) == (4, 3.5)
+    assert record("--structure", dev, "-g", "2", "--steps", "3") == (3, 2.0)
+
+    table = {"prompt": "a cat", "experts": [{"model": dev}, {"model": str(models["sdxl"])}]}
+    flux_expert, sdxl_expert = parse_recipe(table, "r.toml", tmp_path).experts
+    assert (flux_expert.guidance, sdxl_expert.guidance) == (3.5, 7.0)
+    table["guidance"] = 5.0
+    assert {e.guidance for e in parse_recipe(table, "r.toml", tmp_path).experts} == {5.0}

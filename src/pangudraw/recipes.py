@@ -8,7 +8,7 @@
     noise = "carry"                   # carry | resample (experts off the canvas)
     bridge_every = 1                  # run and bridge experts off the canvas every k steps
     bridge = "exact"                  # exact | learned (bundled translators, else exact)
-    guidance = 7.0                    # every expert's guidance unless it has its own
+    guidance = 7.0                    # every expert's unless it has its own (default 7; Flux: 3.5)
 
     [canvas]
     width = 64
@@ -273,6 +273,14 @@ def _bounded(reader: _Reader, key: str, default: int, lo: int, hi: int, hint: st
     return value
 
 
+def _default_guidance(model: str) -> float:
+    """7, or a Flux.1 model's own distilled guidance value (3.5)."""
+    from .families import FLUX_DEFAULTS, flux_variant
+
+    variant = flux_variant(model)
+    return FLUX_DEFAULTS[variant]["guidance_scale"] if variant else 7.0
+
+
 def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUSTED) -> Recipe:
     """Validate a recipe table; relative paths resolve against ``base``."""
     if not isinstance(data, dict):
@@ -283,7 +291,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
     canvas = _Reader(source, top.get("canvas", dict, {}), "canvas", CANVAS_KEYS)
     prompt = top.get("prompt", str)
     negative = top.get("negative_prompt", str)
-    guidance = top.get("guidance", float, 7.0)
+    guidance = top.get("guidance", float)
     tables = top.get("experts", list, required=True)
     if not tables:
         top.fail("experts", "expected at least one [[experts]] table")
@@ -341,15 +349,17 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         true_cfg = r.get("true_cfg", float, 1.0)
         if true_cfg < 1:
             r.fail("true_cfg", f"expected a number >= 1 (1 turns it off), got {true_cfg}")
+        model = _path(r, "model", base, policy, required=True)
+        given = r.get("guidance", float, guidance)
         experts.append(
             ExpertSpec(
                 name=r.get("name", str, f"expert{i}"),
-                model=_path(r, "model", base, policy, required=True),
+                model=model,
                 prompt=expert_prompt,
                 negative_prompt=r.get("negative_prompt", str, negative),
                 window=_window(r, "window"),
                 weight=weight,
-                guidance=r.get("guidance", float, guidance),
+                guidance=_default_guidance(model) if given is None else given,
                 true_cfg=true_cfg,
                 size=None if size is None else tuple(size),
                 mask=_path(r, "mask", base, policy),

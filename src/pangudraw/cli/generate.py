@@ -62,8 +62,8 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "--steps",
     type=int,
     default=None,
-    help=f"Sampler steps [default: {DEFAULT_STEPS}; 40 for PanGu-Draw v3]. 15 Euler steps "
-    "match 25 on the bundled models (BENCHMARKS.md).",
+    help=f"Sampler steps [default: {DEFAULT_STEPS}; 40 for PanGu-Draw v3; 28 for Flux.1 dev, "
+    "4 for schnell]. 15 Euler steps match 25 on the bundled models (BENCHMARKS.md).",
 )
 @click.option(
     "-g",
@@ -71,7 +71,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
     type=FiniteFloat(),
     default=None,
     help="Classifier-free guidance scale, 1 turns guidance off [default: 7; 6 for PanGu-Draw "
-    "v3, as its release]. Flux: the distilled guidance value (3.5 is Flux's own).",
+    "v3, as its release]. Flux: the distilled guidance value [default: 3.5, Flux's own].",
 )
 @click.option(
     "--true-cfg",
