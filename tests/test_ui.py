@@ -282,3 +282,22 @@ def test_a_coop_png_sent_to_the_coop_tab_gives_its_recipe(server, tmp_path):
     text, _ = App(Served.find(tmp_path)).to_coop(record)
     table = parse_toml(text, "recipe", "sent")
     assert parse_recipe(table, "sent", tmp_path) == parse_recipe(record["recipe"], "r", tmp_path)
+
+
+def test_a_chosen_model_brings_its_own_steps_and_guidance(models, tmp_path):
+    """Picking a Flux.1 model in the Generate tab sets FluxPipeline's steps and guidance
+    (dev 28 / 3.5, schnell 4); the bundled models bring pangu-draw's (15 / 7)."""
+    from pangudraw.ui.app import NONE, App
+    from pangudraw.ui.served import Served
+
+    root = models["flux_dev"].parent
+    app = App(Served.find(tmp_path, [root]))
+    assert app.model_defaults(f"{root.name}/flux_dev", NONE) == (28, 3.5)
+    assert app.model_defaults("structure", f"{root.name}/flux_schnell") == (4, 3.5)
+    assert app.model_defaults("structure", "texture") == (15, 7.0)
+    skipped = app.model_defaults("not served", NONE)
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in skipped)
+
+
+def test_the_model_defaults_event_is_wired(client):
+    assert list(client.predict("structure", "texture", api_name="/model_defaults")) == [15, 7.0]

@@ -159,7 +159,7 @@ class GenerateRequest:
                 raise UserError("a texture model needs a structure model (or give neither)")
             structure, texture = "structure", "texture"
         seed = random.randrange(2**31) if self.seed is None else self.seed
-        defaults = _model_defaults(texture or structure)
+        defaults = model_defaults(texture or structure)
         filled = {
             k: defaults[k] if getattr(self, k) is None else getattr(self, k)
             for k in ("t_split", "steps", "guidance_scale", "sampler", "styles", "handoff")
@@ -189,7 +189,7 @@ class GenerateRequest:
         )
 
 
-def _model_defaults(model: str) -> dict:
+def model_defaults(model: str) -> dict:
     """Sampling defaults for a model: the release's for converted PanGu-Draw v3 models
     (with a default size among its buckets), FluxPipeline's steps and guidance value for
     Flux.1, pangu-draw's otherwise. No torch."""

@@ -38,6 +38,7 @@ from ..render import (
     Experts,
     GenerateRequest,
     check_coop_size,
+    model_defaults,
     prompt_lines,
     render_coop,
     render_generate,
@@ -119,6 +120,17 @@ class App:
         self.experts = Experts()
         self.preview_every = preview_every
         self._stops: dict[str, threading.Event] = {}
+
+    def model_defaults(self, structure: str, texture: str) -> tuple:
+        """Steps and guidance for the models just chosen (the texture model's when there is
+        one), as ``generate`` fills them in: FluxPipeline's for Flux.1 (28 steps and 3.5 for
+        dev, 4 for schnell), the release's for PanGu-Draw v3, pangu-draw's otherwise."""
+        label = texture if texture and texture != NONE else structure
+        try:
+            defaults = model_defaults(self.served.model(label))
+        except UserError:  # not served: the run reports it
+            return gr.skip(), gr.skip()
+        return min(defaults["steps"], self.served.limits.max_steps), defaults["guidance_scale"]
 
     # ------------------------------------------------------------------ runs
 
@@ -523,6 +535,16 @@ def build(app: App) -> gr.Blocks:
                     concurrency_id="render",
                 )
                 stop.click(app.stop, None, status, cancels=[event], queue=False)
+                # a model picked by hand brings its own steps and guidance (a PNG's record
+                # sent here keeps its own: .input, not .change)
+                gr.on(
+                    [structure.input, texture.input],
+                    app.model_defaults,
+                    [structure, texture],
+                    [steps, guidance],
+                    queue=False,
+                    api_name="model_defaults",
+                )
 
             with gr.Tab("Coop", id="coop"):
                 with gr.Row():
