@@ -298,3 +298,18 @@ def test_the_old_default_settings_given_explicitly_make_the_old_images(tmp_path)
     default = tmp_path / "default.png"
     main(["generate", "red apple", "--seed", "3", "-o", str(default)])
     assert (read_record(default)["sampler"], read_record(default)["steps"]) == ("euler", 15)
+
+
+def test_models_go_to_the_gpu_when_there_is_one(monkeypatch):
+    """generate, coop and the UI share Experts: on a machine with a GPU they all use it
+    (coop and the UI used the CPU there before), unless told a device."""
+    import torch
+
+    from pangudraw.cli.progress import Processes
+    from pangudraw.render import Experts
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Experts().device == "cuda" and Processes().device == "cuda"
+    assert Experts(device="cpu").device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Experts().device is None and Processes().device is None

@@ -54,6 +54,13 @@ def model_label(path: Path) -> str:
     return zoo.name_of(path) or str(path)
 
 
+def default_device() -> str | None:
+    """The GPU when torch sees one, else None (the CPU, where models load)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
 class Experts:
     """Loaded experts, one per model folder and set of LoRAs, shared between requests.
 
@@ -63,7 +70,7 @@ class Experts:
 
     def __init__(self, allow_pickle: bool = False, device: str | None = None):
         self.allow_pickle = allow_pickle
-        self.device = device  # None: where they load (the CPU)
+        self.device = device or default_device()  # None: where they load (the CPU)
         self._loaded: dict[tuple, object] = {}
         self._components: dict = {}  # the same files on disk load once (no LoRA)
         self._lock = threading.Lock()

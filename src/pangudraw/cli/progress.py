@@ -102,12 +102,10 @@ class Processes:
         self.index = state.process_index if state else 0
         self.count = state.num_processes if state else 1
         self.main = self.index == 0
-        # each process its own GPU; alone, the GPU when there is one
-        self.device = str(state.device) if state else None
-        if state is None:
-            import torch
+        from ..render import default_device
 
-            self.device = "cuda" if torch.cuda.is_available() else None
+        # each process its own GPU; alone, the GPU when there is one
+        self.device = str(state.device) if state else default_device()
 
     def share(self, items: list) -> list:
         """A contiguous share of ``items`` (accelerate's ``split_between_processes``)."""
