@@ -313,3 +313,56 @@ def test_models_go_to_the_gpu_when_there_is_one(monkeypatch):
     assert Experts(device="cpu").device == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert Experts().device is None and Processes().device is None
+
+
+def test_bfloat16_halves_the_models_and_draws_nearly_the_same_image(models, tmp_path):
+    """--dtype bfloat16: the denoisers and text encoders in bfloat16, the VAE in float32;
+    the image close to float32's (not equal: bfloat16 keeps 8 bits), the record says so."""
+    import numpy as np
+    import torch
+
+    from pangudraw.render import Experts
+
+    expert = Experts(dtype="bfloat16").get(models["sdxl"])
+    assert expert.network.dtype == expert.dtype == torch.bfloat16
+    assert {p.dtype for e in expert.text.encoders for p in e.parameters()} == {torch.bfloat16}
+    assert expert.space.vae.dtype == torch.float32
+
+    def image(*extra):
+        out = tmp_path / "x.png"
+        argv = ["generate", "a red apple", "--structure", str(models["sd"]), "--seed", "3"]
+        main([*argv, "--steps", "4", "--size", "32", "-o", str(out), *extra])
+        with Image.open(out) as png:
+            return np.asarray(png.convert("RGB"), dtype=float), read_record(out)
+
+    full, record = image()
+    half, half_record = image("--dtype", "bfloat16")
+    assert "dtype" not in record and half_record["dtype"] == "bfloat16"
+    assert 0 < np.abs(full - half).mean() < 8  # of 255
+
+
+def test_coop_in_bfloat16_reproduces_from_its_png_and_a_bad_dtype_is_refused(
+    models, tmp_path, capsys
+):
+    import numpy as np
+
+    from pangudraw.imageio import save_png
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'prompt = "a red apple"\nseed = 2\nsteps = 3\n[canvas]\nwidth = 32\nheight = 32\n'
+        f'[[experts]]\nmodel = "{models["sd"]}"\n'
+    )
+    first, again = tmp_path / "a.png", tmp_path / "b.png"
+    main(["coop", str(recipe), "--dtype", "bfloat16", "-o", str(first)])
+    main(["coop", "--from-png", str(first), "--allow-outside-paths", "-o", str(again)])
+    assert read_record(first)["dtype"] == read_record(again)["dtype"] == "bfloat16"
+    with Image.open(first) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    record = read_record(first) | {"dtype": "float64"}
+    with Image.open(first) as image:
+        save_png(image, tmp_path / "bad.png", "", record)
+    argv = ["coop", "--from-png", str(tmp_path / "bad.png"), "--allow-outside-paths"]
+    code, _, err = run([*argv, "-o", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and "unknown dtype 'float64'" in err and err.count("\n") == 1
+    assert not (tmp_path / "c.png").exists()

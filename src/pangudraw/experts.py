@@ -311,17 +311,20 @@ class Expert:
     dtype: torch.dtype = torch.float32
     family: str = "unet"
 
-    def to(self, device: str | torch.device) -> Expert:
-        """Move the network, the text encoders and the VAE to ``device`` (in place). The
-        loop keeps its own tensors on the CPU; each call moves its inputs to the network's
-        device and its output back."""
-        self.network.to(device)
+    def to(self, device: str | torch.device | None, dtype: torch.dtype | None = None) -> Expert:
+        """Move the network, the text encoders and the VAE to ``device`` (in place), and
+        cast the network and text encoders to ``dtype`` when given. The VAE stays float32
+        (SDXL's overflows in float16; diffusers upcasts it to decode). The loop keeps its
+        own tensors on the CPU in float32; each call moves and casts its inputs to the
+        network's device and dtype and its output back."""
+        self.network.to(device=device, dtype=dtype)
         for value in vars(self.text).values():
             for module in value if isinstance(value, list) else [value]:
                 if isinstance(module, torch.nn.Module):
-                    module.to(device)
+                    module.to(device=device, dtype=dtype)
         if self.space.vae is not None:
-            self.space.vae.to(device)
+            self.space.vae.to(device=device)
+        self.dtype = dtype or self.dtype
         return self
 
     @property

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import UserError
 from .lora import LoraSpec
 from .options import BRIDGE_MODES, DEFAULT_BRIDGE, DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS
 
@@ -54,6 +55,9 @@ def model_label(path: Path) -> str:
     return zoo.name_of(path) or str(path)
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def default_device() -> str | None:
     """The GPU when torch sees one, else None (the CPU, where models load)."""
     import torch
@@ -68,9 +72,14 @@ class Experts:
     lock makes a model that two requests ask for at once load once.
     """
 
-    def __init__(self, allow_pickle: bool = False, device: str | None = None):
+    def __init__(
+        self, allow_pickle: bool = False, device: str | None = None, dtype: str = "float32"
+    ):
         self.allow_pickle = allow_pickle
         self.device = device or default_device()  # None: where they load (the CPU)
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+        self.dtype = dtype  # the networks' and text encoders' (a name: no torch here)
         self._loaded: dict[tuple, object] = {}
         self._components: dict = {}  # the same files on disk load once (no LoRA)
         self._lock = threading.Lock()
@@ -86,8 +95,13 @@ class Experts:
                 cache = None if loras else self._components
                 expert = load_expert(path, self.allow_pickle, cache)
                 expert = apply_loras(expert, list(loras), self.allow_pickle)
-                self._loaded[key] = expert if self.device is None else expert.to(self.device)
+                self._loaded[key] = expert.to(self.device, self._torch_dtype())
             return self._loaded[key]
+
+    def _torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def controlnet(self, model: str | Path, expert):
         """A ControlNet, loaded once and shared like the experts (and moved to their
@@ -99,7 +113,7 @@ class Experts:
         with self._lock:
             if key not in self._loaded:
                 net = load_controlnet(str(path), expert, self.allow_pickle)
-                self._loaded[key] = net if self.device is None else net.to(self.device)
+                self._loaded[key] = net.to(device=self.device, dtype=self._torch_dtype())
             net = self._loaded[key]
         check_controlnet(net, str(path), expert)
         return net
@@ -146,7 +160,6 @@ class GenerateRequest:
     def check(self, allow_pickle: bool = False) -> GenerateRequest:
         """The request with its defaults filled in (models, seed), checked before torch
         loads; a :class:`UserError` for anything out of bounds."""
-        from .errors import UserError
         from .limits import (
             check_int,
             check_memory,
@@ -298,6 +311,8 @@ def _render_batch(
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         if r.true_cfg != 1.0:
             record["true_cfg"] = r.true_cfg
+        if experts.dtype != "float32":
+            record["dtype"] = experts.dtype
         settings = {
             "Steps": r.steps,
             "Sampler": r.sampler,
@@ -315,6 +330,8 @@ def _render_batch(
             settings["Styles"] = ", ".join(f"{name}:{scale:g}" for name, scale in r.styles)
         if r.loras:
             settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in r.loras)
+        if experts.dtype != "float32":
+            settings["Precision"] = experts.dtype
         settings["Version"] = f"pangu-draw {__version__}"
         parameters = a1111_parameters(prompt, r.negative_prompt, settings)
         pictures.append(Picture(image, parameters, record))
@@ -354,10 +371,12 @@ def render_coop(
             + (f", true CFG {e.true_cfg:g})" if e.true_cfg != 1.0 else ")")
             for e in recipe.experts
         ),
-        "Version": f"pangu-draw {__version__}",
     }
-    parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
     record = {"recipe": recipe.to_table(Path(folder).resolve()), "version": __version__}
+    if experts is not None and experts.dtype != "float32":
+        record["dtype"] = settings["Precision"] = experts.dtype
+    settings["Version"] = f"pangu-draw {__version__}"
+    parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
     if result.bridges:
         record["bridges"] = result.bridges
     return Picture(result.to_pil()[0], parameters, record)

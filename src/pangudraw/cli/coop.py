@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..options import BRIDGE_MODES
-from .progress import allow_pickle_option, file_option, output_option
+from .progress import allow_pickle_option, dtype_option, file_option, output_option
 
 
 @click.command("coop")
@@ -40,8 +40,17 @@ from .progress import allow_pickle_option, file_option, output_option
     "two spaces, exact elsewhere).",
 )
 @allow_pickle_option
+@dtype_option
 def command(
-    recipe, overrides, from_png, output, allow_outside_paths, allow_hub, bridge, allow_pickle
+    recipe,
+    overrides,
+    from_png,
+    output,
+    allow_outside_paths,
+    allow_hub,
+    bridge,
+    allow_pickle,
+    dtype,
 ) -> None:
     """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format.
 
@@ -51,6 +60,7 @@ def command(
     """
     from ..errors import UserError
     from ..files import check_output
+    from ..imageio import read_record
     from ..recipes import load_recipe, recipe_from_png
     from ..render import Experts, check_coop_size, render_coop
 
@@ -59,6 +69,7 @@ def command(
     check_output(output)
     if from_png is not None:
         parsed = recipe_from_png(from_png, overrides, allow_outside_paths, allow_hub)
+        dtype = dtype or read_record(from_png).get("dtype")
     else:
         parsed = load_recipe(recipe, overrides)
     if bridge is not None:
@@ -72,6 +83,7 @@ def command(
 
     quiet_libraries()
     with step_bar() as callback:
-        picture = render_coop(parsed, output.parent, Experts(allow_pickle), callback)
+        experts = Experts(allow_pickle, dtype=dtype or "float32")
+        picture = render_coop(parsed, output.parent, experts, callback)
     write_outputs({output: picture.writer()})
     click.echo(str(output))

@@ -14,7 +14,7 @@ from ..options import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
 )
-from .progress import FiniteFloat, allow_pickle_option, output_option
+from .progress import FiniteFloat, allow_pickle_option, dtype_option, output_option
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -138,6 +138,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "SCALE defaults to 1, 0 leaves the model unchanged.",
 )
 @allow_pickle_option
+@dtype_option
 def command(
     *,
     prompts,
@@ -162,6 +163,7 @@ def command(
     bridge,
     styles,
     allow_pickle,
+    dtype,
 ) -> None:
     """Generate images for each PROMPT and save them as PNGs with their parameters.
 
@@ -221,7 +223,7 @@ def command(
     with processes() as state:  # one, or those `accelerate launch` started
         batches = state.share(request.batches())
         with step_bar(state.index) as callback:
-            experts = Experts(allow_pickle, state.device)
+            experts = Experts(allow_pickle, state.device, dtype or "float32")
             pictures = render_generate(request, experts, callback, batches)
         mine = [paths[i] for images in batches for i in images]
         write_outputs({path: picture.writer() for path, picture in zip(mine, pictures)})

@@ -54,6 +54,16 @@ allow_pickle_option = click.option(
 )
 
 
+dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default=None,
+    help="Precision of the denoisers and text encoders (the VAE stays float32); recorded in "
+    "the PNG. bfloat16 halves the memory of SD3 and Flux on a GPU. [default: float32; "
+    "with --from-png, the PNG's]",
+)
+
+
 def quiet_libraries() -> None:
     """Silence the weight-loading bars and advisory warnings of diffusers and transformers."""
     import diffusers
