@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .progress import FOLDER
+from .progress import FOLDER, dtype_option
 
 
 def check_port(host: str, port: int) -> None:
@@ -71,6 +71,7 @@ def check_port(host: str, port: int) -> None:
     help="Most images one request makes.",
 )
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=10, show_default=True)
+@dtype_option
 def command(
     host,
     port,
@@ -82,6 +83,7 @@ def command(
     max_steps,
     max_images,
     max_upload_mb,
+    dtype,
 ) -> None:
     """Open the web UI on the bundled models (and any under --models) at http://HOST:PORT."""
     from ..errors import UserError
@@ -101,4 +103,4 @@ def command(
     from .progress import quiet_libraries
 
     quiet_libraries()
-    serve(served, host, port, concurrency, queue_size, block=True)
+    serve(served, host, port, concurrency, queue_size, block=True, dtype=dtype or "float32")

@@ -115,9 +115,11 @@ def _eta(started: float, done: int, total: int) -> str:
 class App:
     """The UI's state shared by all sessions: served models, loaded experts, stop flags."""
 
-    def __init__(self, served: Served, preview_every: int = DEFAULT_PREVIEW_EVERY):
+    def __init__(
+        self, served: Served, preview_every: int = DEFAULT_PREVIEW_EVERY, dtype: str = "float32"
+    ):
         self.served = served
-        self.experts = Experts()
+        self.experts = Experts(dtype=dtype)
         self.preview_every = preview_every
         self._stops: dict[str, threading.Event] = {}
 

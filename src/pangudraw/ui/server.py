@@ -16,6 +16,7 @@ def serve(
     queue_size: int = 64,
     block: bool = True,
     preview_every: int | None = None,
+    dtype: str = "float32",
 ):
     """Launch the UI and print its URL; with ``block=False`` return the running gradio
     Blocks (``.close()`` ends it) instead of serving until interrupted."""
@@ -25,7 +26,7 @@ def serve(
 
     if block:  # the server's own process: requests side by side share one run's threads
         torch.set_num_threads(max(1, torch.get_num_threads() // concurrency))
-    app = App(served) if preview_every is None else App(served, preview_every)
+    app = App(served, dtype=dtype) if preview_every is None else App(served, preview_every, dtype)
     blocks = build(app)
     blocks.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     blocks.launch(
