@@ -396,3 +396,17 @@ def test_bad_model_specs_are_one_line_errors(files, tmp_path, capsys):
         code, err = cli(["generate", "a", "--structure", model, "-o", str(out)], capsys)
         assert code == 2 and message in err and err.count("\n") == 1, (model, err)
         assert not out.exists()
+
+
+def test_the_example_model_spec_reads_and_names_flux_files(tmp_path, capsys):
+    """examples/flux-dev.toml parses; without the files beside it, the first missing one
+    is named (paths are relative to the spec)."""
+    from pathlib import Path
+
+    spec = Path(__file__).parents[1] / "examples" / "flux-dev.toml"
+    code, err = cli(
+        ["generate", "a", "--structure", str(spec), "-o", str(tmp_path / "x.png")], capsys
+    )
+    assert (
+        code == 2 and str(spec.parent / "flux1-dev.safetensors") in err and "does not exist" in err
+    )
