@@ -369,6 +369,50 @@ def plot(results: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_splits(scale_name: str, seed: int) -> Path | None:
+    """FID and retrieval against training FLOPs for every hand-over scored so far (one
+    curve per split) beside the monolithic model: ``decoupled_splits_SCALE_seedN.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = {}
+    names = [f"decoupled_training_{scale_name}_seed{seed}.json"]
+    names += [
+        p.name for p in RESULTS.glob(f"decoupled_training_{scale_name}_split*_seed{seed}.json")
+    ]
+    for path in (RESULTS / name for name in names if (RESULTS / name).is_file()):
+        results = json.loads(path.read_text())
+        if "summary" in results and "decoupled" in results:
+            found[results["summary"]["settings"]["split"]] = results
+    if len(found) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    mono = next(iter(found.values()))["monolithic"]
+    x = [p["training_flops"] for p in mono]
+    axes[0].plot(x, [p["fid"] for p in mono], "s-", c="k", label="monolithic")
+    axes[1].plot(x, [p["top5"] for p in mono], "s-", c="k", label="monolithic")
+    colours = iter(["#c44", "#e90", "#4a4", "#84c", "#48c"])
+    for split, results in sorted(found.items()):
+        colour = next(colours)
+        pair = results["decoupled"]
+        x = [p["training_flops"] for p in pair]
+        label = f"pair, split t = {split}"
+        axes[0].plot(x, [p["fid"] for p in pair], "o-", ms=3, c=colour, label=label)
+        axes[1].plot(x, [p["top5"] for p in pair], "o-", ms=3, c=colour, label=label)
+    axes[0].set_ylabel("FID (emoji features, lower is better)")
+    axes[1].set_ylabel("caption retrieval top-5")
+    for ax in axes:
+        ax.set_xlabel("training FLOPs")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{scale_name} scale, seed {seed}: where the pair hands over", fontsize=9)
+    fig.tight_layout()
+    out = RESULTS / f"decoupled_splits_{scale_name}_seed{seed}.png"
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
@@ -435,6 +479,7 @@ def main() -> None:
     title = f"{args.scale} scale, seed {args.seed}: structure at half the side, "
     title += f"split t = {args.split}"
     plot(results, RESULTS / f"{name}.png", title)
+    plot_splits(args.scale, args.seed)
 
 
 if __name__ == "__main__":
