@@ -9,6 +9,7 @@ BRIDGE_MODES = ("exact", "learned")
 DEFAULT_BRIDGE = "learned"
 DEFAULT_SPLIT = 500  # PanGu-Draw v3: structure on t in [500, 1000), texture on [0, 500)
 ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
+DTYPES = ("float32", "bfloat16", "float16")  # denoisers' and text encoders' precision
 HUB_PREFIX = "hf:"  # a Hugging Face hub model, downloaded only when a user names one
 # The default sampler settings of `generate` and the UI: the cheapest setting whose FID and
 # retrieval on the bundled pair match 25 Euler steps within the noise between seeds

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from .errors import UserError
 from .lora import LoraSpec
-from .options import BRIDGE_MODES, DEFAULT_BRIDGE, DEFAULT_SAMPLER, DEFAULT_SPLIT, DEFAULT_STEPS
+from .options import (
+    BRIDGE_MODES,
+    DEFAULT_BRIDGE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SPLIT,
+    DEFAULT_STEPS,
+    DTYPES,
+)
 
 
 @dataclass
@@ -53,9 +60,6 @@ def model_label(path: Path) -> str:
     from . import zoo
 
     return zoo.name_of(path) or str(path)
-
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def default_device() -> str | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from ..options import DTYPES
+
 
 class FiniteFloat(click.ParamType):
     """A float option that refuses NaN and infinity (click's FLOAT takes both)."""
@@ -56,7 +58,7 @@ allow_pickle_option = click.option(
 
 dtype_option = click.option(
     "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(DTYPES),
     default=None,
     help="Precision of the denoisers and text encoders (the VAE stays float32); recorded in "
     "the PNG. bfloat16 halves the memory of SD3 and Flux on a GPU. [default: float32; "
