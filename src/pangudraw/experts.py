@@ -11,6 +11,7 @@ Design: docs/design.md, section 2.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 from collections.abc import Callable
@@ -837,9 +838,13 @@ def assemble(
             aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
         )
     elif index.get("text_encoder") == MINILM_REFERENCE:
+        # copies per cache: Expert.to moves and casts them in place
         key = "bundled MiniLM"
         tokenizer, encoder = _shared(cache, key, lambda _: load_minilm())
-        text = SDText(tokenizer, encoder, load_chinese_encoder(), shared=key)
+        chinese = _shared(
+            cache, key + " (Chinese)", lambda _: copy.deepcopy(load_chinese_encoder())
+        )
+        text = SDText(tokenizer, encoder, chinese, shared=key)
     else:
         text = SDText(component("tokenizer"), component("text_encoder"))
 

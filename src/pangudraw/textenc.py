@@ -213,8 +213,9 @@ def merge_adapter(encoder: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
 
 def load_chinese_encoder(folder: Path = ZH_FOLDER):
     """MiniLM with the Chinese rows and ``folder``'s low-rank change merged in, for text
-    with a CJK character; None where there is no change. Built once per process and shared
-    by every expert (nothing changes it in place: LoRAs reach ``SDText.encoder`` only)."""
+    with a CJK character; None where there is no change. Built once per process; experts
+    hold copies (``Expert.to`` moves and casts in place; LoRAs reach ``SDText.encoder``
+    only)."""
     if not (folder / ZH_ADAPTER).is_file():
         return None
     return _chinese_encoder(folder)
