@@ -341,42 +341,45 @@ def report(results: dict, runs: dict, scale_name: str, split: int = SPLIT) -> di
     return summary
 
 
-def plot(results: dict, path: Path, title: str) -> None:
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    style = {
-        "decoupled": ("low-res structure + texture", "#c44"),
-        "monolithic": ("monolithic", "#48c"),
-    }
-    for label in ("decoupled", "monolithic"):
-        name, colour = style[label]
-        x = [p["training_flops"] for p in results[label]]
-        axes[0].plot(x, [p["fid"] for p in results[label]], "o-", c=colour, label=name)
-        axes[1].plot(x, [p["top5"] for p in results[label]], "o-", c=colour, label=name)
-    axes[0].axhline(results["floor"]["fid"], ls="--", c="k", lw=1, label="real images")
-    axes[1].axhline(results["floor"]["top5"], ls="--", c="k", lw=1, label="real images")
+    return plt.subplots(1, 2, figsize=(9, 3.4))
+
+
+def _curve(axes, points: list[dict], fmt: str, **style) -> None:
+    """FID (left) and retrieval top-5 (right) against training FLOPs."""
+    x = [p["training_flops"] for p in points]
+    axes[0].plot(x, [p["fid"] for p in points], fmt, **style)
+    axes[1].plot(x, [p["top5"] for p in points], fmt, **style)
+
+
+def _finish(fig, axes, title: str, path: Path, legend_size: int = 8) -> None:
     axes[0].set_ylabel("FID (emoji features, lower is better)")
     axes[1].set_ylabel("caption retrieval top-5")
     for ax in axes:
         ax.set_xlabel("training FLOPs")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=legend_size)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def plot(results: dict, path: Path, title: str) -> None:
+    fig, axes = _figure()
+    _curve(axes, results["decoupled"], "o-", c="#c44", label="low-res structure + texture")
+    _curve(axes, results["monolithic"], "o-", c="#48c", label="monolithic")
+    axes[0].axhline(results["floor"]["fid"], ls="--", c="k", lw=1, label="real images")
+    axes[1].axhline(results["floor"]["top5"], ls="--", c="k", lw=1, label="real images")
+    _finish(fig, axes, title, path)
+
+
 def plot_splits(scale_name: str, seed: int) -> Path | None:
     """FID and retrieval against training FLOPs for every hand-over scored so far (one
     curve per split) beside the monolithic model: ``decoupled_splits_SCALE_seedN.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     found = {}
     names = [f"decoupled_training_{scale_name}_seed{seed}.json"]
     names += [
@@ -388,28 +391,16 @@ def plot_splits(scale_name: str, seed: int) -> Path | None:
             found[results["summary"]["settings"]["split"]] = results
     if len(found) < 2:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _figure()
     mono = next(iter(found.values()))["monolithic"]
-    x = [p["training_flops"] for p in mono]
-    axes[0].plot(x, [p["fid"] for p in mono], "s-", c="k", label="monolithic")
-    axes[1].plot(x, [p["top5"] for p in mono], "s-", c="k", label="monolithic")
+    _curve(axes, mono, "s-", c="k", label="monolithic")
     colours = iter(["#c44", "#e90", "#4a4", "#84c", "#48c"])
     for split, results in sorted(found.items()):
-        colour = next(colours)
-        pair = results["decoupled"]
-        x = [p["training_flops"] for p in pair]
         label = f"pair, split t = {split}"
-        axes[0].plot(x, [p["fid"] for p in pair], "o-", ms=3, c=colour, label=label)
-        axes[1].plot(x, [p["top5"] for p in pair], "o-", ms=3, c=colour, label=label)
-    axes[0].set_ylabel("FID (emoji features, lower is better)")
-    axes[1].set_ylabel("caption retrieval top-5")
-    for ax in axes:
-        ax.set_xlabel("training FLOPs")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{scale_name} scale, seed {seed}: where the pair hands over", fontsize=9)
-    fig.tight_layout()
+        _curve(axes, results["decoupled"], "o-", ms=3, c=next(colours), label=label)
     out = RESULTS / f"decoupled_splits_{scale_name}_seed{seed}.png"
-    fig.savefig(out, dpi=120)
+    title = f"{scale_name} scale, seed {seed}: where the pair hands over"
+    _finish(fig, axes, title, out, legend_size=7)
     return out
 
 

@@ -727,28 +727,8 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
             return None
         cls = component_class(index_file, name, spec)
         key = None if cache is None else _files_key(folder / name, cls)
-        if key is not None and key in cache:
-            return cache[key]
-        # None: safetensors when present, pickle allowed as a fallback. Weights stored in
-        # float16 (the zoo's) are computed in float32 here.
-        kwargs = {}
-        if "Tokenizer" not in cls.__name__:
-            kwargs = {
-                "use_safetensors": None if allow_pickle else True,
-                "torch_dtype": torch.float32,
-            }
-        try:
-            module = cls.from_pretrained(folder / name, **kwargs)
-        except (OSError, ValueError) as exc:
-            if not allow_pickle and not any((folder / name).glob("*.safetensors")):
-                raise UserError(
-                    f"{folder / name} has no safetensors weights; pickle checkpoints are refused "
-                    "unless you pass --allow-pickle"
-                ) from exc
-            raise UserError(f"cannot load {folder / name}: {str(exc).splitlines()[0]}") from exc
-        if key is not None:
-            cache[key] = module
-        return module
+        build = lambda _: _from_pretrained(cls, folder / name, allow_pickle)  # noqa: E731
+        return _shared(None if key is None else cache, key, build)
 
     denoiser = "transformer" if "transformer" in index else "unet"
     for required in (denoiser, "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
@@ -769,6 +749,24 @@ def load_expert(path: str | Path, allow_pickle: bool = False, cache: dict | None
         raise UserError(f"{folder} has no scheduler/scheduler_config.json")
     scheduler = read_scheduler_config(scheduler_file)
     return assemble(str(folder), index, component, network, vae, scheduler, index_file, cache)
+
+
+def _from_pretrained(cls: type, folder: Path, allow_pickle: bool):
+    """A diffusers or transformers component saved in ``folder``."""
+    # None: safetensors when present, pickle allowed as a fallback. Weights stored in
+    # float16 (the zoo's) are computed in float32 here.
+    kwargs = {}
+    if "Tokenizer" not in cls.__name__:
+        kwargs = {"use_safetensors": None if allow_pickle else True, "torch_dtype": torch.float32}
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as exc:
+        if not allow_pickle and not any(folder.glob("*.safetensors")):
+            raise UserError(
+                f"{folder} has no safetensors weights; pickle checkpoints are refused "
+                "unless you pass --allow-pickle"
+            ) from exc
+        raise UserError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
 
 
 def _shared(cache: dict | None, key, build: Callable):

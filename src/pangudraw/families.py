@@ -42,6 +42,26 @@ def _json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def spec_denoiser(path: Path) -> str | None:
+    """The denoiser file a model spec (a ``.toml`` file's ``[model]`` table) names; None
+    if ``path`` is not a readable spec."""
+    from .errors import UserError
+    from .tomlconf import read_toml
+
+    try:
+        model = read_toml(path, "model spec").get("model")
+    except UserError:
+        return None
+    denoiser = model.get("denoiser") if isinstance(model, dict) else None
+    return denoiser if isinstance(denoiser, str) else None
+
+
+def flux_defaults(model: str | Path) -> dict:
+    """FluxPipeline's steps and guidance value for a Flux.1 model, ``{}`` for any other."""
+    variant = flux_variant(model)
+    return FLUX_DEFAULTS[variant] if variant else {}
+
+
 def flux_variant(model: str | Path) -> str | None:
     """``"dev"`` or ``"schnell"`` for a Flux.1 model (folder, single file, model spec),
     None for anything else or anything unreadable."""
@@ -52,14 +72,8 @@ def flux_variant(model: str | Path) -> str | None:
         guided = _json(path / "transformer" / "config.json").get("guidance_embeds")
         return "dev" if guided else "schnell"
     if path.suffix.lower() == ".toml":
-        from .errors import UserError
-        from .tomlconf import read_toml
-
-        try:
-            denoiser = read_toml(path, "model spec").get("model", {}).get("denoiser")
-        except (UserError, AttributeError):
-            return None
-        if not isinstance(denoiser, str) or denoiser.lower().endswith(".toml"):
+        denoiser = spec_denoiser(path)
+        if denoiser is None or denoiser.lower().endswith(".toml"):
             return None  # (a spec naming a spec is refused when it loads)
         return flux_variant(path.parent / denoiser)
     keys = safetensors_keys(path) if path.suffix.lower() == ".safetensors" else None

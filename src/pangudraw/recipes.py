@@ -275,10 +275,9 @@ def _bounded(reader: _Reader, key: str, default: int, lo: int, hi: int, hint: st
 
 def _default_guidance(model: str) -> float:
     """7, or a Flux.1 model's own distilled guidance value (3.5)."""
-    from .families import FLUX_DEFAULTS, flux_variant
+    from .families import flux_defaults
 
-    variant = flux_variant(model)
-    return FLUX_DEFAULTS[variant]["guidance_scale"] if variant else 7.0
+    return flux_defaults(model).get("guidance_scale", 7.0)
 
 
 def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUSTED) -> Recipe:

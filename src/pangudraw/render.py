@@ -217,7 +217,7 @@ def model_defaults(model: str) -> dict:
     """Sampling defaults for a model: the release's for converted PanGu-Draw v3 models
     (with a default size among its buckets), FluxPipeline's steps and guidance value for
     Flux.1, pangu-draw's otherwise. No torch."""
-    from .families import FLUX_DEFAULTS, flux_variant
+    from .families import flux_defaults
     from .pangu import RELEASE, release_info
 
     info = release_info(model) if Path(model).is_dir() else None
@@ -230,8 +230,7 @@ def model_defaults(model: str) -> dict:
             "styles": [],
             "handoff": "sigma",
         }
-        variant = flux_variant(model)
-        return defaults | (FLUX_DEFAULTS[variant] if variant else {})
+        return defaults | flux_defaults(model)
     buckets = [tuple(b) for b in info.get("size_buckets") or []]
     size = RELEASE["size"] if RELEASE["size"] in buckets or not buckets else buckets[0]
     defaults = {k: v for k, v in RELEASE.items() if k != "size"}

@@ -62,7 +62,7 @@ dtype_option = click.option(
     default=None,
     help="Precision of the denoisers and text encoders (the VAE stays float32); recorded in "
     "the PNG. bfloat16 halves the memory of SD3 and Flux on a GPU. [default: float32; "
-    "with --from-png, the PNG's]",
+    "coop --from-png: the PNG's]",
 )
 
 

@@ -54,24 +54,16 @@ def _is_model_folder(path: Path) -> bool:
 def _is_single_file_model(path: Path) -> bool:
     """A ``.safetensors`` file with a UNet in the original layout (not a LoRA or a VAE);
     only the file's header is read."""
-    from safetensors import safe_open
+    from ..families import safetensors_keys
 
-    try:
-        with safe_open(path, "pt") as handle:
-            return any(k.startswith("model.diffusion_model.") for k in handle.keys())  # noqa: SIM118 (not a dict)
-    except Exception:  # not a safetensors file: not listed
-        return False
+    return any(k.startswith("model.diffusion_model.") for k in safetensors_keys(path) or [])
 
 
 def _is_model_spec(path: Path) -> bool:
     """A ``.toml`` file with a ``[model]`` table naming a denoiser (a model spec)."""
-    from ..tomlconf import read_toml
+    from ..families import spec_denoiser
 
-    try:
-        model = read_toml(path, "model spec").get("model")
-    except UserError:  # not TOML, unreadable: not listed
-        return False
-    return isinstance(model, dict) and isinstance(model.get("denoiser"), str)
+    return spec_denoiser(path) is not None
 
 
 def _is_controlnet_folder(path: Path) -> bool:

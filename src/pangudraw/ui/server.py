@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import App, build
+from .app import DEFAULT_PREVIEW_EVERY, App, build
 from .served import Served
 
 
@@ -26,7 +26,8 @@ def serve(
 
     if block:  # the server's own process: requests side by side share one run's threads
         torch.set_num_threads(max(1, torch.get_num_threads() // concurrency))
-    app = App(served, dtype=dtype) if preview_every is None else App(served, preview_every, dtype)
+    every = DEFAULT_PREVIEW_EVERY if preview_every is None else preview_every
+    app = App(served, every, dtype)
     blocks = build(app)
     blocks.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     blocks.launch(
