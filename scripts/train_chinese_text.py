@@ -5,7 +5,9 @@
 Needs the emoji dataset (``pangu-draw data emoji --style google --out data/emoji-google``).
 ``--cldr data/cldr/annotations`` adds CLDR's keyword lists: ``npm pack
 cldr-annotations-full@48.2.0`` and extract ``package/annotations`` (Unicode licence).
-``--from-bundled`` fine-tunes the bundled rows instead of starting from MiniLM's.
+``--unihan /usr/share/unicode`` adds Unihan's English glosses of the 3,755 common simplified
+characters (Debian's ``unicode-data`` package, or unicode.org's Unihan.zip extracted;
+Unicode licence). ``--from-bundled`` fine-tunes the bundled rows instead of starting from MiniLM's.
 Resumable: run it again after an interruption (or ``--max-minutes``) and it continues from
 ``runs/minilm_zh``. When all steps are done, the rows, token list and resource record are
 copied to ``src/pangudraw/zoo/models/minilm_zh`` and the zoo manifest gets their hash.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from pangudraw.cli.progress import quiet_libraries
 from pangudraw.textenc import ZH_ADAPTER, ZH_FOLDER, ZH_ROWS, read_cjk_rows
-from pangudraw.train.chinese import load_keyword_pairs, train
+from pangudraw.train.chinese import load_keyword_pairs, load_unihan_pairs, train
 from pangudraw.zoo import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,13 @@ def main() -> None:
         default=None,
         help="the annotations/ folder of npm's cldr-annotations-full: adds CLDR's keyword "
         "lists (English and Chinese bags of words) to the training pairs",
+    )
+    parser.add_argument(
+        "--unihan",
+        type=Path,
+        default=None,
+        help="a folder with Unicode's Unihan_Readings.txt and Unihan_OtherMappings.txt "
+        "(.bz2 too): adds the English glosses of GB 2312's 3,755 common characters",
     )
     parser.add_argument(
         "--from-bundled", action="store_true", help="start from the bundled rows (fine-tune)"
@@ -67,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
+    glosses = load_unihan_pairs(args.unihan) if args.unihan else []
     init = read_cjk_rows(ZH_FOLDER) if args.from_bundled else None
     record = train(
         args.data,
@@ -79,6 +89,7 @@ def main() -> None:
         adapter_rank=args.adapter_rank,
         draws=args.draws,
         keywords=keywords,
+        glosses=glosses,
         init=init,
     )
     if record["step"] < record["steps"]:

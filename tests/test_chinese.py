@@ -147,6 +147,29 @@ def test_cldr_keyword_pairs_leave_out_the_held_out_emoji(tmp_path):
     ]
 
 
+def test_unihan_glosses_of_the_common_characters_become_pairs(tmp_path):
+    """Unihan's kDefinition for GB 2312's level-1 characters only (kGB0 rows 16-55), read
+    from plain or bz2 files as Debian ships them; a folder without the files is refused."""
+    import bz2
+
+    from pangudraw.errors import UserError
+    from pangudraw.train.chinese import load_unihan_pairs
+
+    readings = (
+        "# Unihan_Readings.txt\n"
+        "U+6C34\tkDefinition\twater, liquid; juice\n"
+        "U+6C34\tkMandarin\tshuǐ\n"
+        "U+9F98\tkDefinition\tdragon flying\n"  # level 2: left out
+        "U+4E00\tkMandarin\tyī\n"  # no gloss: left out
+    )
+    mappings = "U+6C34\tkGB0\t4310\nU+9F98\tkGB0\t8862\nU+4E00\tkGB0\t5027\n"
+    (tmp_path / "Unihan_Readings.txt.bz2").write_bytes(bz2.compress(readings.encode()))
+    (tmp_path / "Unihan_OtherMappings.txt").write_text(mappings, encoding="utf-8")
+    assert load_unihan_pairs(tmp_path) == [Pair("water, liquid, juice", "水", "")]
+    with pytest.raises(UserError, match="Unihan_Readings.txt"):
+        load_unihan_pairs(tmp_path / "nowhere")
+
+
 def test_the_low_rank_change_merges_into_what_training_computed():
     """The adapter as trained (wrapped layers) and as loaded (merged weights) give the same
     states; a file with missing or misshapen factors is refused."""

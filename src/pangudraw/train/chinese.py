@@ -97,6 +97,49 @@ def load_keyword_pairs(annotations: Path, data: Path) -> list[Pair]:
     return pairs
 
 
+GB2312_LEVEL_1_END = 5600  # kGB0 row 56 onwards is level 2: the rarer 3,008 characters
+
+
+def _unihan_field(folder: Path, name: str, field: str) -> dict[str, str]:
+    """One field of a Unihan data file (``Unihan_NAME.txt``, or ``.txt.bz2`` as Debian's
+    ``unicode-data`` ships it): character -> value."""
+    import bz2
+
+    for path in (folder / f"Unihan_{name}.txt", folder / f"Unihan_{name}.txt.bz2"):
+        if path.is_file():
+            break
+    else:
+        raise UserError(
+            f"{folder} has no Unihan_{name}.txt(.bz2): give the folder of Unicode's Unihan "
+            "data (Debian: apt-get install unicode-data, then /usr/share/unicode)"
+        )
+    values = {}
+    reader = bz2.open if path.suffix == ".bz2" else open
+    with reader(path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 3 and parts[1] == field and parts[0].startswith("U+"):
+                try:
+                    values[chr(int(parts[0][2:], 16))] = parts[2]
+                except ValueError:
+                    raise UserError(f"{path}: {parts[0]!r} is not a code point") from None
+    return values
+
+
+def load_unihan_pairs(folder: Path) -> list[Pair]:
+    """Unihan's English glosses (``kDefinition``) of the 3,755 common simplified characters
+    (GB 2312 level 1, ``kGB0``), one character per pair: a permissive dictionary (Unicode
+    licence) that gives a row to characters no emoji name in training has. General data:
+    nothing in it comes from the held-out emoji."""
+    glosses = _unihan_field(folder, "Readings", "kDefinition")
+    gb = _unihan_field(folder, "OtherMappings", "kGB0")
+    common = [c for c, code in gb.items() if code.isdigit() and int(code) < GB2312_LEVEL_1_END]
+    pairs = [Pair(glosses[c].replace(";", ","), c, "") for c in common if c in glosses]
+    if not pairs:
+        raise UserError(f"{folder}: no character with both kGB0 and kDefinition")
+    return pairs
+
+
 def token_states(text, prompts: list[str], grad: bool = False):
     """MiniLM's last hidden states (what the generators see) and mean-pooled unit
     embeddings (what the evaluator compares), for prompts padded to 16 tokens."""
@@ -185,6 +228,7 @@ def train(
     generator_weight: float = 10.0,
     log=print,
     keywords: list[Pair] = (),
+    glosses: list[Pair] = (),
     init: tuple[list[str], torch.Tensor] | None = None,
     adapter_rank: int = 0,
     adapter_lr: float = 1e-3,
@@ -196,15 +240,17 @@ def train(
 
     ``adapter_rank`` > 0 also trains a low-rank change of MiniLM's linear layers
     (:func:`textenc.add_adapter`), used only for text with a CJK character; written as
-    ``out/adapter.safetensors``. ``draws``: noisy versions of each image (fixed, the
+    ``out/adapter.safetensors``. ``keywords`` and ``glosses`` (pairs without an image:
+    CLDR's keyword bags, Unihan's character glosses) each get a batch of their own for the
+    sentence loss. ``draws``: noisy versions of each image (fixed, the
     teacher's predictions computed once) that the generator loss samples from."""
     from safetensors.torch import load_file
 
     from ..experts import load_expert
 
     pairs = [p for p in load_pairs(data) if not held_out(p.file)]
-    keywords = list(keywords)
-    chars = characters(pairs + keywords)
+    texts_only = [list(group) for group in (keywords, glosses) if group]
+    chars = characters(pairs + [p for group in texts_only for p in group])
     # One MiniLM serves as teacher and student: English text has no CJK token, so it gets
     # the plain embeddings; the student's rows enter through ``inputs_embeds``.
     student = load_minilm(chinese=False)
@@ -244,13 +290,19 @@ def train(
             *(token_states(student, english[i : i + 256]) for i in range(0, len(english), 256))
         )
     hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
-    keyword_zh = [p.chinese for p in keywords]
-    with torch.no_grad():
-        english_kw = [p.english for p in keywords]
-        pooled_kw = [
-            token_states(student, english_kw[i : i + 256])[1] for i in range(0, len(keywords), 256)
+    with torch.no_grad():  # (Chinese texts, MiniLM's English embeddings) per text-only set
+        texts_only = [
+            (
+                [p.chinese for p in group],
+                torch.cat(
+                    [
+                        token_states(student, [p.english for p in group[i : i + 256]])[1]
+                        for i in range(0, len(group), 256)
+                    ]
+                ),
+            )
+            for group in texts_only
         ]
-    pooled_kw = torch.cat(pooled_kw) if keywords else None
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     for expert in (structure, texture):
         expert.network.requires_grad_(False)
@@ -283,11 +335,12 @@ def train(
         weights = table.clone()
         weights[ids] = param
         hidden, pooled = _student_states(student, weights, [chinese[i] for i in index])
-        sentence = (1 - (pooled * pooled_en[index]).sum(-1)).mean()
-        if keywords:  # bags of keywords: the same loss on a second batch
-            pick = torch.randint(len(keywords), (batch,), generator=gen)
-            _, pooled_k = _student_states(student, weights, [keyword_zh[i] for i in pick])
-            sentence = (sentence + (1 - (pooled_k * pooled_kw[pick]).sum(-1)).mean()) / 2
+        sentences = [(1 - (pooled * pooled_en[index]).sum(-1)).mean()]
+        for texts, targets in texts_only:  # keyword bags, glosses: the same loss, own batch
+            pick = torch.randint(len(texts), (batch,), generator=gen)
+            _, pooled_t = _student_states(student, weights, [texts[i] for i in pick])
+            sentences.append((1 - (pooled_t * targets[pick]).sum(-1)).mean())
+        sentence = sum(sentences) / len(sentences)
         generator = stages[done % 2].loss(index, hidden, gen)  # the two models in turn
         loss = sentence + generator_weight * generator
         optimizer.zero_grad()
@@ -307,6 +360,7 @@ def train(
         "characters": len(chars),
         "training_pairs": len(pairs),
         "keyword_pairs": len(keywords),
+        "gloss_pairs": len(glosses),
         "started_from_bundled_rows": init is not None,
         "batch": batch,
         "lr": lr,
