@@ -14,7 +14,8 @@ the monolithic model's FLOPs (the paper reports 0.49).
 Scales: ``cpu`` (default) fits the 2-core machine (32 px against a 16 px structure
 model, small UNets, 1,600 steps, about 15 minutes); ``cpu_long`` is the same for 4,800
 steps; ``zoo`` is the bundled models' scale (64 against 32 px) for a GPU. ``--seed 1
---final-only`` scores another seed's final models; ``--part data`` runs the
+--final-only`` scores another seed's final models, ``--pair-curve`` its pair at every
+snapshot against the monolithic final point (the FLOPs ratio); ``--part data`` runs the
 mixed-resolution pool (half of the emoji kept only at 24 px); ``--split 300`` moves the
 hand-over (structure on [300, 1000), texture on [0, 300)) and trains only the pair again:
 the monolithic model does not depend on the split and is shared with the t = 500 run.
@@ -263,15 +264,22 @@ class Scorer:
 
 
 def evaluate(
-    runs: dict, scorer: Scorer, out: Path, final_only: bool = False, split: int = SPLIT
+    runs: dict,
+    scorer: Scorer,
+    out: Path,
+    final_only: bool = False,
+    split: int = SPLIT,
+    pair_curve: bool = False,
 ) -> dict:
-    """Scores at every point of both curves; saved after each point."""
+    """Scores at every point of both curves; saved after each point. ``final_only``: the
+    final models only; ``pair_curve``: the pair's whole curve and the monolithic model's
+    final point, all the FLOPs ratio needs."""
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.setdefault("floor", scorer.floor)
     structures = points(runs["structure"], final_only)
     textures = points(runs["texture"], final_only)
     for label, pairs in (
-        ("monolithic", [(p, None) for p in points(runs["full"], final_only)]),
+        ("monolithic", [(p, None) for p in points(runs["full"], final_only or pair_curve)]),
         ("decoupled", list(zip(structures, textures))),
     ):
         done = results.setdefault(label, [])
@@ -426,6 +434,12 @@ def main() -> None:
     parser.add_argument(
         "--final-only", action="store_true", help="Score only the final models (another seed)."
     )
+    parser.add_argument(
+        "--pair-curve",
+        action="store_true",
+        help="Score the pair at every snapshot and the monolithic model at its final point "
+        "only (another seed's FLOPs ratio).",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.part == "data":
@@ -461,11 +475,13 @@ def main() -> None:
         return
     name = f"decoupled_training_{name}"
     scorer = Scorer(SCALES[args.scale])
-    results = evaluate(runs, scorer, RESULTS / f"{name}.json", args.final_only, args.split)
+    results = evaluate(
+        runs, scorer, RESULTS / f"{name}.json", args.final_only, args.split, args.pair_curve
+    )
     results["summary"] = report(results, runs, args.scale, args.split)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
-    if args.final_only:
+    if args.final_only or args.pair_curve:  # no monolithic curve to plot
         return
     title = f"{args.scale} scale, seed {args.seed}: structure at half the side, "
     title += f"split t = {args.split}"
