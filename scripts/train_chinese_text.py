@@ -37,6 +37,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max-minutes", type=float, default=45.0)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the batches and noise draws (another seed measures the noise between "
+        "training runs)",
+    )
+    parser.add_argument(
         "--cldr",
         type=Path,
         default=None,
@@ -85,6 +92,7 @@ def main() -> None:
         args.batch,
         args.lr,
         args.max_minutes,
+        seed=args.seed,
         generator_weight=args.generator_weight,
         adapter_rank=args.adapter_rank,
         draws=args.draws,
