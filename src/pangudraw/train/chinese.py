@@ -249,8 +249,8 @@ def train(
     from ..experts import load_expert
 
     pairs = [p for p in load_pairs(data) if not held_out(p.file)]
-    texts_only = [list(group) for group in (keywords, glosses) if group]
-    chars = characters(pairs + [p for group in texts_only for p in group])
+    groups = [list(group) for group in (keywords, glosses) if group]  # pairs without images
+    chars = characters(pairs + [p for group in groups for p in group])
     # One MiniLM serves as teacher and student: English text has no CJK token, so it gets
     # the plain embeddings; the student's rows enter through ``inputs_embeds``.
     student = load_minilm(chinese=False)
@@ -291,7 +291,7 @@ def train(
         )
     hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
     with torch.no_grad():  # (Chinese texts, MiniLM's English embeddings) per text-only set
-        texts_only = [
+        text_batches = [
             (
                 [p.chinese for p in group],
                 torch.cat(
@@ -301,7 +301,7 @@ def train(
                     ]
                 ),
             )
-            for group in texts_only
+            for group in groups
         ]
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     for expert in (structure, texture):
@@ -336,7 +336,7 @@ def train(
         weights[ids] = param
         hidden, pooled = _student_states(student, weights, [chinese[i] for i in index])
         sentences = [(1 - (pooled * pooled_en[index]).sum(-1)).mean()]
-        for texts, targets in texts_only:  # keyword bags, glosses: the same loss, own batch
+        for texts, targets in text_batches:  # keyword bags, glosses: the same loss, own batch
             pick = torch.randint(len(texts), (batch,), generator=gen)
             _, pooled_t = _student_states(student, weights, [texts[i] for i in pick])
             sentences.append((1 - (pooled_t * targets[pick]).sum(-1)).mean())
