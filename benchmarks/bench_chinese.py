@@ -71,6 +71,7 @@ def main() -> None:
     }
     for kind in KINDS:  # where the gap is: names that differ in what they say, by kind
         subsets[kind] = torch.tensor([i for i, e in enumerate(english) if kind_of(e) == kind])
+    subsets = {part: members.long() for part, members in subsets.items() if len(members)}
     result["held_out_names_with_untrained_characters"] = seen.count(False)
     images, timing = {}, {}
     for label, prompts, text in (
@@ -97,6 +98,7 @@ def main() -> None:
         f"{kind} ({len(subsets[kind])})": top5[f"chinese ({kind})"]
         / max(top5[f"english ({kind})"], 1e-9)
         for kind in KINDS
+        if kind in subsets
     }
     result["goal"] = ">= 0.9"
     result["settings"] = "bundled structure + texture, 25 Euler steps, guidance 7, split 500"
