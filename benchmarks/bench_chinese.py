@@ -65,13 +65,13 @@ def main() -> None:
     truth = torch.arange(len(pairs))
     trained = set(read_cjk_rows(ZH_FOLDER)[0])  # the characters the distillation saw
     seen = [all(c in trained for c in p.chinese if is_cjk(c)) for p in pairs]
-    subsets = {
-        "all characters trained": torch.tensor([i for i, s in enumerate(seen) if s]),
-        "some character untrained": torch.tensor([i for i, s in enumerate(seen) if not s]),
+    indices = {
+        "all characters trained": [i for i, s in enumerate(seen) if s],
+        "some character untrained": [i for i, s in enumerate(seen) if not s],
     }
     for kind in KINDS:  # where the gap is: names that differ in what they say, by kind
-        subsets[kind] = torch.tensor([i for i, e in enumerate(english) if kind_of(e) == kind])
-    subsets = {part: members.long() for part, members in subsets.items() if len(members)}
+        indices[kind] = [i for i, e in enumerate(english) if kind_of(e) == kind]
+    subsets = {part: torch.tensor(ids, dtype=torch.long) for part, ids in indices.items() if ids}
     result["held_out_names_with_untrained_characters"] = seen.count(False)
     images, timing = {}, {}
     for label, prompts, text in (
