@@ -80,6 +80,14 @@ def main() -> None:
         help="also train a low-rank change of MiniLM's linear layers, used only for text "
         "with a CJK character (0: rows only)",
     )
+    parser.add_argument(
+        "--attention-weight",
+        type=float,
+        default=0.0,
+        help="weight of a loss on the generators' cross-attention outputs (Chinese against "
+        "English token states, at recorded image tokens), applied to every batch, keyword "
+        "bags and glosses too (0: off)",
+    )
     args = parser.parse_args()
     quiet_libraries()
     keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
@@ -96,6 +104,7 @@ def main() -> None:
         generator_weight=args.generator_weight,
         adapter_rank=args.adapter_rank,
         draws=args.draws,
+        attention_weight=args.attention_weight,
         keywords=keywords,
         glosses=glosses,
         init=init,

@@ -260,3 +260,30 @@ def test_an_adapter_file_is_loaded_merged_and_checked(tmp_path):
     save_file({"x.down": torch.zeros(2, 2)}, broken / ZH_ADAPTER)
     with pytest.raises(UserError, match="does not hold a low-rank change"):
         load_chinese_encoder(broken)
+
+
+def test_the_attention_probe_compares_what_the_generators_cross_attention_makes_of_a_text():
+    """Recorded image tokens at every cross-attention layer of both bundled generators; the
+    loss is zero for the same states, positive for others, and differentiable in them."""
+    from pangudraw.experts import load_expert
+    from pangudraw.train.chinese import AttentionProbe, Stage
+
+    gen = torch.Generator().manual_seed(0)
+    stages = []
+    for name in ("zoo:structure", "zoo:texture"):
+        expert = load_expert(name)
+        with torch.no_grad():
+            latent = expert.space.encode(torch.zeros(1, 3, *expert.sample_size))
+        inputs = torch.randn(1, 4, *latent.shape[1:], generator=gen)
+        stages.append(Stage(expert, inputs, torch.randint(0, 1000, (1, 4)), inputs))
+    hidden = torch.randn(4, 16, 384, generator=gen)
+    probe = AttentionProbe(stages, hidden, queries=64, gen=gen)
+    assert len(probe.layers) == 14  # seven cross-attention layers in each model
+    for module, tokens in zip(probe.layers, probe.tokens):
+        assert tokens.shape == (64, module.to_q.in_features)
+    same = probe.loss(hidden, hidden, torch.Generator().manual_seed(1))
+    assert same.item() == 0
+    other = hidden.clone().requires_grad_(True)
+    loss = probe.loss(other + torch.randn_like(hidden), hidden, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert loss.item() > 0.01 and other.grad.abs().sum() > 0

@@ -11,7 +11,11 @@ CLDR via the ``emoji`` data) with two losses:
   distillation does (Reimers and Gurevych, 2020); the evaluator's caption space;
 - generator: the frozen structure and texture models, given noisy latents of the emoji's
   image, should predict the same noise from the Chinese token states as from the English
-  ones (MSE): what a prompt is for.
+  ones (MSE): what a prompt is for;
+- optionally (``attention_weight``) cross-attention: every cross-attention layer of both
+  generators, at image tokens recorded from real inputs, should give the same output from
+  the Chinese token states as from the English ones; needs no image, so it reaches the
+  keyword bags and glosses too (measured: lower on held-out names, images no better).
 
 One emoji in ten (by a hash of its file name) is held out of training, for the tests and
 the benchmark. Run: ``python scripts/train_chinese_text.py`` (resumable, CPU).
@@ -217,6 +221,53 @@ class Stage:
         return F.mse_loss(out, self.targets[draw, index])
 
 
+class AttentionProbe:
+    """The generators' cross-attention layers with image tokens recorded from real inputs:
+    what a layer makes of a text is its output for those tokens. Comparing the outputs for
+    the Chinese and the English token states gives a generator-level loss for pairs that
+    have no image (keyword bags, glosses), at every cross-attention layer of both models."""
+
+    def __init__(self, stages: list[Stage], hidden_en: torch.Tensor, queries: int, gen) -> None:
+        self.layers, self.tokens, seen = [], [], {}
+
+        def record(module, args, kwargs):
+            seen[id(module)].append(kwargs.get("hidden_states", args[0] if args else None))
+
+        for stage in stages:
+            net = stage.expert.network
+            layers = [m for name, m in net.named_modules() if name.endswith("attn2")]
+            seen.update({id(m): [] for m in layers})
+            hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in layers]
+            pick = torch.randperm(stage.inputs.shape[1], generator=gen)[:16]
+            with torch.no_grad():
+                net(
+                    stage.inputs[0, pick],
+                    stage.timesteps[0, pick],
+                    encoder_hidden_states=hidden_en[pick],
+                )
+            for hook in hooks:
+                hook.remove()
+            for module in layers:
+                flat = torch.cat(seen[id(module)]).flatten(0, -2)
+                keep = torch.randperm(len(flat), generator=gen)[:queries]
+                self.layers.append(module)
+                self.tokens.append(flat[keep])
+
+    def loss(self, hidden: torch.Tensor, target: torch.Tensor, gen, per_layer: int = 32):
+        """Mean over layers of the MSE between the layer's outputs for ``per_layer`` of its
+        recorded image tokens, from ``hidden`` and from ``target``, over the target's
+        variance (each layer weighs alike)."""
+        losses = []
+        for module, tokens in zip(self.layers, self.tokens):
+            q = tokens[torch.randint(len(tokens), (per_layer,), generator=gen)]
+            q = q.expand(len(hidden), -1, -1)
+            with torch.no_grad():
+                want = module(q, encoder_hidden_states=target)
+            got = module(q, encoder_hidden_states=hidden)
+            losses.append(F.mse_loss(got, want) / want.var().clamp_min(1e-8))
+        return sum(losses) / len(losses)
+
+
 def train(
     data: Path,
     out: Path,
@@ -233,6 +284,7 @@ def train(
     adapter_rank: int = 0,
     adapter_lr: float = 1e-3,
     draws: int = 2,
+    attention_weight: float = 0.0,
 ) -> dict:
     """Train (or resume) the CJK rows for at most ``max_minutes``; keeps a resumable
     checkpoint (safetensors + JSON) in ``out`` and, when all ``steps`` are done, writes
@@ -243,7 +295,10 @@ def train(
     ``out/adapter.safetensors``. ``keywords`` and ``glosses`` (pairs without an image:
     CLDR's keyword bags, Unihan's character glosses) each get a batch of their own for the
     sentence loss. ``draws``: noisy versions of each image (fixed, the
-    teacher's predictions computed once) that the generator loss samples from."""
+    teacher's predictions computed once) that the generator loss samples from.
+    ``attention_weight`` > 0 adds :class:`AttentionProbe`'s loss for every batch (names,
+    keyword bags, glosses): the generators' cross-attention outputs from the Chinese token
+    states should match those from the English ones."""
     from safetensors.torch import load_file
 
     from ..experts import load_expert
@@ -290,19 +345,20 @@ def train(
             *(token_states(student, english[i : i + 256]) for i in range(0, len(english), 256))
         )
     hidden_en, pooled_en = torch.cat(hidden_en), torch.cat(pooled_en)
-    with torch.no_grad():  # (Chinese texts, MiniLM's English embeddings) per text-only set
-        text_batches = [
+    text_batches = []  # (Chinese texts, MiniLM's English token states and embeddings)
+    for group in groups:
+        with torch.no_grad():
+            states = [
+                token_states(student, [p.english for p in group[i : i + 256]])
+                for i in range(0, len(group), 256)
+            ]
+        text_batches.append(
             (
                 [p.chinese for p in group],
-                torch.cat(
-                    [
-                        token_states(student, [p.english for p in group[i : i + 256]])[1]
-                        for i in range(0, len(group), 256)
-                    ]
-                ),
+                torch.cat([s[0] for s in states]),
+                torch.cat([s[1] for s in states]),
             )
-            for group in groups
-        ]
+        )
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     for expert in (structure, texture):
         expert.network.requires_grad_(False)
@@ -314,6 +370,7 @@ def train(
         ),
         Stage.build(texture, (0, 500), image_latents(texture, data, files), hidden_en, draws, gen),
     ]
+    probe = AttentionProbe(stages, hidden_en, 512, gen) if attention_weight else None
     # The adapter goes in after the English targets were computed by plain MiniLM.
     wrapped = add_adapter(encoder, adapter_rank, seed) if adapter_rank else {}
     factors = adapter_factors(wrapped)  # name -> the trainable down/up parameter
@@ -329,20 +386,27 @@ def train(
                     "exp_avg_sq": saved[f"v.adapter.{name}"],
                 }
     gen = torch.Generator().manual_seed(seed + 1 + done)
-    start, losses = time.perf_counter(), []
+    start, losses, attended_log = time.perf_counter(), [], []
     while done < steps and seconds + (time.perf_counter() - start) < max_minutes * 60:
         index = torch.randint(len(pairs), (batch,), generator=gen)
         weights = table.clone()
         weights[ids] = param
         hidden, pooled = _student_states(student, weights, [chinese[i] for i in index])
         sentences = [(1 - (pooled * pooled_en[index]).sum(-1)).mean()]
-        for texts, targets in text_batches:  # keyword bags, glosses: the same loss, own batch
+        attention = [probe.loss(hidden, hidden_en[index], gen)] if probe else []
+        for texts, states, targets in text_batches:  # keyword bags, glosses: own batches
             pick = torch.randint(len(texts), (batch,), generator=gen)
-            _, pooled_t = _student_states(student, weights, [texts[i] for i in pick])
+            hidden_t, pooled_t = _student_states(student, weights, [texts[i] for i in pick])
             sentences.append((1 - (pooled_t * targets[pick]).sum(-1)).mean())
+            if probe:
+                attention.append(probe.loss(hidden_t, states[pick], gen))
         sentence = sum(sentences) / len(sentences)
         generator = stages[done % 2].loss(index, hidden, gen)  # the two models in turn
         loss = sentence + generator_weight * generator
+        if probe:
+            attended = sum(attention) / len(attention)
+            loss = loss + attention_weight * attended
+            attended_log.append(attended.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -350,7 +414,8 @@ def train(
         losses.append((sentence.item(), generator.item()))
         if done % 50 == 0 or done == steps:
             recent = torch.tensor(losses[-50:]).mean(0)
-            log(f"step {done}/{steps}: sentence {recent[0]:.4f}, generator {recent[1]:.4f}")
+            extra = f", attention {torch.tensor(attended_log[-50:]).mean():.4f}" if probe else ""
+            log(f"step {done}/{steps}: sentence {recent[0]:.4f}, generator {recent[1]:.4f}{extra}")
     seconds += time.perf_counter() - start
     state = optimizer.state[param]
     record = {
@@ -368,6 +433,7 @@ def train(
         "adapter_rank": adapter_rank,
         "adapter_lr": adapter_lr if adapter_rank else None,
         "noisy_draws_per_image": draws,
+        "attention_weight": attention_weight,
         "last_losses": [round(x, 5) for x in torch.tensor(losses[-50:]).mean(0).tolist()]
         if losses
         else None,
