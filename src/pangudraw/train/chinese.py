@@ -4,7 +4,7 @@ The generators were trained on MiniLM's embeddings of English captions and stay 
 The student is MiniLM with one new (or replaced) embedding row per CJK character of the
 training names; nothing else in it trains, so English text keeps its embeddings exactly.
 The rows learn from emoji names given in both languages (the dataset's ``zh`` column, from
-CLDR via the ``emoji`` data) with two losses:
+CLDR via the ``emoji`` data) with two losses and an optional third:
 
 - sentence: the mean-pooled student embedding of the Chinese name should point where
   MiniLM's embedding of the English name points (1 - cosine), as multilingual knowledge
@@ -355,7 +355,7 @@ def train(
         text_batches.append(
             (
                 [p.chinese for p in group],
-                torch.cat([s[0] for s in states]),
+                torch.cat([s[0] for s in states]) if attention_weight else None,  # 24 kB a text
                 torch.cat([s[1] for s in states]),
             )
         )
