@@ -99,16 +99,17 @@ def main() -> None:
             sub = retrieval_accuracy(evaluator, out[members], candidates, truth[members])
             scores[f"{label} ({part})"] = {f"top{k}": v for k, v in sub.items()}
     top5 = {label: scores[label]["top5"] for label in scores}
-    result["chinese_over_english_top5"] = top5["chinese"] / max(top5["english"], 1e-9)
+
+    def over(label: str, base: str = "english") -> float:
+        return top5[label] / max(top5[base], 1e-9)
+
+    result["chinese_over_english_top5"] = over("chinese")
     result["chinese_over_english_top5_by_kind"] = {
-        f"{kind} ({len(subsets[kind])})": top5[f"chinese ({kind})"]
-        / max(top5[f"english ({kind})"], 1e-9)
+        f"{kind} ({len(subsets[kind])})": over(f"chinese ({kind})", f"english ({kind})")
         for kind in KINDS
         if kind in subsets
     }
-    result["reworded_english_over_english_top5"] = {
-        form: top5[form] / max(top5["english"], 1e-9) for form in REWORDINGS
-    }
+    result["reworded_english_over_english_top5"] = {form: over(form) for form in REWORDINGS}
     result["goal"] = ">= 0.9"
     result["settings"] = "bundled structure + texture, 25 Euler steps, guidance 7, split 500"
     result["wall_s"] = timing
