@@ -7,8 +7,8 @@
    English name (same seed, 25 Euler steps, guidance 7); the bundled evaluator's caption
    retrieval (top-1/top-5 among the held-out English names) scores both, and plain
    MiniLM's Chinese as the baseline. Goal: Chinese >= 0.9x English top-5.
-   For scale, the same English names reworded by one word ("a lemon", "lemon emoji") are
-   scored against the names as they are.
+   For scale, the same English names reworded by one word ("a lemon", "lemon emoji", "the
+   lemon", "lemon icon") are scored against the names as they are.
 3. A grid of eight held-out emoji: Chinese prompts above, English prompts below.
 
 Writes benchmarks/results/chinese.json and chinese_grid.png.
@@ -126,7 +126,8 @@ def main() -> None:
 
 
 KINDS = ("skin-tone variants", "flags", "other emoji")
-REWORDINGS = ("a {name}", "{name} emoji")  # English prompts one word away from the caption
+# English prompts one word away from the caption: two articles, two content words
+REWORDINGS = ("a {name}", "{name} emoji", "the {name}", "{name} icon")
 
 
 def kind_of(english: str) -> str:
