@@ -310,7 +310,6 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
     from safetensors.torch import save_file
 
     from pangudraw.convert import sgm
-    from pangudraw.convert.single import SD1_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER
 
     if family.startswith("flux"):
         return write_flux(folder, family, seed, dtype)
@@ -367,13 +366,13 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
             tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
             tokenizer_2=sgm.clip_tokenizer("!"),
             tokenizer_3=None if parts["text_encoder_3"] is None else sgm.t5_tokenizer(),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(published("sd3-medium")),
         )
     elif family == "sd1":
         pipe = StableDiffusionPipeline(
             **parts,
             tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
-            scheduler=PNDMScheduler.from_config(SD1_SCHEDULER),
+            scheduler=PNDMScheduler.from_config(published("sd15")),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -383,7 +382,7 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
             **parts,
             tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
             tokenizer_2=sgm.clip_tokenizer("!"),
-            scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+            scheduler=EulerDiscreteScheduler.from_config(published("sdxl-base")),
         )
     else:
         pipe = StableDiffusionXLImg2ImgPipeline(
@@ -391,11 +390,11 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
             text_encoder=None,
             tokenizer=None,
             tokenizer_2=sgm.clip_tokenizer("!"),
-            scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+            scheduler=EulerDiscreteScheduler.from_config(published("sdxl-base")),
             requires_aesthetics_score=True,
             force_zeros_for_empty_prompt=False,
         )
-    pipe.save_pretrained(folder / family)
+    _save_with_published_scheduler(pipe, folder / family)
 
 
 def _rounded(parts: dict, dtype) -> None:
@@ -439,7 +438,7 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
     from safetensors.torch import save_file
 
     from pangudraw.convert import sgm
-    from pangudraw.convert.single import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER, ROLES
+    from pangudraw.convert.single import ROLES
 
     dev = family == "flux"
     parts = {
@@ -466,10 +465,36 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
     if dev:
         _write_parts(folder, "flux", whole, tuple(components))
     _rounded(parts, dtype)
-    scheduler = FLUX_DEV_SCHEDULER if dev else FLUX_SCHNELL_SCHEDULER
-    FluxPipeline(
+    scheduler = published("flux1-dev" if dev else "flux1-schnell")
+    pipe = FluxPipeline(
         **parts,
         tokenizer=sgm.clip_tokenizer("<|endoftext|>"),
         tokenizer_2=sgm.t5_tokenizer(),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler),
-    ).save_pretrained(folder / family)
+    )
+    _save_with_published_scheduler(pipe, folder / family)
+
+
+def published(model: str) -> dict:
+    from pangudraw.convert.single import published_scheduler
+
+    return published_scheduler(model)
+
+
+def _save_with_published_scheduler(pipe, folder: Path) -> None:
+    """``pipe`` saved, its scheduler config the published file itself (as a downloaded
+    folder has it: with the keys its class does not take)."""
+    from pangudraw.convert.single import PUBLISHED
+
+    pipe.save_pretrained(folder)
+    model = {
+        "PNDMScheduler": "sd15",
+        "EulerDiscreteScheduler": "sdxl-base",
+    }.get(type(pipe.scheduler).__name__)
+    if model is None:
+        dev = getattr(pipe.scheduler.config, "use_dynamic_shifting", False)
+        model = "flux1-dev" if dev else "flux1-schnell"
+        if type(pipe).__name__ == "StableDiffusion3Pipeline":
+            model = "sd3-medium"
+    source = PUBLISHED / model / "scheduler" / "scheduler_config.json"
+    (folder / "scheduler" / "scheduler_config.json").write_bytes(source.read_bytes())

@@ -288,3 +288,58 @@ def test_odd_sizes_on_the_canvas_and_off_it(models, tmp_path):
     table["experts"][1]["size"] = [30, 36]  # not a multiple of 4: named, not rounded
     with pytest.raises(UserError, match="not a multiple of 4"):
         coop_generate(parse_recipe(table, "r.toml", tmp_path))
+
+
+def test_a_control_image_of_another_size_and_a_step_window_equal_diffusers(models, tmp_path):
+    """The control image is resized as diffusers' ControlNet pipelines resize it (PIL
+    Lanczos at 8 bits), and control_guidance_start / _end mean what they mean there."""
+    import numpy as np
+    from PIL import Image
+
+    from pangudraw.cli.main import main
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    picture.save(tmp_path / "control.png")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'prompt = "{PROMPT}"\nsteps = 6\nseed = 3\nguidance = 2.0\n[[experts]]\n'
+        f'model = "{models["sd"]}"\ncontrols = [{{ model = "{models["cn_sd"]}", '
+        'image = "control.png", scale = 0.8, control_guidance_start = 0.2, '
+        "control_guidance_end = 0.7 }]\n"
+    )
+    main(["coop", str(recipe), "-o", str(tmp_path / "ours.png")])
+    ours = torch.from_numpy(np.array(Image.open(tmp_path / "ours.png"))).permute(2, 0, 1)
+
+    controlnet = ControlNetModel.from_pretrained(models["cn_sd"])
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(models["sd"], controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+
+    def diffusers_image(**window):
+        return pipe(
+            PROMPT,
+            image=picture,
+            num_inference_steps=6,
+            guidance_scale=2.0,
+            controlnet_conditioning_scale=0.8,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(3),
+            output_type="pt",
+            **window,
+        ).images[0]
+
+    theirs = diffusers_image(control_guidance_start=0.2, control_guidance_end=0.7)
+    assert ((theirs * 255).round() - ours.float()).abs().max() <= 1
+    everywhere = diffusers_image()
+    assert (everywhere - theirs).abs().max() > 2 / 255  # the window matters here
+    # The control tensor itself is diffusers' to the bit (a random ControlNet this small
+    # barely moves the pixels, so the images alone would not tell the resizes apart).
+    from pangudraw.pipelines import control_image
+    from pangudraw.recipes import ControlSpec
+
+    given = control_image(
+        ControlSpec(str(models["cn_sd"]), str(tmp_path / "control.png")), (16, 16)
+    )
+    expected = pipe.control_image_processor.preprocess(picture, height=16, width=16)
+    assert torch.equal(given, expected)

@@ -311,7 +311,10 @@ def zoo_png(tmp_path_factory):
 def test_a_recipe_with_computed_controls_reproduces_from_its_png(zoo_png):
     record = read_record(zoo_png / "a.png")
     controls = [c for e in record["recipe"]["experts"] for c in e["controls"]]
-    assert [c["source"] for c in controls] == ["grinning.png", "heart.png"]  # relative
+    # relative, and kept beside the PNG by content (the same bytes as the recipe's)
+    for control, name in zip(controls, ["grinning.png", "heart.png"]):
+        assert control["source"].startswith("inputs/")
+        assert (zoo_png / control["source"]).read_bytes() == (zoo_png / name).read_bytes()
     main(["coop", "--from-png", str(zoo_png / "a.png"), "-o", str(zoo_png / "b.png")])
     with Image.open(zoo_png / "a.png") as a, Image.open(zoo_png / "b.png") as b:
         assert a.tobytes() == b.tobytes()
@@ -334,8 +337,7 @@ def test_a_tampered_record_is_a_one_line_error(tamper, pattern, zoo_png, work, c
     text = json.dumps(record).replace('"NAN"', "NaN")
     png = work / "a.png"
     png_with_record(png, text)
-    for name in ("grinning.png", "heart.png"):
-        shutil.copy(zoo_png / name, work / name)
+    shutil.copytree(zoo_png / "inputs", work / "inputs")
     refuse(["coop", "--from-png", png, "-o", work / "out.png"], work, capsys, pattern)
 
 
@@ -482,8 +484,8 @@ def test_broken_model_files_are_one_line_errors(models, work, capsys):
     argv = ["generate", "x", "--structure", folder, "-o", work / "out.png"]
     scheduler.write_text("{ not json")
     refuse(argv, work, capsys, r"scheduler config .*scheduler_config.json: not valid JSON")
-    scheduler.write_text(json.dumps(json.loads(good) | {"beta_sart": 0.1}))
-    refuse(argv, work, capsys, r"unknown key 'beta_sart' for EulerDiscreteScheduler")
+    scheduler.write_text(json.dumps(json.loads(good) | {"prediction_type": "noise"}))
+    refuse(argv, work, capsys, r"prediction_type 'noise' is not one of")
     scheduler.write_text(json.dumps(json.loads(good) | {"_class_name": "os"}))
     refuse(argv, work, capsys, r"_class_name 'os' is not a diffusers scheduler")
     scheduler.write_text(json.dumps(json.loads(good) | {"beta_end": 2.0}))
@@ -576,3 +578,84 @@ def test_library_warnings_still_show_after_success(monkeypatch, capsys):
     monkeypatch.setattr(pangudraw.cli.env.command, "callback", noisy)
     main(["env"])
     assert "an advisory notice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------ 9. the breaks found later (issue 29)
+
+
+def test_set_below_a_single_value_is_one_line(work, capsys):
+    shutil.copy(EXAMPLES / "zoo_multicontrol.toml", work / "r.toml")
+    argv = ["coop", work / "r.toml", "--set", "seed.x=1", "-o", work / "x.png"]
+    refuse(argv, work, capsys, r"--set seed.x: seed is a single value .* not a table")
+
+
+def test_a_dataset_folder_that_cannot_be_created_is_one_line(work, capsys, monkeypatch):
+    import pangudraw.train.emoji as emoji
+
+    def fetch(*args):
+        raise AssertionError("nothing is fetched for a folder that cannot be made")
+
+    monkeypatch.setattr(emoji, "fetch", fetch)
+    locked = Path("/sys/pangu-draw-test") if os.geteuid() == 0 else work / "ro" / "data"
+    if os.geteuid() != 0:
+        (work / "ro").mkdir(mode=0o555)
+    argv = ["data", "emoji", "--style", "google", "--out", locked]
+    refuse(argv, work, capsys, r"dataset folder .* cannot be (created|written)")
+
+
+def test_a_folder_with_pickle_weights_only_is_one_line(work, capsys):
+    from tiny_models import tiny_sd
+
+    folder = work / "pickled"
+    tiny_sd(folder).save_pretrained(folder, safe_serialization=False)
+    for file in folder.rglob("*.safetensors"):
+        file.unlink()
+    capsys.readouterr()
+    argv = ["generate", "x", "--structure", folder, "-o", work / "x.png"]
+    refuse(argv, work, capsys, r"has no safetensors weights; pickle checkpoints are refused")
+
+
+def test_a_pangu_release_with_text_towers_narrower_than_a_head_is_one_line(
+    work, capsys, monkeypatch
+):
+    import pangu_fixture
+
+    monkeypatch.setattr(pangu_fixture, "ZH_WIDTH", 32)
+    pangu_fixture.write_release(work / "ckpt")
+    capsys.readouterr()
+    argv = ["convert", "pangu-v3", "--high", work / "ckpt" / "high.ckpt"]
+    argv += ["--low", work / "ckpt" / "low.ckpt", "-o", work / "converted"]
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err  # a progress bar that clears itself, then one line
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(
+        r"\nerror: .* is 32 wide, which 64-wide attention heads do not divide",
+        "\n" + err.split("\r")[-1],
+    )
+    assert not (work / "converted").exists()
+
+
+def test_a_coop_png_reproduces_without_options_and_outside_files_stay_refused(work, capsys):
+    """The pictures a recipe reads are kept beside the PNG by content hash, so the user's
+    own PNG makes its image again with no option; a PNG naming a file outside its folder
+    is still refused."""
+    shutil.copy(EXAMPLES / "zoo_multicontrol.toml", work / "r.toml")
+    for name in ("grinning.png", "heart.png"):
+        shutil.copy(EXAMPLES / name, work / name)
+    out = work / "results" / "x.png"
+    main([str(a) for a in ["coop", work / "r.toml", "--set", "steps=3", "-o", out]])
+    record = read_record(out)
+    sources = [c["source"] for e in record["recipe"]["experts"] for c in e["controls"]]
+    assert all(s.startswith("inputs/") for s in sources)
+    kept = {p.name for p in (out.parent / "inputs").iterdir()}
+    assert kept == {Path(s).name for s in sources}
+    again = work / "results" / "y.png"
+    main([str(a) for a in ["coop", "--from-png", out, "-o", again]])
+    assert again.read_bytes() == out.read_bytes()
+    capsys.readouterr()
+    recipe = record["recipe"]
+    recipe["experts"][0]["controls"][0]["source"] = "../grinning.png"
+    png_with_record(work / "results" / "outside.png", json.dumps({"recipe": recipe}))
+    argv = ["coop", "--from-png", work / "results" / "outside.png", "-o", work / "z.png"]
+    refuse(argv, work, capsys, r"outside the folder of .*--allow-outside-paths")

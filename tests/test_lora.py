@@ -1,6 +1,8 @@
 """LoRA through diffusers' loaders: equal to diffusers' own pipelines, kohya keys, scale 0,
 strictness, and the CLI and recipe plumbing."""
 
+import json
+
 import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusionPipeline
@@ -170,3 +172,94 @@ def test_broken_and_poisoned_lora_files_are_refused(models, loras, tmp_path):
     save_file({"foo": torch.zeros(1)}, empty)
     with pytest.raises(UserError, match="has no layers|not a LoRA"):
         with_lora(models["sd"], empty)
+
+
+# ------------------------------------------------------------- LoRA files as they are published
+
+
+@pytest.fixture(scope="module")
+def published_loras(models, tmp_path_factory):
+    """LoRA files laid out as kohya's sd-scripts and diffusers' training scripts write them."""
+    from tiny_models import to_kohya_sgm
+
+    root = tmp_path_factory.mktemp("published_loras")
+    sdxl = tiny_lora(models["sdxl"], root / "sdxl", seed=3)
+    layers = json.loads((models["sdxl"] / "unet" / "config.json").read_text())["layers_per_block"]
+    return {
+        "sdxl_kohya": to_kohya_sgm(sdxl, root / "sdxl_kohya.safetensors", layers),
+        "alpha2": tiny_lora(models["sd"], root / "alpha2", seed=4, alpha=2, metadata=True),
+        "alpha8": tiny_lora(models["sd"], root / "alpha8", seed=5, alpha=8, metadata=True),
+        "flux_clip": tiny_lora(
+            models["flux_dev"], root / "flux_clip", seed=6, flux=True, text_encoder=True
+        ),
+    }
+
+
+def _max_pixel_difference(a, b) -> int:
+    return int(((a * 255).round() - (b * 255).round()).abs().max())
+
+
+def test_kohya_sdxl_lora_with_original_block_names_equals_diffusers(models, published_loras):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    file = published_loras["sdxl_kohya"]
+    with safe_open(file, "pt") as handle:
+        names = list(handle.keys())
+    assert any("lora_unet_input_blocks_" in k for k in names)
+    assert any("lora_unet_output_blocks_" in k for k in names)
+    ours = image(with_lora(models["sdxl"], file), guidance_scale=2.0)
+    theirs = reference(StableDiffusionXLPipeline.from_pretrained(models["sdxl"]), file,
+                       guidance_scale=2.0)  # fmt: skip
+    assert _max_pixel_difference(ours, theirs) <= 1
+    assert (ours - image(load_expert(models["sdxl"]), guidance_scale=2.0)).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("name", ["alpha2", "alpha8"])
+def test_a_diffusers_lora_keeps_the_alpha_in_its_header(models, published_loras, name):
+    file = published_loras[name]
+    from safetensors import safe_open
+
+    with safe_open(file, "pt") as handle:
+        assert "lora_adapter_metadata" in handle.metadata()
+    ours = image(with_lora(models["sd"], file), guidance_scale=2.0)
+    theirs = reference(StableDiffusionPipeline.from_pretrained(models["sd"]), file,
+                       guidance_scale=2.0)  # fmt: skip
+    assert _max_pixel_difference(ours, theirs) <= 1
+    # The same tensors at alpha = rank (the header dropped) give another image.
+    from safetensors.torch import load_file, save_file
+
+    bare = file.with_name("bare.safetensors")
+    save_file(load_file(file), bare)
+    assert (image(with_lora(models["sd"], bare), guidance_scale=2.0) - ours).abs().max() > 0.01
+
+
+def test_a_flux_lora_that_trains_clip_loads_both_parts(models, published_loras):
+    file = published_loras["flux_clip"]
+    expert = with_lora(models["flux_dev"], file)
+    assert any("lora_A" in n for n, _ in expert.text.clip.named_modules())
+    ours = image(expert, height=32, width=32, guidance_scale=3.5)
+    theirs = reference(FluxPipeline.from_pretrained(models["flux_dev"]), file,
+                       height=32, width=32, guidance_scale=3.5)  # fmt: skip
+    assert _max_pixel_difference(ours, theirs) <= 1
+
+
+def test_lora_settings_naming_a_rank_the_tensors_lack_are_refused(
+    models, published_loras, tmp_path
+):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = published_loras["alpha2"]
+    with safe_open(file, "pt") as handle:
+        settings = json.loads(handle.metadata()["lora_adapter_metadata"])
+    for change, message in [
+        ({"unet.r": 10**9}, "not a rank its tensors have"),
+        ({"unet.lora_alpha": "big"}, "not a finite number"),
+        ({"unet.rank_pattern": {"to_q": 10**9}}, "names ranks its tensors do not have"),
+    ]:
+        hostile = tmp_path / "hostile.safetensors"
+        metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(settings | change)}
+        save_file(load_file(file), hostile, metadata=metadata)
+        with pytest.raises(UserError, match=message):
+            with_lora(models["sd"], hostile)

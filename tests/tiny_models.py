@@ -151,10 +151,9 @@ def tiny_controlnet(model_folder: Path, folder: Path, seed: int = 0) -> ControlN
     return controlnet
 
 
-def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffusionXLPipeline:
-    """An SDXL-style pipeline (two text encoders, pooled embeddings, time ids)."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+def _sdxl_unet(sample_size: int, cross: int, numbers: int) -> UNet2DConditionModel:
+    """SDXL's UNet in small: pooled text (32 wide) plus ``numbers`` size or score numbers."""
+    return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
@@ -162,15 +161,21 @@ def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffus
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(16, 32),
         layers_per_block=1,
-        cross_attention_dim=64,
+        cross_attention_dim=cross,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
+        projection_class_embeddings_input_dim=numbers * 8 + 32,
         norm_num_groups=8,
     )
+
+
+def tiny_sdxl(folder: Path, seed: int = 0, sample_size: int = 8) -> StableDiffusionXLPipeline:
+    """An SDXL-style pipeline (two text encoders, pooled embeddings, time ids)."""
+    torch.manual_seed(seed)
+    unet = _sdxl_unet(sample_size, 64, 6)
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(seed=seed),
         text_encoder=CLIPTextModel(_text_config(32)),
@@ -317,12 +322,22 @@ def _flow_vae(seed: int = 0) -> AutoencoderKL:
     )
 
 
-def tiny_lora(model_folder: Path, folder: Path, seed: int = 0, flux: bool = False) -> Path:
+def tiny_lora(
+    model_folder: Path,
+    folder: Path,
+    seed: int = 0,
+    flux: bool = False,
+    alpha: float = 4,
+    text_encoder: bool = False,
+    metadata: bool = False,
+) -> Path:
     """A rank-4 LoRA with random (non-zero) weights on the attention projections of the
-    UNet (or Flux transformer) in ``model_folder``, saved in diffusers' format; returns
-    the .safetensors file."""
+    UNet (or Flux transformer) in ``model_folder`` (and of its first CLIP text encoder with
+    ``text_encoder``), saved as diffusers' ``save_lora_weights`` saves it: with ``metadata``
+    the LoRA settings (``lora_alpha``) go into the file's header, as diffusers' training
+    scripts write them; returns the .safetensors file."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
@@ -333,13 +348,51 @@ def tiny_lora(model_folder: Path, folder: Path, seed: int = 0, flux: bool = Fals
     )
     network = cls.from_pretrained(model_folder / ("transformer" if flux else "unet"))
     config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
+        r=4, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
     )
     network.add_adapter(config)
-    layers = get_peft_model_state_dict(network)
-    key = "transformer_lora_layers" if flux else "unet_lora_layers"
-    pipeline.save_lora_weights(folder, **{key: layers})
+    name = "transformer" if flux else "unet"
+    layers = {f"{name}_lora_layers": get_peft_model_state_dict(network)}
+    if metadata:
+        layers[f"{name}_lora_adapter_metadata"] = config.to_dict()
+    if text_encoder:
+        encoder = CLIPTextModel.from_pretrained(model_folder / "text_encoder")
+        text_config = LoraConfig(
+            r=4, lora_alpha=alpha, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        )
+        # (peft's own call: transformers' add_adapter wants a newer peft than PyPI has)
+        encoder = inject_adapter_in_model(text_config, encoder)
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(encoder)
+        if metadata:
+            layers["text_encoder_lora_adapter_metadata"] = text_config.to_dict()
+    pipeline.save_lora_weights(folder, **layers)
     return folder / "pytorch_lora_weights.safetensors"
+
+
+def to_kohya_sgm(diffusers_file: Path, out: Path, layers_per_block: int) -> Path:
+    """An SDXL UNet LoRA as kohya's sd-scripts name it: after the original UNet's blocks
+    (``lora_unet_input_blocks_4_1_...``, ``middle_block_1``, ``output_blocks_N_1``), with
+    lora_down/lora_up and alpha tensors."""
+    from safetensors.torch import load_file, save_file
+
+    per = layers_per_block + 1
+    state = {}
+    for key, value in load_file(diffusers_file).items():
+        module, _, kind = key.removeprefix("unet.").rpartition(".lora_")
+        parts = module.split(".")
+        if parts[0] == "down_blocks":  # down_blocks.i.attentions.j -> input_blocks.N.1
+            block = f"input_blocks.{1 + int(parts[1]) * per + int(parts[3])}.1"
+        elif parts[0] == "up_blocks":  # up_blocks.i.attentions.j -> output_blocks.N.1
+            block = f"output_blocks.{int(parts[1]) * per + int(parts[3])}.1"
+        else:  # mid_block.attentions.0 -> middle_block.1
+            block = "middle_block.1"
+        rest = parts[3:] if parts[0] == "mid_block" else parts[4:]
+        name = "lora_unet_" + ".".join([block, *rest]).replace(".", "_")
+        state[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        if kind.startswith("A"):
+            state[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    save_file(state, out)
+    return out
 
 
 def to_kohya(diffusers_file: Path, out: Path) -> Path:
@@ -455,3 +508,24 @@ def mini_dataset(folder: Path, n: int = 24, size: int = 32, small: int = 4, brok
         rows.append({"file_name": name, "text": "broken"})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+def tiny_sdxl_refiner(folder: Path, seed: int = 0, sample_size: int = 8):
+    """An SDXL-refiner-style pipeline: bigG alone, aesthetic-score time ids (5 numbers)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    torch.manual_seed(seed)
+    unet = _sdxl_unet(sample_size, 32, 5)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=tiny_vae(seed=seed),
+        text_encoder=None,
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(32, projection=32)),
+        tokenizer=None,
+        tokenizer_2=byte_tokenizer(folder / "_tok2"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**TRAINING_SCHEDULE),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(folder)
+    return pipe

@@ -64,7 +64,15 @@ def make_scheduler(sampler: str, training_config: dict, **overrides) -> Schedule
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     config = {k: v for k, v in training_config.items() if not k.startswith("_")}
-    if training_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+    trained_with = training_config.get("_class_name")
+    if trained_with not in (None, "FlowMatchEulerDiscreteScheduler"):
+        # What a diffusers user gets from SAMPLER.from_config(pipe.scheduler.config): the
+        # keys the file leaves out at the defaults of the class it names (SD 1.5's
+        # PNDMScheduler gives "leading" spacing, where Euler's own default is "linspace").
+        import diffusers
+
+        config = dict(getattr(diffusers, trained_with).from_config(config).config)
+    if trained_with == "FlowMatchEulerDiscreteScheduler":
         if sampler != "euler":
             raise UserError(
                 f"sampler {sampler!r} cannot step a rectified-flow canvas; use euler "

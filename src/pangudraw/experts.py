@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -633,8 +635,12 @@ def read_scheduler_config(path: Path) -> tuple[dict, Schedule]:
 def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedule]:
     """A diffusers scheduler config, checked, and the training schedule it describes.
 
-    ``_class_name`` must be a diffusers scheduler and every other key one of its
-    arguments: a typo or a foreign key is an error, not silently ignored.
+    ``_class_name`` must name a diffusers scheduler: nothing else is imported. Keys the
+    class does not take are ignored, as diffusers' ``from_config`` ignores them (published
+    configs carry leftovers of the scheduler they were made from: SD 1.5's ``clip_sample``,
+    SDXL's ``skip_prk_steps``). What the sampling loop relies on is checked: the number of
+    training steps, the prediction type, betas that give increasing finite noise levels,
+    the timestep spacing and offset, and a flow model's shift settings.
     """
     import inspect
 
@@ -644,14 +650,14 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is None or not inspect.isclass(cls) or not name.endswith("Scheduler"):
         raise UserError(f"{path}: _class_name {name!r} is not a diffusers scheduler")
-    known = set(inspect.signature(cls.__init__).parameters)
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-    if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} for {name}")
+    ignored = sorted(k for k in config if not k.startswith("_") and k not in _arguments(cls))
+    if ignored:
+        _log.debug("%s: %s ignored (not arguments of %s)", path, ", ".join(ignored), name)
+    steps = config.get("num_train_timesteps", 1000)
+    if not _is_int(steps) or not 2 <= steps <= 100_000:
+        raise UserError(f"{path}: num_train_timesteps must be an integer in [2, 100000]")
     if name == "FlowMatchEulerDiscreteScheduler":
-        steps = config.get("num_train_timesteps", 1000)
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 100_000:
-            raise UserError(f"{path}: num_train_timesteps must be an integer in [2, 100000]")
+        _check_flow_shift(config, path)
         return config, RectifiedFlowSchedule(steps)
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
@@ -659,9 +665,14 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
             f"{path}: prediction_type {prediction_type!r} is not one of "
             f"{', '.join(PREDICTION_TYPES)}"
         )
-    steps = config.get("num_train_timesteps", 1000)
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 100_000:
-        raise UserError(f"{path}: num_train_timesteps must be an integer in [2, 100000]")
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise UserError(
+            f"{path}: timestep_spacing {spacing!r} is not one of {', '.join(TIMESTEP_SPACINGS)}"
+        )
+    offset = config.get("steps_offset", 0)
+    if not _is_int(offset) or not 0 <= offset < steps:
+        raise UserError(f"{path}: steps_offset must be an integer in [0, {steps})")
     try:
         schedule = DiscreteVPSchedule.from_config(config)
     except (ValueError, TypeError, NotImplementedError) as exc:
@@ -670,6 +681,38 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
     if not bool(torch.isfinite(sigmas).all()) or not bool((sigmas[1:] >= sigmas[:-1]).all()):
         raise UserError(f"{path}: the betas do not give increasing, finite noise levels")
     return config, schedule
+
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+_log = logging.getLogger(__name__)
+
+
+def _arguments(cls: type) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_flow_shift(config: dict, path: Path | str) -> None:
+    """A flow scheduler's shift settings: finite positive numbers, a boolean switch."""
+    for key in ("shift", "base_shift", "max_shift"):
+        value = config.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{path}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (key == "shift" and value <= 0):
+            raise UserError(
+                f"{path}: {key} must be a finite{' positive' * (key == 'shift')} number"
+            )
+    for key in ("base_image_seq_len", "max_image_seq_len"):
+        value = config.get(key, 256)
+        if not _is_int(value) or value < 1:
+            raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if not isinstance(config.get("use_dynamic_shifting", False), bool):
+        raise UserError(f"{path}: use_dynamic_shifting must be true or false")
 
 
 def _files_key(folder: Path, cls: type) -> tuple | None:
@@ -758,14 +801,15 @@ def _from_pretrained(cls: type, folder: Path, allow_pickle: bool):
     kwargs = {}
     if "Tokenizer" not in cls.__name__:
         kwargs = {"use_safetensors": None if allow_pickle else True, "torch_dtype": torch.float32}
-    try:
-        return cls.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as exc:
+        # Checked first: diffusers logs its own error line before raising.
         if not allow_pickle and not any(folder.glob("*.safetensors")):
             raise UserError(
                 f"{folder} has no safetensors weights; pickle checkpoints are refused "
                 "unless you pass --allow-pickle"
-            ) from exc
+            )
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
 
 

@@ -107,6 +107,24 @@ def read_image(path: str | Path, mode: str, size: tuple[int, int], what: str) ->
     return resize_images(tensor, size).clamp(0, 1)
 
 
+def read_picture(path: str | Path, size: tuple[int, int], what: str) -> torch.Tensor:
+    """An RGB image file as diffusers' pipelines read a picture they are given (a control
+    image; ``VaeImageProcessor.preprocess``): resized to ``size`` (H, W) with PIL's Lanczos
+    filter at 8 bits when its size differs, then (1, 3, H, W) in [0, 1]."""
+    height, width = size
+    with opened(path, what) as image:
+        rgb = image.convert("RGB")
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), resample=Image.Resampling.LANCZOS)
+        array = np.asarray(rgb, dtype=np.float32) / 255
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def read_picture_pixels(path: str | Path, size: tuple[int, int], what: str) -> torch.Tensor:
+    """:func:`read_picture` as (1, 3, H, W) uint8 (a source image for a control transform)."""
+    return (read_picture(path, size, what) * 255).round().to(torch.uint8)
+
+
 def read_pixels(path: str | Path, size: tuple[int, int], what: str) -> torch.Tensor:
     """An RGB image file as (1, 3, H, W) uint8, resized (antialiased) to ``size`` (H, W)."""
     return (read_image(path, "RGB", size, what) * 255).round().to(torch.uint8)

@@ -75,13 +75,19 @@ def _pipeline_class(expert: Expert):
 
 
 def _text_encoders(expert: Expert) -> dict[str, torch.nn.Module]:
-    """The CLIP text encoders a LoRA may address, by their diffusers prefix."""
-    from .experts import SDText, SDXLText
+    """The CLIP text encoders a LoRA may address, by their diffusers prefix: those the
+    family's ``load_lora_weights`` loads LoRA layers into."""
+    from .experts import FluxText, SD3Text, SDText, SDXLText
 
-    if isinstance(expert.text, SDXLText):
-        return dict(zip(("text_encoder", "text_encoder_2"), expert.text.encoders))
-    if isinstance(expert.text, SDText) and expert.text.encoder is not None:
-        return {"text_encoder": expert.text.encoder}
+    text = expert.text
+    if isinstance(text, SDXLText):
+        return dict(zip(("text_encoder", "text_encoder_2"), text.encoders))
+    if isinstance(text, SD3Text):
+        return dict(zip(("text_encoder", "text_encoder_2"), text.clips))
+    if isinstance(text, FluxText):
+        return {"text_encoder": text.clip}
+    if isinstance(text, SDText) and text.encoder is not None:
+        return {"text_encoder": text.encoder}
     return {}
 
 
@@ -108,6 +114,57 @@ def read_lora(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]
     if not all(isinstance(v, torch.Tensor) and torch.isfinite(v).all() for v in state.values()):
         raise UserError(f"LoRA {path} holds a value that is not a finite tensor")
     return state
+
+
+METADATA_KEY = "lora_adapter_metadata"
+"""Where diffusers' ``save_lora_weights`` keeps each model's LoRA settings (``unet.r``,
+``unet.lora_alpha``, ``unet.rank_pattern``, ...) in a safetensors header."""
+
+
+def read_metadata(path: Path, state: dict[str, torch.Tensor]) -> dict | None:
+    """The LoRA settings in a diffusers-format file's header (None when it has none).
+
+    Without them every layer would be applied at alpha = rank. They are someone else's
+    data: a rank must be one the file's tensors have (a rank alone would make the loader
+    allocate layers of that size), an alpha a finite number.
+    """
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as handle:
+        raw = (handle.metadata() or {}).get(METADATA_KEY)
+    if raw is None:
+        return None
+    from .files import parse_json
+
+    metadata = parse_json(raw, f"the LoRA settings in {path}")
+    if not isinstance(metadata, dict):
+        raise UserError(f"the LoRA settings in {path} are not a JSON object")
+    ranks = {int(v.shape[0]) for k, v in state.items() if ".lora_A." in k or "lora_down" in k}
+
+    for key, value in metadata.items():
+        field = key.rsplit(".", 1)[-1]
+        problem = None
+        if field == "r" and value not in ranks:
+            problem = f"is {value!r}, not a rank its tensors have ({sorted(ranks)})"
+        elif field == "rank_pattern" and not (
+            isinstance(value, dict) and all(r in ranks for r in value.values())
+        ):
+            problem = f"names ranks its tensors do not have ({sorted(ranks)})"
+        elif field == "lora_alpha" and not _finite(value):
+            problem = f"is {value!r}, not a finite number"
+        elif field == "alpha_pattern" and not (
+            isinstance(value, dict) and all(_finite(a) for a in value.values())
+        ):
+            problem = "holds an alpha that is not a finite number"
+        if problem:
+            raise UserError(f"LoRA {path}: {key} in its settings {problem}")
+    return metadata
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _targets(state: dict[str, torch.Tensor], prefix: str) -> set[str]:
@@ -156,7 +213,9 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
     for index, spec in enumerate(loras):
         path = Path(spec.path)
         name = f"lora{index}"
-        state, alphas = _convert(cls, read_lora(path, allow_pickle), path, expert)
+        state = read_lora(path, allow_pickle)
+        metadata = read_metadata(path, state)
+        state, alphas = _convert(cls, state, path, expert)
         wanted = {prefix: _targets(state, prefix) for prefix in modules}
         if not any(wanted.values()):
             raise UserError(
@@ -168,10 +227,10 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
                 if not wanted[prefix]:
                     continue
                 if prefix == network_prefix:
-                    _load_into_network(cls, state, alphas, expert, name)
+                    _load_into_network(cls, state, alphas, expert, name, metadata)
                 else:
                     cls.load_lora_into_text_encoder(
-                        state, alphas, module, prefix=prefix, adapter_name=name
+                        state, alphas, module, prefix=prefix, adapter_name=name, metadata=metadata
                     )
                 adapters[prefix].append((name, spec.scale))
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -194,14 +253,20 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
 
 
 def _convert(cls, state: dict, path: Path, expert: Expert) -> tuple[dict, dict | None]:
-    """The state dict in diffusers' layout and its alphas, by the family's own converter."""
+    """The state dict in diffusers' layout and its alphas, by the family's own converter,
+    called as the family's ``load_lora_weights`` calls it (SDXL's with the UNet's config,
+    which renumbers kohya's ``input_blocks``/``output_blocks`` names)."""
     import inspect
+
+    import diffusers
 
     kwargs = {}
     if "return_alphas" in inspect.signature(cls.lora_state_dict).parameters:
         kwargs["return_alphas"] = True
+    if cls is diffusers.StableDiffusionXLPipeline:
+        kwargs["unet_config"] = expert.network.config
     try:
-        out = cls.lora_state_dict(state, **kwargs)
+        out = cls.lora_state_dict(dict(state), **kwargs)
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise UserError(
             f"LoRA {path} is not a LoRA for a {expert.family} model that diffusers can read: "
@@ -212,10 +277,14 @@ def _convert(cls, state: dict, path: Path, expert: Expert) -> tuple[dict, dict |
     return out, None
 
 
-def _load_into_network(cls, state: dict, alphas: dict | None, expert: Expert, name: str):
+def _load_into_network(
+    cls, state: dict, alphas: dict | None, expert: Expert, name: str, metadata: dict | None
+):
     if expert.family == "unet":
-        cls.load_lora_into_unet(state, alphas, expert.network, adapter_name=name)
+        cls.load_lora_into_unet(state, alphas, expert.network, adapter_name=name, metadata=metadata)
     elif expert.family == "flux":
-        cls.load_lora_into_transformer(state, alphas, expert.network, adapter_name=name)
+        cls.load_lora_into_transformer(
+            state, alphas, expert.network, adapter_name=name, metadata=metadata
+        )
     else:
-        cls.load_lora_into_transformer(state, expert.network, adapter_name=name)
+        cls.load_lora_into_transformer(state, expert.network, adapter_name=name, metadata=metadata)

@@ -17,7 +17,7 @@ from .bridge import Bridges, Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
 from .errors import UserError
 from .experts import Conditioning, Control, Expert
-from .imageio import read_image, read_pixels
+from .imageio import read_image, read_picture, read_picture_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
 from .noise import SigmaWindow
 from .options import DEFAULT_BRIDGE, DEFAULT_SPLIT
@@ -255,10 +255,23 @@ def sigma_window(window: Window, expert: Expert) -> SigmaWindow:
     return SigmaWindow(lo, hi)
 
 
+def step_window(fractions: tuple[float, float], sigmas: list[float]) -> SigmaWindow:
+    """diffusers' ``control_guidance_start`` / ``_end`` on a trajectory: the steps i of N
+    with ``start <= i / N`` and ``(i + 1) / N <= end``, as the sigma window that holds
+    exactly their noise levels (``sigmas`` decrease)."""
+    start, end = fractions
+    n = len(sigmas)
+    steps = [i for i in range(n) if start <= i / n and (i + 1) / n <= end]
+    if not steps:
+        return SigmaWindow(0.0, 0.0)  # holds no noise level
+    first, last = steps[0], steps[-1]
+    return SigmaWindow(sigmas[last], math.inf if first == 0 else sigmas[first - 1])
+
+
 def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
     """The control image of a recipe control: given, or computed from its source image."""
     if spec.image is not None:
-        return read_image(spec.image, "RGB", size, "control image")
+        return read_picture(spec.image, size, "control image")
     from .controls import ControlTransform
     from .experts import resolve_model
 
@@ -268,7 +281,7 @@ def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
             f"ControlNet {spec.model} has no control.json, so it cannot turn a "
             "source image into a control image; give image instead of source"
         )
-    return transform(read_pixels(spec.source, size, "source image"))
+    return transform(read_picture_pixels(spec.source, size, "source image"))
 
 
 @torch.inference_mode()
@@ -302,6 +315,13 @@ def coop_generate(
     canvas = _canvas(canvas_expert, recipe.height, recipe.width, 1)
     _check_steps(recipe.steps, canvas_expert)
     scheduler = make_scheduler(recipe.sampler, canvas_expert.scheduler_config)
+    latent_hw = tuple(canvas.latent_shape(1)[-2:])
+    sigmas = trajectory(
+        make_scheduler(recipe.sampler, canvas_expert.scheduler_config),
+        recipe.steps,
+        latent_hw,
+        canvas_expert.family,
+    ).sigmas  # the trajectory the loop will run, for windows given in steps
     encode = _PromptCache()
     participants = []
     for spec in recipe.experts:
@@ -318,7 +338,7 @@ def coop_generate(
                 experts.controlnet(c.model, expert),
                 control_image(c, size),
                 c.scale,
-                sigma_window(c.window, expert),
+                sigma_window(c.window, expert) if c.steps is None else step_window(c.steps, sigmas),
             )
             for c in spec.controls
         ]

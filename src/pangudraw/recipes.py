@@ -30,7 +30,8 @@
     model = "controlnets/edges"
     image = "edges.png"               # or source = "photo.png": control.json makes the image
     scale = 1.0
-    window = { t = [0, 1000] }
+    window = { t = [0, 1000] }        # or, as diffusers and A1111 say it, fractions of steps:
+    # control_guidance_start = 0.0, control_guidance_end = 0.5
 
 A ``t`` window is [lo, hi) in the expert's own training timesteps (``hi = T`` reaches the
 top of the trajectory); a ``sigma`` window is on the shared noise axis.
@@ -87,6 +88,7 @@ EXPERT_KEYS = {
     "loras",
 }
 CONTROL_KEYS = {"model", "image", "source", "scale", "window"}
+CONTROL_KEYS |= {"control_guidance_start", "control_guidance_end"}
 LORA_KEYS = {"file", "scale"}
 
 
@@ -109,6 +111,9 @@ class ControlSpec:
     scale: float = 1.0
     window: Window = field(default_factory=Window)
     source: str | None = None
+    # diffusers' control_guidance_start / _end: active on step i of N when
+    # start <= i / N and (i + 1) / N <= end (instead of a noise window)
+    steps: tuple[float, float] | None = None
 
 
 @dataclass
@@ -165,7 +170,9 @@ class Recipe:
                         "image": where(c.image),
                         "source": where(c.source),
                         "scale": c.scale,
-                        "window": window(c.window),
+                        "window": None if c.steps else window(c.window),
+                        "control_guidance_start": c.steps and c.steps[0],
+                        "control_guidance_end": c.steps and c.steps[1],
                     }
                 )
                 for c in e.controls
@@ -199,6 +206,53 @@ class Recipe:
             "canvas": drop_none(canvas),
             "experts": experts,
         }
+
+
+INPUTS = "inputs"
+"""The folder beside an output where the pictures a recipe reads are kept by content."""
+
+
+def keep_inputs(recipe: Recipe, folder: Path) -> tuple[Recipe, dict]:
+    """The recipe as it is stored beside an output in ``folder``: every picture it reads
+    (masks, control images, control sources) named by its content hash in
+    ``folder/inputs/``, and the writers that put them there (for
+    :func:`pangudraw.files.write_outputs`, beside the output itself). A PNG's recipe may
+    name files in the PNG's folder, so ``--from-png`` then needs no option.
+    """
+    import hashlib
+    from dataclasses import replace
+
+    writers: dict[Path, object] = {}
+
+    def kept(path: str | None, what: str) -> str | None:
+        if path is None:
+            return None
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError as exc:
+            raise UserError(f"{what} {path} does not exist") from exc
+        except OSError as exc:
+            raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+        name = hashlib.sha256(data).hexdigest()[:16] + Path(path).suffix.lower()
+        target = (Path(folder) / INPUTS / name).resolve()
+        if target != Path(path).resolve():
+            writers[target] = lambda f, data=data: f.write(data)
+        return str(target)
+
+    experts = [
+        replace(
+            e,
+            mask=kept(e.mask, "mask"),
+            controls=[
+                replace(
+                    c, image=kept(c.image, "control image"), source=kept(c.source, "source image")
+                )
+                for c in e.controls
+            ],
+        )
+        for e in recipe.experts
+    ]
+    return replace(recipe, experts=experts), writers
 
 
 @dataclass(frozen=True)
@@ -238,6 +292,23 @@ def _window(reader: _Reader, key: str) -> Window:
     if not 0 <= lo < hi:
         reader.fail(key, f"expected {form}, got [{lo}, {hi}]")
     return Window(unit, float(lo), float(hi))
+
+
+def _step_fractions(reader: _Reader) -> tuple[float, float] | None:
+    """diffusers' ``control_guidance_start`` / ``_end``: 0 <= start < end <= 1."""
+    start = reader.get("control_guidance_start", float)
+    end = reader.get("control_guidance_end", float)
+    if start is None and end is None:
+        return None
+    if "window" in reader.table:
+        reader.fail("window", "give a window or control_guidance_start/end, not both")
+    start, end = 0.0 if start is None else start, 1.0 if end is None else end
+    if not 0 <= start < end <= 1:
+        reader.fail(
+            "control_guidance_start",
+            f"expected fractions of the steps with 0 <= start < end <= 1, got {start}, {end}",
+        )
+    return start, end
 
 
 def _path(
@@ -329,6 +400,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
                     c.get("scale", float, 1.0),
                     _window(c, "window"),
                     source_image,
+                    _step_fractions(c),
                 )
             )
         loras = []

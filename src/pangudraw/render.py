@@ -351,10 +351,15 @@ def check_coop_size(recipe) -> None:
 
 
 def render_coop(
-    recipe, folder: Path, experts: Experts | None = None, callback: Callable | None = None
+    recipe,
+    folder: Path,
+    experts: Experts | None = None,
+    callback: Callable | None = None,
+    stored=None,
 ) -> Picture:
-    """The image of a Coop recipe; its record stores the recipe with paths relative to
-    ``folder`` (where the PNG goes), so ``--from-png`` makes it again."""
+    """The image of a Coop recipe; its record stores the recipe (``stored`` when given: the
+    same recipe with its inputs kept elsewhere, :func:`recipes.keep_inputs`) with paths
+    relative to ``folder`` (where the PNG goes), so ``--from-png`` makes it again."""
     from . import __version__
     from .imageio import a1111_parameters
     from .pipelines import coop_generate
@@ -375,7 +380,8 @@ def render_coop(
             for e in recipe.experts
         ),
     }
-    record = {"recipe": recipe.to_table(Path(folder).resolve()), "version": __version__}
+    stored = stored or recipe
+    record = {"recipe": stored.to_table(Path(folder).resolve()), "version": __version__}
     if experts is not None and experts.dtype != "float32":
         record["dtype"] = settings["Precision"] = experts.dtype
     settings["Version"] = f"pangu-draw {__version__}"

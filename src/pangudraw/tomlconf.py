@@ -89,9 +89,12 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
         except tomllib.TOMLDecodeError:
             value = raw
         node, parts = data, key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
+            elif isinstance(node, dict) and not isinstance(node.get(part, {}), dict | list):
+                where = ".".join(parts[: depth + 1])
+                raise UserError(f"--set {key}: {where} is a single value in {source}, not a table")
             elif isinstance(node, dict):
                 node = node.setdefault(part, {})
             else:

@@ -55,13 +55,15 @@ def command(
     """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format.
 
     A PNG written by this command stores its recipe: `--from-png IMAGE` makes it again.
-    Such a recipe may name bundled models and files in the PNG's own folder; anything else
-    needs --allow-outside-paths or --allow-hub.
+    The pictures the recipe reads (control images, sources, masks) are kept beside the PNG
+    in inputs/ under their content hash, and the stored recipe names those copies. A
+    PNG's recipe may name bundled models and files in the PNG's own folder; anything else
+    (a model folder of yours, say) needs --allow-outside-paths or --allow-hub.
     """
     from ..errors import UserError
     from ..files import check_output
     from ..imageio import read_record
-    from ..recipes import load_recipe, recipe_from_png
+    from ..recipes import keep_inputs, load_recipe, recipe_from_png
     from ..render import Experts, check_coop_size, render_coop
 
     if (recipe is None) == (from_png is None):
@@ -81,9 +83,10 @@ def command(
     from ..files import write_outputs
     from .progress import quiet_libraries, step_bar
 
+    stored, inputs = keep_inputs(parsed, output.parent)
     quiet_libraries()
     with step_bar() as callback:
         experts = Experts(allow_pickle, dtype=dtype or "float32")
-        picture = render_coop(parsed, output.parent, experts, callback)
-    write_outputs({output: picture.writer()})
+        picture = render_coop(parsed, output.parent, experts, callback, stored)
+    write_outputs({**inputs, output: picture.writer()})
     click.echo(str(output))

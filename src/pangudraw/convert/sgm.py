@@ -156,6 +156,22 @@ def vae_config(
 _CLIP_IDS = {"layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
 
 
+HEAD_WIDTH = 64
+"""The attention head width of CLIP-L, OpenCLIP bigG, SD3's MMDiT and PanGu-Draw v3's text
+towers: the tensor shapes hold the model width, not how it is cut into heads."""
+
+
+def heads(width: int, what: str) -> int:
+    """How many :data:`HEAD_WIDTH`-wide heads a ``width``-wide layer has; a width they do
+    not divide is refused (it is not one of the models these files come from)."""
+    if width < HEAD_WIDTH or width % HEAD_WIDTH:
+        raise UserError(
+            f"{what} is {width} wide, which {HEAD_WIDTH}-wide attention heads do not divide: "
+            "not a model pangu-draw knows the head width of"
+        )
+    return width // HEAD_WIDTH
+
+
 def clip_config(sd: dict, what: str, layout: str) -> dict:
     """A ``CLIPTextConfig`` dict from a Hugging Face CLIP text model's shapes (keys
     starting ``text_model.``); OpenAI's CLIP token ids and activation."""
@@ -166,7 +182,7 @@ def clip_config(sd: dict, what: str, layout: str) -> dict:
         "hidden_size": width,
         "intermediate_size": shape(sd, p + "encoder.layers.0.mlp.fc1.weight", what, layout)[0],
         "num_hidden_layers": len(indices(sd, p + "encoder.layers.")),
-        "num_attention_heads": width // 64,
+        "num_attention_heads": heads(width, what),
         "max_position_embeddings": shape(
             sd, p + "embeddings.position_embedding.weight", what, layout
         )[0],
@@ -189,7 +205,7 @@ def openclip_config(sd: dict, prefix: str, what: str, layout: str) -> dict:
             sd, prefix + "transformer.resblocks.0.mlp.c_fc.weight", what, layout
         )[0],
         "num_hidden_layers": len(indices(sd, prefix + "transformer.resblocks.")),
-        "num_attention_heads": width // 64,
+        "num_attention_heads": heads(width, what),
         "max_position_embeddings": shape(sd, prefix + "positional_embedding", what, layout)[0],
         "projection_dim": shape(sd, prefix + "text_projection", what, layout)[1],
         "hidden_act": "gelu",
@@ -363,7 +379,7 @@ def sd3_transformer_config(sd: dict, what: str, layout: str) -> dict:
         "in_channels": in_channels,
         "num_layers": len(layers),
         "attention_head_dim": 64,
-        "num_attention_heads": hidden // 64,
+        "num_attention_heads": heads(hidden, what),
         "joint_attention_dim": context_in,
         "caption_projection_dim": context_out,
         "pooled_projection_dim": shape(sd, "y_embedder.mlp.0.weight", what, layout)[1],

@@ -9,7 +9,7 @@ a whole checkpoint, whose transformer keeps Black Forest Labs' names). It
 loads offline: the architecture is read from the tensor shapes (:mod:`.sgm`), the keys are
 mapped by diffusers' single-file conversion, the tokenizers are built from CLIP's BPE and
 T5's vocabulary that ship in the package, and the scheduler is the family's published
-configuration (below). No config or tokenizer is fetched from the hub.
+configuration (``published/``). No config or tokenizer is fetched from the hub.
 
 Families told apart by their keys: SD 1.x (CLIP ViT-L/14), SDXL base (CLIP ViT-L/14 and
 OpenCLIP bigG), SDXL refiner (bigG alone, aesthetic score), SD3/SD3.5 with its two CLIPs
@@ -77,45 +77,20 @@ XL_CLIP = "conditioner.embedders.0.transformer."
 XL_BIGG = "conditioner.embedders.1.model."
 REFINER_BIGG = "conditioner.embedders.0.model."
 
-_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-# The schedulers the families were published with (their diffusers ``scheduler`` configs).
-SD1_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "num_train_timesteps": 1000,
-    **_BETAS,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
-SDXL_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    **_BETAS,
-    "prediction_type": "epsilon",
-    "interpolation_type": "linear",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "use_karras_sigmas": False,
-}
+PUBLISHED = Path(__file__).resolve().parents[1] / "published"
+"""Configs of published model folders (``published/README.md``)."""
+
+
+def published_scheduler(model: str) -> dict:
+    """The scheduler config ``model`` (a folder of :data:`PUBLISHED`) was published with:
+    a single file carries none, so its family's is used, as diffusers' ``from_single_file``
+    does with the family's published folder."""
+    from ..files import read_json
+
+    return read_json(PUBLISHED / model / "scheduler" / "scheduler_config.json", "scheduler config")
+
+
 CLIP_WHAT = "the CLIP text model"
-SD3_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-}
-# Flux.1's published schedulers: dev shifts with the image size, schnell does not shift.
-_FLUX_SHIFTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256}
-FLUX_DEV_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    **_FLUX_SHIFTS,
-    "max_image_seq_len": 4096,
-}
-FLUX_SCHNELL_SCHEDULER = FLUX_DEV_SCHEDULER | {"shift": 1.0, "use_dynamic_shifting": False}
 SD1 = "an SD 1.x checkpoint"
 SDXL = "an SDXL checkpoint"
 SD3 = "an SD3 checkpoint"
@@ -330,7 +305,7 @@ def _unet_family(path: Path, tensors: dict, family: str, what: str):
         encoder = sgm.convert_clip(_part(tensors, SD1_CLIP), SD1_CLIP, CLIP_WHAT, layout)
         components = {"text_encoder": encoder, "tokenizer": sgm.clip_tokenizer("<|endoftext|>")}
         index = {"text_encoder": ["transformers", "CLIPTextModel"]}
-        context, scheduler = encoder.config.hidden_size, SD1_SCHEDULER
+        context, scheduler = encoder.config.hidden_size, published_scheduler("sd15")
     else:
         unet = sgm.convert_unet(_part(tensors, UNET), what, layout, 64, 128)
         vae = sgm.convert_vae(_part(tensors, VAE), 0.13025, layout)
@@ -354,7 +329,7 @@ def _unet_family(path: Path, tensors: dict, family: str, what: str):
             "force_zeros_for_empty_prompt": family == "sdxl",
             "requires_aesthetics_score": family == "sdxl-refiner",
         }
-        scheduler = SDXL_SCHEDULER
+        scheduler = published_scheduler("sdxl-base")
     if unet.config.cross_attention_dim != context:
         raise UserError(
             f"{what} attends to {unet.config.cross_attention_dim}-wide text, not the "
@@ -396,7 +371,7 @@ def _sd3(path: Path, tensors: dict, family: str, what: str):
                 f"the {t5.config.d_model} its T5 gives"
             )
         components |= {"text_encoder_3": t5, "tokenizer_3": sgm.t5_tokenizer()}
-    return network, vae, components, {}, SD3_SCHEDULER
+    return network, vae, components, {}, published_scheduler("sd3-medium")
 
 
 def _flux(path: Path, tensors: dict, family: str, what: str):
@@ -423,4 +398,5 @@ def _flux(path: Path, tensors: dict, family: str, what: str):
         "text_encoder_2": t5,
     }
     dev = network.config.guidance_embeds
-    return network, vae, components, {}, FLUX_DEV_SCHEDULER if dev else FLUX_SCHNELL_SCHEDULER
+    scheduler = published_scheduler("flux1-dev" if dev else "flux1-schnell")
+    return network, vae, components, {}, scheduler

@@ -83,8 +83,11 @@ def build_emoji(style: str, out: Path) -> dict:
     check_output_folder(out, "dataset folder")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"dataset folder {out} is not empty; give a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # root passes the access check in places it cannot write (/sys, /proc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"dataset folder {out} cannot be created: {exc.strerror}") from exc
     try:
         info = _build(style, staging)
         if out.is_dir():
