@@ -51,13 +51,9 @@ def real_images() -> tuple[torch.Tensor, list[str]]:
 
 def crossing(flops: np.ndarray, fid: np.ndarray, target: float) -> float | None:
     """The first FLOPs at which the curve reaches ``target`` (linear between points)."""
-    if fid[0] <= target:
-        return float(flops[0])
-    for i in range(1, len(fid)):
-        if fid[i] <= target:
-            t = (fid[i - 1] - target) / (fid[i - 1] - fid[i])
-            return float(flops[i - 1] + t * (flops[i] - flops[i - 1]))
-    return None
+    from pangudraw.evaluate.stats import first_reach
+
+    return first_reach(list(flops), list(fid), target)
 
 
 def main() -> None:

@@ -48,6 +48,12 @@ from bench_decoupled_quality import (  # noqa: E402
     real_images,
 )
 
+# Cheaper structure generators (issue 33): narrower UNets for the 16 px structure stage, at
+# 0.52 and 0.25 of the [32, 64] UNet's FLOPs per image (the run measures them again).
+CPU_VARIANTS = {
+    "half": {"block_out_channels": [24, 40]},
+    "quarter": {"block_out_channels": [16, 24]},
+}
 SCALES = {
     "cpu": {
         "resolution": 32,
@@ -57,6 +63,7 @@ SCALES = {
         "max_steps": 1600,
         "snapshot_every": 320,
         "samples": 192,
+        "structure_variants": CPU_VARIANTS,
     },
     "cpu_long": {  # the cpu scale trained three times longer (about 35 minutes)
         "resolution": 32,
@@ -66,6 +73,7 @@ SCALES = {
         "max_steps": 4800,
         "snapshot_every": 480,
         "samples": 192,
+        "structure_variants": CPU_VARIANTS,
     },
     "smoke": {  # seconds: checks that the script runs end to end, measures nothing
         "resolution": 32,
@@ -75,6 +83,7 @@ SCALES = {
         "max_steps": 4,
         "snapshot_every": 2,
         "samples": 16,
+        "structure_variants": CPU_VARIANTS,
     },
     "zoo": {
         "resolution": 64,
@@ -84,15 +93,25 @@ SCALES = {
         "max_steps": 3000,
         "snapshot_every": 250,
         "samples": 192,
+        # 0.52 and 0.27 of the [64, 128, 128] structure UNet's FLOPs at 32 px
+        "structure_variants": {
+            "half": {"block_out_channels": [48, 88, 88]},
+            "quarter": {"block_out_channels": [32, 64, 64]},
+        },
     },
 }
 STEPS, GUIDANCE, SAMPLER, SPLIT = 25, 4.0, "dpmpp_2m", 500  # SPLIT: the default hand-over
 STAGES = ("full", "texture", "structure")
 
 
-def config_text(stage: str, scale: dict, seed: int, run: Path, split: int = SPLIT) -> str:
+def config_text(
+    stage: str, scale: dict, seed: int, run: Path, split: int = SPLIT, variant: str | None = None
+) -> str:
     resolution = scale["structure_resolution"] if stage == "structure" else scale["resolution"]
-    unet = ", ".join(f"{k} = {json.dumps(v)}" for k, v in scale["unet"].items())
+    unet_table = scale["unet"]
+    if stage == "structure" and variant is not None:
+        unet_table = unet_table | scale["structure_variants"][variant]
+    unet = ", ".join(f"{k} = {json.dumps(v)}" for k, v in unet_table.items())
     return "\n".join(
         [
             f'stage = "{stage}"',
@@ -115,17 +134,23 @@ def config_text(stage: str, scale: dict, seed: int, run: Path, split: int = SPLI
     )
 
 
-def train(scale_name: str, seed: int, chunk_minutes: float, split: int = SPLIT) -> dict:
+def train(
+    scale_name: str, seed: int, chunk_minutes: float, split: int = SPLIT, variant: str | None = None
+) -> dict:
     """Train the three stages to the end (resuming where a chunk stopped); the run folder
-    of each stage. The monolithic model is the same for every split."""
+    of each stage. The monolithic model is the same for every split, the texture model the
+    same for every structure ``variant``."""
     base = ROOT / "runs" / f"claim_a-{scale_name}-seed{seed}"
     pair = base.with_name(f"claim_a-{scale_name}-split{split}-seed{seed}")
     pair = base if split == SPLIT else pair
     runs = {stage: (base if stage == "full" else pair) / stage for stage in STAGES}
+    if variant is not None:
+        name = pair.name.replace(f"-seed{seed}", f"-structure_{variant}-seed{seed}")
+        runs["structure"] = pair.with_name(name) / "structure"
     emoji_data()
     for stage, run in runs.items():
         at = SPLIT if stage == "full" else split  # the full range either way: one config
-        text = config_text(stage, SCALES[scale_name], seed, run, at)
+        text = config_text(stage, SCALES[scale_name], seed, run, at, variant)
         _train_until_done(run.with_suffix(".toml"), text, run, chunk_minutes)
     return runs
 
@@ -412,6 +437,114 @@ def plot_splits(scale_name: str, seed: int) -> Path | None:
     return out
 
 
+SETTINGS = {  # what each results file holds, by the part of its name after the split
+    "": "pair, structure UNet as the texture one",
+    "_structure-half": "pair, structure UNet at half its FLOPs",
+    "_structure-quarter": "pair, structure UNet at a quarter of its FLOPs",
+}
+
+
+def seed_figures(results: dict, mono: dict) -> dict:
+    """One seed's paired figures: the FLOPs the pair needs to reach the monolithic model's
+    final FID over the monolithic FLOPs (None if it never does, with the bound that gives),
+    and the pair's FID and top-5 at the monolithic model's final FLOPs, against its own."""
+    from pangudraw.evaluate.stats import first_reach, value_at
+
+    pair = results["decoupled"]
+    flops = [p["training_flops"] for p in pair]
+    final = mono["monolithic"][-1]
+    reach = first_reach(flops, [p["fid"] for p in pair], final["fid"])
+    ratio = None if reach is None else reach / final["training_flops"]
+    at = final["training_flops"]
+    return {
+        "flops_ratio": ratio,
+        "reached": ratio is not None,
+        # not reached: the pair's whole curve is the bound (its last point's FLOPs)
+        "flops_ratio_at_least": flops[-1] / final["training_flops"] if ratio is None else ratio,
+        "monolithic_fid": final["fid"],
+        "monolithic_top5": final["top5"],
+        "pair_fid_at_equal_flops": value_at(flops, [p["fid"] for p in pair], at),
+        "pair_top5_at_equal_flops": value_at(flops, [p["top5"] for p in pair], at),
+        "pair_final_fid": pair[-1]["fid"],
+        "pair_final_flops_over_monolithic": flops[-1] / at,
+        "structure_flops_per_image": results["summary"]["flops_per_image"]["structure"],
+    }
+
+
+def claim_report(scale_name: str, split: int) -> dict:
+    """Every seed scored so far for each setting at ``split``: per-seed figures, their
+    means with 95% bootstrap intervals over seeds (paired: each seed's pair against the
+    same seed's monolithic model), a results file and one plot."""
+    from pangudraw.evaluate.stats import bootstrap_mean
+
+    at = "" if split == SPLIT else f"_split{split}"
+    report = {"scale": scale_name, "split": split, "settings": {}}
+    curves = {}
+    for suffix, label in SETTINGS.items():
+        seeds = {}
+        for path in sorted(RESULTS.glob(f"decoupled_training_{scale_name}{at}{suffix}_seed*.json")):
+            seed = int(path.stem.rsplit("seed", 1)[1])
+            mono_path = RESULTS / f"decoupled_training_{scale_name}{at}_seed{seed}.json"
+            results, mono = json.loads(path.read_text()), json.loads(mono_path.read_text())
+            if "summary" not in results or "summary" not in mono:
+                continue  # still being scored
+            seeds[seed] = seed_figures(results, mono)
+            curves.setdefault(suffix, {})[seed] = (results["decoupled"], mono["monolithic"])
+        if not seeds:
+            continue
+        figures = list(seeds.values())
+
+        def interval(key: str, figures=figures) -> dict | None:
+            values = [f[key] for f in figures if f[key] is not None]
+            return bootstrap_mean(values).as_dict() if len(values) == len(figures) else None
+
+        report["settings"][suffix or "_structure-same"] = {
+            "label": label,
+            "seeds": sorted(seeds),
+            "per_seed": {str(k): v for k, v in sorted(seeds.items())},
+            "reached": sum(f["reached"] for f in figures),
+            # a seed that never reaches counts at its bound: a lower bound of the mean
+            "flops_ratio": interval("flops_ratio_at_least"),
+            "flops_ratio_is_lower_bound": not all(f["reached"] for f in figures),
+            "fid_difference_at_equal_flops": bootstrap_mean(
+                [f["pair_fid_at_equal_flops"] - f["monolithic_fid"] for f in figures]
+            ).as_dict(),
+            "top5_difference_at_equal_flops": bootstrap_mean(
+                [f["pair_top5_at_equal_flops"] - f["monolithic_top5"] for f in figures]
+            ).as_dict(),
+            "structure_flops_per_image": figures[0]["structure_flops_per_image"],
+        }
+    out = RESULTS / f"decoupled_claim_a_{scale_name}{at}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_bands(curves, RESULTS / f"decoupled_claim_a_{scale_name}{at}.png", scale_name, split)
+    return report
+
+
+def plot_bands(curves: dict, path: Path, scale_name: str, split: int) -> None:
+    """FID and top-5 against training FLOPs: each setting's mean curve over its seeds with
+    a band from the lowest to the highest seed, the monolithic model's likewise."""
+    fig, axes = _figure()
+    colours = {"": "#c44", "_structure-half": "#e90", "_structure-quarter": "#4a4"}
+    mono_done = False
+    for suffix, by_seed in curves.items():
+        for label, pick, colour in (
+            (SETTINGS[suffix], 0, colours[suffix]),
+            ("monolithic", 1, "#48c"),
+        ):
+            if pick == 1 and mono_done:
+                continue
+            runs = [by_seed[s][pick] for s in sorted(by_seed)]
+            flops = np.mean([[p["training_flops"] for p in r] for r in runs], axis=0)
+            for ax, key in zip(axes, ("fid", "top5")):
+                values = np.array([[p[key] for p in r] for r in runs])
+                ax.plot(flops, values.mean(0), "o-", ms=3, c=colour,
+                        label=f"{label} ({len(runs)} seeds)")  # fmt: skip
+                ax.fill_between(flops, values.min(0), values.max(0), color=colour, alpha=0.15)
+        mono_done = True
+    title = f"{scale_name} scale, split t = {split}: mean over seeds, band = lowest to highest"
+    _finish(fig, axes, title, path, legend_size=7)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
@@ -424,7 +557,14 @@ def main() -> None:
         help="The hand-over timestep: structure trains on [split, 1000), texture on [0, split).",
     )
     parser.add_argument(
-        "--part", choices=["train", "evaluate", "all", "data", "split"], default="all"
+        "--part", choices=["train", "evaluate", "all", "data", "split", "report"], default="all"
+    )
+    parser.add_argument(
+        "--structure-unet",
+        choices=["half", "quarter"],
+        default=None,
+        help="A cheaper structure UNet (about half or a quarter of its FLOPs per image); the "
+        "texture and monolithic models are those of the same seed and split.",
     )
     parser.add_argument(
         "--split-steps",
@@ -454,10 +594,15 @@ def main() -> None:
         out.write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps(found, indent=2))
         return
-    runs = train(args.scale, args.seed, args.chunk_minutes, args.split)
+    if args.part == "report":
+        summary = claim_report(args.scale, args.split)
+        print(json.dumps({k: v for k, v in summary.items() if k != "seeds"}, indent=2))
+        return
+    runs = train(args.scale, args.seed, args.chunk_minutes, args.split, args.structure_unet)
     if args.part == "train":
         return
     at = "" if args.split == SPLIT else f"_split{args.split}"
+    at += "" if args.structure_unet is None else f"_structure-{args.structure_unet}"
     name = f"{args.scale}{at}_seed{args.seed}"
     if args.part == "split":
         steps = [int(s) for s in args.split_steps.split(",")]
@@ -482,6 +627,8 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
     if args.final_only or args.pair_curve:  # no monolithic curve to plot
+        return
+    if args.structure_unet is not None:
         return
     title = f"{args.scale} scale, seed {args.seed}: structure at half the side, "
     title += f"split t = {args.split}"

@@ -149,3 +149,27 @@ def test_eval_command_reports_every_metric(tmp_path, capsys):
         main(["eval", str(folder), "--prompts", str(prompts)])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "3 prompts for 8 images" in err and len(err.splitlines()) == 1
+
+
+def test_the_bootstrap_interval_of_a_known_small_example():
+    """[0, 0, 3] resampled: the mean is 3k/3 = k with k ~ Binomial(3, 1/3), so P(0) = 8/27,
+    P(1) = 12/27, P(2) = 6/27, P(3) = 1/27: the central 95% runs from 0 to 3 (P(k <= 2) =
+    26/27 < 0.975), the central 90% from 0 to 2 (26/27 >= 0.95)."""
+    from pangudraw.evaluate.stats import bootstrap_mean
+
+    wide = bootstrap_mean([0.0, 0.0, 3.0])
+    assert (wide.mean, wide.lo, wide.hi, wide.n) == (1.0, 0.0, 3.0, 3)
+    narrow = bootstrap_mean([0.0, 0.0, 3.0], level=0.9)
+    assert (narrow.lo, narrow.hi) == (0.0, 2.0)
+    same = bootstrap_mean([1.3] * 5)
+    assert (same.mean, same.lo, same.hi) == (1.3, 1.3, 1.3)
+    assert bootstrap_mean([0.85, 1.29, 1.05]) == bootstrap_mean([0.85, 1.29, 1.05])  # seeded
+
+
+def test_curves_are_read_at_a_cost_and_where_they_reach_a_value():
+    from pangudraw.evaluate.stats import first_reach, value_at
+
+    costs, fid = [1.0, 2.0, 4.0], [100.0, 60.0, 40.0]
+    assert value_at(costs, fid, 3.0) == 50.0 and value_at(costs, fid, 5.0) is None
+    assert first_reach(costs, fid, 50.0) == 3.0 and first_reach(costs, fid, 30.0) is None
+    assert first_reach(costs, fid, 120.0) == 1.0

@@ -191,6 +191,16 @@ def test_every_stage_trains_and_exports_an_expert_that_generates(workspace):
     run_cli(["train", str(low)])
     low_cost = json.loads((root / "runs/low/resources.json").read_text())["flops_per_image"]
     assert 0.2 < low_cost / texture["flops_per_image"] < 0.35
+    # A cheaper structure UNet (claim (a)'s variants: narrower) is charged what the flop
+    # counter measures on it, not a fraction assumed from its widths.
+    narrow = write_config(workspace, "narrow", "structure", vae=str(vae), resolution=8, min_size=0)
+    text = narrow.read_text()
+    narrow.write_text(
+        text.replace("[unet]\nblock_out_channels = [8, 16]", "[unet]\nblock_out_channels = [8, 8]")
+    )
+    run_cli(["train", str(narrow)])
+    narrow_cost = json.loads((root / "runs/narrow/resources.json").read_text())["flops_per_image"]
+    assert 0.3 < narrow_cost / low_cost < 0.9
     assert load_expert(root / "runs/low/model").sample_size == (8, 8)
     recipe.experts[0].model = str(root / "runs/low/model")
     handed_over = coop_generate(recipe).images
