@@ -46,14 +46,14 @@ def colour_stats(images: torch.Tensor) -> tuple[float, float]:
 
 
 def route_accuracy() -> dict:
-    from pangudraw.bridge import Bridges
+    from pangudraw.bridge import BridgePolicy
     from pangudraw.train.bridges import ROUTES, route_data
 
     out = {}
     for route in ROUTES:
         x, exact, source, target = route_data(route, DATA, held=True)
         with torch.no_grad():
-            learned = torch.cat([Bridges("learned")(c, source, target) for c in x.split(256)])
+            learned = torch.cat([BridgePolicy("learned")(c, source, target) for c in x.split(256)])
             image_exact = torch.cat([target.space.decode(c) for c in exact.split(256)]).clamp(-1, 1)
             image_learned = torch.cat([target.space.decode(c) for c in learned.split(256)]).clamp(
                 -1, 1
@@ -78,13 +78,14 @@ def coop_quality() -> tuple[dict, list]:
     from bench_decoupled_quality import real_images
     from diffusers.utils.torch_utils import randn_tensor
 
-    from pangudraw.bridge import Bridges, Site
+    from pangudraw.bridge import BridgePolicy, Site
     from pangudraw.controls import ControlTransform
     from pangudraw.coop import Participant, make_scheduler, sample
     from pangudraw.evaluate.features import load_evaluator
     from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import read_folder
-    from pangudraw.experts import Control, load_controlnet, load_expert
+    from pangudraw.expert import Control
+    from pangudraw.loading.models import load_controlnet, load_expert
     from pangudraw.pipelines import split_sigma
 
     real, texts = real_images()
@@ -107,7 +108,7 @@ def coop_quality() -> tuple[dict, list]:
         scheduler = make_scheduler("euler", participants[0].expert.scheduler_config)
         with torch.inference_mode():
             latents = sample(participants, scheduler, noise, STEPS, generators, None, canvas,
-                             bridges=Bridges(mode))  # fmt: skip
+                             move=BridgePolicy(mode))  # fmt: skip
             images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
         return (images * 255).round().to(torch.uint8)
 
@@ -148,9 +149,9 @@ def coop_quality() -> tuple[dict, list]:
 def speed(runs: int) -> dict:
     from bench_coop import NetworkClock
 
-    from pangudraw.bridge import Bridges, Site
+    from pangudraw.bridge import BridgePolicy, Site
     from pangudraw.coop import Participant, make_scheduler, sample
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
 
     full, gen_b = load_expert("zoo:full"), load_expert("zoo:generator_b")
@@ -170,7 +171,7 @@ def speed(runs: int) -> dict:
             start = time.perf_counter()
             with torch.inference_mode():
                 sample(parts, make_scheduler("euler", full.scheduler_config), noise, 25, None,
-                       None, site, bridges=Bridges(mode))  # fmt: skip
+                       None, site, move=BridgePolicy(mode))  # fmt: skip
             wall = time.perf_counter() - start
             start = time.perf_counter()
             generate(structure, texture, "red heart", num_inference_steps=15, seed=1, bridge=mode)
@@ -204,7 +205,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
-    from pangudraw.cli.progress import quiet_libraries
+    from pangudraw.cli.shared import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(2)

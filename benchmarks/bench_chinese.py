@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from pangudraw.cli.progress import quiet_libraries
+from pangudraw.cli.shared import quiet_libraries
 from pangudraw.evaluate.features import caption_embeddings, load_evaluator, retrieval_accuracy
-from pangudraw.experts import SDText, load_expert
+from pangudraw.families.sd import SDText
 from pangudraw.imageio import save_grid
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 from pangudraw.textenc import ZH_FOLDER, is_cjk, load_chinese_encoder, load_minilm, read_cjk_rows
 from pangudraw.train.chinese import chance, held_out, load_pairs, retrieval

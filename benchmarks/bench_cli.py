@@ -54,7 +54,7 @@ def main() -> None:
         cold_times.append(wall)
         rss = max(rss, peak)
 
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.options import DEFAULT_STEPS
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from pangudraw.bridge import Site
-from pangudraw.cli.progress import quiet_libraries
+from pangudraw.cli.shared import quiet_libraries
 from pangudraw.coop import Participant, make_scheduler, sample
-from pangudraw.experts import Conditioning, load_expert
+from pangudraw.families import Conditioning
+from pangudraw.loading.models import load_expert
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
 from tiny_models import gaussian_expert, tiny_sd  # noqa: E402

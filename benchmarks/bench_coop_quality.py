@@ -84,7 +84,8 @@ def main(only_sizes: tuple[int, ...] = ()) -> None:
     from pangudraw.evaluate.features import load_evaluator
     from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import read_folder
-    from pangudraw.experts import Control, load_controlnet, load_expert
+    from pangudraw.expert import Control
+    from pangudraw.loading.models import load_controlnet, load_expert
     from pangudraw.pipelines import split_sigma
 
     real, texts = real_images()

@@ -264,7 +264,7 @@ class Scorer:
         return {"fid": self.fid(pixels.float() / 255), "top1": top[1], "top5": top[5]}
 
     def point(self, first: Path, second: Path | None, split: int = SPLIT) -> dict:
-        from pangudraw.experts import load_expert
+        from pangudraw.loading.models import load_expert
         from pangudraw.pipelines import generate
 
         structure = load_expert(first)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from diffusers import FluxPipeline
 
-from pangudraw.cli.progress import quiet_libraries
-from pangudraw.experts import load_expert
+from pangudraw.cli.shared import quiet_libraries
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pangudraw.experts import load_expert
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 
 RESULTS = Path(__file__).parent / "results"

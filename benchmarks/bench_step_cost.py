@@ -29,7 +29,7 @@ ROUNDS = 3
 def worker(variant: str) -> None:
     import torch
 
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS
 

@@ -41,7 +41,7 @@ def main() -> None:
     from pangudraw.evaluate.features import caption_embeddings, load_evaluator
     from pangudraw.evaluate.fid import FeatureExtractor, fid_against
     from pangudraw.evaluate.report import retrieval
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS
 

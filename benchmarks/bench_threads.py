@@ -45,7 +45,7 @@ def worker() -> None:
     """Print the median seconds per warm image, one at a time and in batches of 8."""
     import statistics
 
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS
 

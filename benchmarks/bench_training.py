@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pangudraw.cli.progress import quiet_libraries
+from pangudraw.cli.shared import quiet_libraries
 from pangudraw.train.accounting import measure_flops
 from pangudraw.train.build import build
 from pangudraw.train.config import TrainConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pangudraw.cli.progress import quiet_libraries
+from pangudraw.cli.shared import quiet_libraries
 from pangudraw.train.bridges import ROUTES, train_route
 from pangudraw.zoo import MODELS, write_manifest
 

@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pangudraw.cli.progress import quiet_libraries
+from pangudraw.cli.shared import quiet_libraries
 from pangudraw.textenc import ZH_ADAPTER, ZH_FOLDER, ZH_ROWS, read_cjk_rows
 from pangudraw.train.chinese import load_keyword_pairs, load_unihan_pairs, train
 from pangudraw.zoo import write_manifest

@@ -9,7 +9,7 @@ distribution on PyPI vendors (MIT; the vocabulary itself is Google's, Apache-2.0
     python scripts/vendor_t5_tokenizer.py stable_diffusion_cpp_python-0.4.7.tar.gz
 
 The output is gzip-compressed without a timestamp, so the same input gives the same bytes
-(the SHA-256 the package checks: ``pangudraw.convert.sgm.T5_TOKENIZER``).
+(the SHA-256 the package checks: ``pangudraw.original.T5_TOKENIZER``).
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ def write(folder: Path, family: str, seed: int = 0, dtype=torch.float16) -> None
     )
     from safetensors.torch import save_file
 
-    from pangudraw.convert import sgm
+    from pangudraw import original as sgm
 
     if family.startswith("flux"):
         return write_flux(folder, family, seed, dtype)
@@ -413,7 +413,7 @@ def _write_parts(folder: Path, name: str, tensors: dict, roles: tuple[str, ...])
     ``folder/NAME-spec.toml`` naming them."""
     from safetensors.torch import save_file
 
-    from pangudraw.convert.single import ROLES
+    from pangudraw.loading.single import ROLES
 
     parts = folder / f"{name}-parts"
     parts.mkdir()
@@ -437,8 +437,8 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from safetensors.torch import save_file
 
-    from pangudraw.convert import sgm
-    from pangudraw.convert.single import ROLES
+    from pangudraw import original as sgm
+    from pangudraw.loading.single import ROLES
 
     dev = family == "flux"
     parts = {
@@ -476,7 +476,7 @@ def write_flux(folder: Path, family: str, seed: int, dtype) -> None:
 
 
 def published(model: str) -> dict:
-    from pangudraw.convert.single import published_scheduler
+    from pangudraw.loading.schedulers import published_scheduler
 
     return published_scheduler(model)
 
@@ -484,7 +484,7 @@ def published(model: str) -> dict:
 def _save_with_published_scheduler(pipe, folder: Path) -> None:
     """``pipe`` saved, its scheduler config the published file itself (as a downloaded
     folder has it: with the keys its class does not take)."""
-    from pangudraw.convert.single import PUBLISHED
+    from pangudraw.loading.schedulers import PUBLISHED
 
     pipe.save_pretrained(folder)
     model = {

@@ -208,7 +208,7 @@ def test_only_prompts_with_cjk_characters_reach_the_chinese_encoder(encoders):
     a batch that mixes them keeps each prompt in its place."""
     import copy
 
-    from pangudraw.experts import SDText
+    from pangudraw.families.sd import SDText
 
     tok, enc = encoders[0]
     chinese = copy.deepcopy(enc)
@@ -265,7 +265,7 @@ def test_an_adapter_file_is_loaded_merged_and_checked(tmp_path):
 def test_the_attention_probe_compares_what_the_generators_cross_attention_makes_of_a_text():
     """Recorded image tokens at every cross-attention layer of both bundled generators; the
     loss is zero for the same states, positive for others, and differentiable in them."""
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.train.chinese import AttentionProbe, Stage
 
     gen = torch.Generator().manual_seed(0)

@@ -191,7 +191,7 @@ def test_structure_and_texture_in_different_latent_spaces(models, other_space_mo
             str(out),
         ]
     )
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
 
     structure, texture = load_expert(models["sd"]), load_expert(other_space_model)
@@ -283,7 +283,7 @@ def test_generate_split_across_two_processes_makes_the_same_files(tmp_path):
 def test_the_old_default_settings_given_explicitly_make_the_old_images(tmp_path):
     """The default went from 25 to 15 Euler steps (benchmarks/bench_steps.py); asking for
     --sampler euler --steps 25 gives what the library's 25-step Euler sampling gives."""
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
     from pangudraw.zoo import MODELS
 
@@ -305,8 +305,8 @@ def test_models_go_to_the_gpu_when_there_is_one(monkeypatch):
     (coop and the UI used the CPU there before), unless told a device."""
     import torch
 
-    from pangudraw.cli.progress import Processes
-    from pangudraw.render import Experts
+    from pangudraw.cli.shared import Processes
+    from pangudraw.loading.models import ModelCache as Experts
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert Experts().device == "cuda" and Processes().device == "cuda"
@@ -321,7 +321,7 @@ def test_bfloat16_halves_the_models_and_draws_nearly_the_same_image(models, tmp_
     import numpy as np
     import torch
 
-    from pangudraw.render import Experts
+    from pangudraw.loading.models import ModelCache as Experts
 
     expert = Experts(dtype="bfloat16").get(models["sdxl"])
     assert expert.network.dtype == expert.dtype == torch.bfloat16

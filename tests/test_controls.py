@@ -37,8 +37,8 @@ def test_save_load_and_unknown_kind(tmp_path):
 
 def test_experts_load_a_controlnet_once_and_check_it_for_each_expert(monkeypatch):
     """Coop runs in one process (the UI) share loaded ControlNets like the experts."""
-    from pangudraw import experts as module
-    from pangudraw.render import Experts
+    from pangudraw.loading import models as module
+    from pangudraw.loading.models import ModelCache as Experts
 
     calls = []
     real = module.load_controlnet

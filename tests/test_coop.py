@@ -9,7 +9,8 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from pangudraw.bridge import Site
 from pangudraw.coop import Participant, check_coverage, fuse, make_scheduler, sample
 from pangudraw.errors import UserError
-from pangudraw.experts import Control, load_expert
+from pangudraw.expert import Control
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import coop_generate, generate
 from pangudraw.recipes import ExpertSpec, Recipe, Window, parse_recipe
 
@@ -79,7 +80,7 @@ def test_experts_trained_on_different_beta_schedules_share_the_sigma_axis(models
     sigma = 1.0
     assert a.schedule.sigma_to_t(sigma) != pytest.approx(b.schedule.sigma_to_t(sigma))
     # In one loop both experts see the same noise levels, each through its own timesteps.
-    from pangudraw.experts import Expert
+    from pangudraw.expert import Expert
 
     seen = []
     predict = Expert.predict

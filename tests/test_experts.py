@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pangudraw.errors import UserError
-from pangudraw.experts import SDText, SDXLText, load_expert
+from pangudraw.families.sd import SDText
+from pangudraw.families.sdxl import SDXLText
+from pangudraw.loading.models import load_expert
 from pangudraw.noise import from_x0
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import FluxPipeline
 
 from pangudraw.errors import UserError
-from pangudraw.experts import load_expert
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 
 PROMPT = "a red apple"
@@ -21,7 +21,7 @@ def test_one_flux_expert_equals_flux_pipeline(models, kind, size):
     none, dynamic shifting of Flux's own sigmas at each resolution."""
     folder = models[f"flux_{kind}"]
     expert = load_expert(folder)
-    assert expert.family == "flux" and expert.prediction_type == "flow"
+    assert expert.family.name == "flux" and expert.prediction_type == "flow"
     height, width = size
     ours = generate(
         expert,
@@ -256,12 +256,12 @@ def test_a_flux_model_gets_its_own_steps_and_guidance_unless_given(models, tmp_p
     from PIL import Image
 
     from pangudraw.cli.main import main
-    from pangudraw.families import flux_variant
+    from pangudraw.families import flux, model_defaults
     from pangudraw.recipes import parse_recipe
 
-    assert flux_variant(models["flux_dev"]) == "dev"
-    assert flux_variant(models["flux_schnell"]) == "schnell"
-    assert flux_variant(models["sdxl"]) is None and flux_variant(tmp_path / "none") is None
+    assert model_defaults(models["flux_dev"]) == flux.DEFAULTS["dev"]
+    assert model_defaults(models["flux_schnell"]) == flux.DEFAULTS["schnell"]
+    assert model_defaults(models["sdxl"]) == {} and model_defaults(tmp_path / "none") == {}
 
     def record(*extra):
         out = tmp_path / "flux.png"

@@ -228,7 +228,7 @@ def test_a_png_may_name_only_bundled_models_and_its_own_folder(expert, option, w
 
 @pytest.mark.parametrize("name", ["zoo:../../train", "zoo:vae_a/../../..", "zoo:", "zoo:.."])
 def test_a_zoo_name_cannot_leave_the_zoo(name):
-    from pangudraw.experts import resolve_model
+    from pangudraw.loading.paths import resolve_model
 
     with pytest.raises(UserError, match="no bundled model"):
         resolve_model(name)

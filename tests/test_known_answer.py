@@ -13,7 +13,7 @@ import torch
 
 from pangudraw.bridge import Site
 from pangudraw.coop import Participant, make_scheduler, sample
-from pangudraw.experts import Conditioning
+from pangudraw.families import Conditioning
 from pangudraw.noise import DiscreteVPSchedule
 from tiny_models import FLOW_SCHEDULE, gaussian_expert
 

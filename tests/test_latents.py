@@ -68,7 +68,7 @@ def test_same_space_means_same_codec():
 def test_the_training_cache_encodes_as_inference_does(tmp_path, models):
     """One latent codec: for a VAE with latents_mean / latents_std the cached training
     latents (mean and std of the posterior) are exactly what inference encodes to."""
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.train.config import TrainConfig
     from pangudraw.train.stagedata import prepare_data
     from tiny_models import mini_dataset

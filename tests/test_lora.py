@@ -9,8 +9,8 @@ from diffusers import FluxPipeline, StableDiffusionPipeline
 
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
-from pangudraw.experts import load_expert
 from pangudraw.imageio import read_record
+from pangudraw.loading.models import load_expert
 from pangudraw.lora import LoraSpec, apply_loras
 from pangudraw.pipelines import generate
 from tiny_models import tiny_lora, to_kohya

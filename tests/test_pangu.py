@@ -28,7 +28,7 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def experts(release):
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     out = release["folder"] / "out"
     return load_expert(out / "structure"), load_expert(out / "texture")
@@ -180,7 +180,8 @@ def test_handoff_follows_the_release_rule(experts, monkeypatch):
 
 
 def test_style_branches_combine_as_the_release_guider():
-    from pangudraw.experts import Conditioning, _guide
+    from pangudraw.families import Conditioning
+    from pangudraw.families.base import guide as _guide
 
     uc, c, aes, cartoon = (torch.full((1, 1), v) for v in (1.0, 2.0, 5.0, -1.0))
     cond = Conditioning(torch.zeros(4, 1, 1), True, None, (4.0, 0.5))
@@ -328,7 +329,7 @@ window = {{ t = [0, 500] }}
 
 
 def test_the_pair_loads_its_shared_vae_and_text_encoders_once(release):
-    from pangudraw.render import Experts
+    from pangudraw.loading.models import ModelCache as Experts
 
     out = release["folder"] / "out"
     experts = Experts()

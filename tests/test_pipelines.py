@@ -18,7 +18,7 @@ from diffusers import (
 
 from pangudraw.coop import SAMPLERS, Participant, make_scheduler, sample
 from pangudraw.errors import UserError
-from pangudraw.experts import load_expert
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 
 PROMPT = "a red apple"

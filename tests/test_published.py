@@ -13,19 +13,15 @@ import pytest
 import torch
 
 from pangudraw.cli.main import main
-from pangudraw.convert.single import PUBLISHED
 from pangudraw.errors import UserError
-from pangudraw.experts import (
-    FluxText,
-    SD3Text,
-    SDText,
-    SDXLText,
-    check_controlnet,
-    check_scheduler_config,
-    load_expert,
-)
+from pangudraw.families.flux import FluxText
+from pangudraw.families.sd import SDText
+from pangudraw.families.sd3 import SD3Text
+from pangudraw.families.sdxl import SDXLText
 from pangudraw.imageio import read_record
-from pangudraw.render import model_defaults
+from pangudraw.loading.models import check_controlnet, load_expert
+from pangudraw.loading.schedulers import PUBLISHED, check_scheduler_config
+from pangudraw.render import request_defaults as model_defaults
 from tiny_models import tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl, tiny_sdxl_refiner
 
 SETS = ("sd15", "sd21", "sdxl-base", "sdxl-refiner", "sd3-medium", "sd35-large")
@@ -151,8 +147,10 @@ def test_published_networks_build_at_their_real_size_and_pass_our_checks(name):
     import diffusers
     import transformers
 
-    from pangudraw.experts import assemble, component_class
+    from pangudraw.families import family_of_folder
     from pangudraw.limits import network_estimate
+    from pangudraw.loading.components import component_class
+    from pangudraw.loading.folder import assemble
 
     index = published(name, "model_index.json")
     modules = {}
@@ -166,21 +164,24 @@ def test_published_networks_build_at_their_real_size_and_pass_our_checks(name):
         modules[component] = _meta(cls, published(name, f"{component}/config.json"))
     denoiser = modules.pop("unet", None) or modules.pop("transformer")
     scheduler = check_scheduler_config(published(name, "scheduler/scheduler_config.json"), name)
-    expert = assemble(name, index, modules.get, denoiser, modules["vae"], scheduler, name)
+    family = family_of_folder(PUBLISHED / name)
+    expert = assemble(name, family, index, modules.get, denoiser, modules["vae"], scheduler)
     assert expert.space.channels == (4 if name.startswith(("sd1", "sd2", "sdxl")) else 16)
     size = {"sd15": 512, "sd21": 768}.get(name, 1024)
     assert expert.sample_size == (size, size)
     tokens = (size // expert.space.factor) ** 2
-    estimate = network_estimate(1, tokens, expert.width, True, size * size, 512)
+    estimate = network_estimate(1, tokens, expert.feature_width, True, size * size, 512)
     assert 1e9 < estimate < 1e12  # real sizes: gigabytes, not bytes or petabytes
 
 
 def test_published_controlnets_fit_their_base_and_no_other():
     from diffusers import ControlNetModel, UNet2DConditionModel
 
+    from pangudraw.families import BY_NAME
+
     def expert(name):
         unet = _meta(UNet2DConditionModel, published(name, "unet/config.json"))
-        return type("E", (), {"network": unet, "family": "unet", "name": name})()
+        return type("E", (), {"network": unet, "family": BY_NAME["sd"], "name": name})()
 
     sd15, sdxl = expert("sd15"), expert("sdxl-base")
     canny15 = _meta(ControlNetModel, published("controlnet-sd15-canny", "config.json"))
@@ -193,7 +194,7 @@ def test_published_controlnets_fit_their_base_and_no_other():
 
 
 def test_the_single_file_schedulers_are_the_published_files():
-    from pangudraw.convert.single import published_scheduler
+    from pangudraw.loading.schedulers import published_scheduler
 
     for name in ("sd15", "sdxl-base", "sd3-medium", "flux1-dev", "flux1-schnell"):
         assert published_scheduler(name) == published(name, "scheduler/scheduler_config.json")

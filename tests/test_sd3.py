@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from pangudraw.experts import load_expert
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 
 PROMPT = "a red apple"
@@ -20,7 +20,7 @@ def test_one_sd3_expert_equals_its_pipeline(models, model, guidance, negative, s
     """Classifier-free guidance over the encoded empty (or given) negative prompt, the
     scheduler's own shifted grid, with and without T5."""
     expert = load_expert(models[model])
-    assert expert.family == "sd3" and expert.prediction_type == "flow"
+    assert expert.family.name == "sd3" and expert.prediction_type == "flow"
     height, width = size
     common = dict(
         negative_prompt=negative,

@@ -39,7 +39,7 @@ def _modules(expert) -> dict[str, torch.nn.Module]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_single_file_equals_its_diffusers_folder_twin(files, family):
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
 
     folder = files
@@ -65,7 +65,7 @@ def test_a_single_file_equals_its_diffusers_folder_twin(files, family):
 
 
 def test_single_files_load_with_the_network_switched_off(files, monkeypatch):
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     def refuse(*args, **kwargs):
         raise OSError("the network is switched off in this test")
@@ -80,7 +80,7 @@ def test_single_files_load_with_the_network_switched_off(files, monkeypatch):
 
 
 def test_the_bundled_clip_tokenizer_gives_openai_clip_ids():
-    from pangudraw.convert.sgm import clip_tokenizer
+    from pangudraw.original import clip_tokenizer
 
     # OpenAI CLIP's ids: a 320, photo 1125, of 539, cat 2368; start 49406, end 49407
     ids = clip_tokenizer("<|endoftext|>")("a photo of a cat", padding="max_length").input_ids
@@ -90,7 +90,7 @@ def test_the_bundled_clip_tokenizer_gives_openai_clip_ids():
 
 
 def test_the_bundled_t5_tokenizer_gives_t5_ids():
-    from pangudraw.convert.sgm import t5_tokenizer
+    from pangudraw.original import t5_tokenizer
 
     # T5 v1.1's SentencePiece ids: Hello 8774, world 296, </s> 1; pad 0; 100 sentinels
     tokenizer = t5_tokenizer()
@@ -200,7 +200,7 @@ def test_bad_single_files_are_one_line_errors(files, tmp_path, capsys):
 
 
 def test_a_trusted_pickle_single_file_loads_with_allow_pickle(files, tmp_path):
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     folder = files
     pickle = tmp_path / "model.ckpt"
@@ -226,7 +226,7 @@ def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, t
 
 
 def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.lora import LoraSpec, apply_loras
     from pangudraw.pipelines import generate
     from tiny_models import tiny_lora, to_kohya
@@ -266,7 +266,7 @@ def test_an_inpainting_single_file_is_refused_before_it_runs(files, tmp_path, ca
 
 def test_what_training_leaves_in_a_file_is_dropped(files, tmp_path):
     """The DDPM buffers, an EMA copy and the VAE's training loss are not the model."""
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     folder = files
 
@@ -332,7 +332,7 @@ def test_the_flux_mapping_equals_diffusers_at_flux1_size():
         convert_flux_transformer_checkpoint_to_diffusers,
     )
 
-    from pangudraw.convert.sgm import flux_transformer_keys
+    from pangudraw.original import flux_transformer_keys
 
     tensors = _flux1_tensors()
     ours = flux_transformer_keys(tensors, 3072)
@@ -350,7 +350,7 @@ def test_a_model_spec_of_component_files_equals_the_whole_file(files, tmp_path, 
     a prefix) and SD3.5 as published (MMDiT and VAE in one file with their prefixes, the
     three text encoders apart), named by a model spec, loaded directly and from the CLI."""
     from pangudraw.cli.main import main
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     folder = files
     whole_file = folder / ("flux.safetensors" if family == "flux" else "sd3-t5.safetensors")
@@ -424,7 +424,7 @@ def test_single_files_with_every_sampler_equal_diffusers_from_single_file(files,
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from pangudraw.coop import SAMPLERS
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
 
     file, twin = files / f"{family}.safetensors", files / family

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
-from pangudraw.experts import load_expert
+from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import coop_generate, generate
 from pangudraw.recipes import ExpertSpec, Recipe, Window
 from pangudraw.train.config import load_config, parse_config

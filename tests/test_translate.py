@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pangudraw.bridge import Bridges, Site, bridge, translator_for
+from pangudraw.bridge import BridgePolicy, Site, exact_bridge, translator_for
 from pangudraw.errors import UserError
 from pangudraw.translate import Translator, TranslatorConfig, space_id
 
@@ -23,12 +23,12 @@ def test_exact_mode_is_the_exact_bridge_and_says_so(bundled):
     structure, texture = bundled
     source, target = Site(structure.space, (32, 32)), Site(texture.space, (64, 64))
     x0 = torch.randn(2, 12, 16, 16) * 0.5
-    bridges = Bridges("exact")
-    torch.testing.assert_close(bridges(x0, source, target), bridge(x0, source, target))
+    bridges = BridgePolicy("exact")
+    torch.testing.assert_close(bridges(x0, source, target), exact_bridge(x0, source, target))
     assert list(bridges.used.values()) == ["exact"]
     assert bridges(x0, source, source) is x0  # same site: nothing to bridge
     with pytest.raises(UserError, match="unknown bridge 'fast'"):
-        Bridges("fast")
+        BridgePolicy("fast")
 
 
 def test_learned_mode_falls_back_to_exact_between_untrained_spaces(tiny_spaces):
@@ -36,14 +36,14 @@ def test_learned_mode_falls_back_to_exact_between_untrained_spaces(tiny_spaces):
     assert translator_for(a, b) is None
     source, target = Site(a, (32, 32)), Site(b, (32, 32))
     x0 = torch.randn(1, a.channels, 16, 16)
-    bridges = Bridges("learned")
-    torch.testing.assert_close(bridges(x0, source, target), bridge(x0, source, target))
+    bridges = BridgePolicy("learned")
+    torch.testing.assert_close(bridges(x0, source, target), exact_bridge(x0, source, target))
     assert list(bridges.used.values()) == ["exact"]
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     return load_expert("zoo:structure"), load_expert("zoo:texture")
 
@@ -81,7 +81,7 @@ def test_bundled_translators_are_close_to_the_exact_bridge_on_unseen_emoji(
 ):
     """Emoji never trained on (tests/data/emoji_heldout): the translator's latents are
     within a few percent of the exact bridge's, relative to the latents' variance."""
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     source = load_expert(f"zoo:{source_model}").space
     target = load_expert(f"zoo:{target_model}").space
@@ -90,8 +90,8 @@ def test_bundled_translators_are_close_to_the_exact_bridge_on_unseen_emoji(
     s, t = Site(source, (source_size,) * 2), Site(target, (target_size,) * 2)
     x0 = _heldout_latents(source, source_size)
     with torch.no_grad():
-        exact = bridge(x0, s, t)
-        learned = Bridges("learned")(x0, s, t)
+        exact = exact_bridge(x0, s, t)
+        learned = BridgePolicy("learned")(x0, s, t)
     relative = float(((learned - exact) ** 2).mean() / exact.var())
     assert relative < 0.1, relative
 

@@ -80,12 +80,12 @@ def test_every_model_loads_and_matches_its_card(model):
         assert len(net.classes) == resources["subcategories"]
         assert f"{resources['held_out_subcategory_accuracy']:.3f}" in card
     elif config["stage"] == "controlnet":
-        from pangudraw.experts import load_controlnet, load_expert
+        from pangudraw.loading.models import load_controlnet, load_expert
 
         base = load_expert(MODELS / CONTROLNET_BASES[model.name])
         load_controlnet(str(model.path), base)  # refused if built for another UNet
     else:
-        from pangudraw.experts import load_expert
+        from pangudraw.loading.models import load_expert
 
         expert = load_expert(model.path)
         assert expert.sample_size == (config["resolution"],) * 2
@@ -118,7 +118,7 @@ def test_vae_a_reconstructs_emoji_with_unit_variance_latents():
 )
 def test_a_clean_image_survives_the_bridge_through_both_trained_vaes():
     """Issue 3's round trip on trained VAEs: space A (4ch at 1/4) -> B (8ch at 1/8) -> A."""
-    from pangudraw.bridge import Site, bridge
+    from pangudraw.bridge import Site, exact_bridge
 
     spaces = {}
     for name in ("vae_a", "vae_b"):
@@ -127,8 +127,8 @@ def test_a_clean_image_survives_the_bridge_through_both_trained_vaes():
     a, b = Site(spaces["vae_a"], (64, 64)), Site(spaces["vae_b"], (64, 64))
     images = emoji_images()
     with torch.no_grad():
-        in_b = bridge(a.space.encode(images), a, b)
-        back = a.space.decode(bridge(in_b, b, a)).clamp(-1, 1)
+        in_b = exact_bridge(a.space.encode(images), a, b)
+        back = a.space.decode(exact_bridge(in_b, b, a)).clamp(-1, 1)
     assert in_b.shape == (8, 8, 8, 8)
     psnr = 10 * torch.log10(4 / ((back - images) ** 2).mean((1, 2, 3)))
     assert psnr.mean() > BRIDGE_PSNR, psnr
@@ -182,7 +182,7 @@ def test_the_package_ships_each_vae_once():
 
 def test_a_bundled_model_exports_as_a_standalone_folder(tmp_path):
     from pangudraw.cli.main import main
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
 
     main(["models", "--export", "texture", str(tmp_path / "texture")])
     exported = tmp_path / "texture"

@@ -451,7 +451,9 @@ def gaussian_expert(
 ):
     """An :class:`~pangudraw.experts.Expert` in pixel space whose denoiser is exact: epsilon
     on the SD training schedule, or with ``flow`` a rectified-flow velocity model."""
-    from pangudraw.experts import Expert, SDText
+    from pangudraw.expert import Expert
+    from pangudraw.families import BY_NAME
+    from pangudraw.families.sd import SDText
     from pangudraw.latents import LatentSpace
     from pangudraw.noise import DiscreteVPSchedule, RectifiedFlowSchedule
 
@@ -471,6 +473,7 @@ def gaussian_expert(
         schedule=schedule,
         prediction_type="flow" if flow else "epsilon",
         scheduler_config=config,
+        family=BY_NAME["sd"],  # called like a UNet
         sample_size=(size, size),
     )
 

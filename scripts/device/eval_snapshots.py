@@ -52,7 +52,7 @@ def main(out: Path, n: int = 256, device: str = "cuda") -> None:
     import train  # the trimmed text encoder, as in training
 
     train.patch()
-    from pangudraw.experts import load_expert
+    from pangudraw.loading.models import load_expert
     from pangudraw.pipelines import generate
 
     rows = [json.loads(r) for r in (DATA / "metadata.jsonl").read_text().splitlines() if r]

@@ -39,7 +39,7 @@ def captions(style: str) -> list[str]:
 
 
 def trimmed_minilm(texts: list[str], folder: Path) -> None:
-    from pangudraw.experts import SDText
+    from pangudraw.families.sd import SDText
     from pangudraw.textenc import load_minilm, minilm_folder, sha256
 
     tokenizer, encoder = load_minilm()

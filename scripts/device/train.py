@@ -23,6 +23,7 @@ FOLDER = Path(os.environ.get("MINILM", ".dev/minilm"))
 
 def patch() -> None:
     import pangudraw.experts as experts
+
     import pangudraw.textenc as textenc
 
     expected = (FOLDER / "SHA256").read_text().strip()
@@ -38,7 +39,7 @@ def patch() -> None:
 def check() -> None:
     from safetensors.torch import load_file
 
-    from pangudraw.experts import SDText
+    from pangudraw.families.sd import SDText
     from pangudraw.textenc import load_minilm
 
     texts = json.loads((FOLDER / "reference.json").read_text())

@@ -31,7 +31,7 @@ class Site:
         return self.size == other.size and self.space.same_as(other.space)
 
 
-def bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
+def exact_bridge(x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
     """``B(x0) = E_target(resize(D_source(x0)))``, or ``x0`` itself when the sites match.
 
     Args:
@@ -87,7 +87,7 @@ def translator_for(source: LatentSpace, target: LatentSpace):
 
 
 @dataclass
-class Bridges:
+class BridgePolicy:
     """The bridge a generation uses between two sites: with ``mode="learned"`` a bundled
     translator where one was trained for the two latent spaces, the exact bridge for any
     other pair (and always with ``mode="exact"``). ``used`` records, per pair of spaces,
@@ -97,11 +97,9 @@ class Bridges:
     used: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        from .errors import UserError
-        from .options import BRIDGE_MODES
+        from .options import BRIDGE_MODES, check_choice
 
-        if self.mode not in BRIDGE_MODES:
-            raise UserError(f"unknown bridge {self.mode!r}; use one of {', '.join(BRIDGE_MODES)}")
+        check_choice(self.mode, BRIDGE_MODES, "bridge")
 
     def __call__(self, x0: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
         if source.same_as(target):
@@ -112,7 +110,7 @@ class Bridges:
         translator = _translator(ids) if self.mode == "learned" else None
         self.used[" -> ".join(ids)] = "exact" if translator is None else "learned"
         if translator is None:
-            return bridge(x0, source, target)
+            return exact_bridge(x0, source, target)
         with torch.no_grad():
             return translator(x0.float(), tuple(target.latent_shape(1)[-2:]))
 

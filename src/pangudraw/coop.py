@@ -38,9 +38,10 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .bridge import Site, bridge, renoise
+from .bridge import Site, exact_bridge, renoise
 from .errors import UserError
-from .experts import Conditioning, Control, Expert
+from .expert import Control, Expert
+from .families import Conditioning
 from .noise import DiscreteVPSchedule, SigmaWindow, flow_sigma, from_x0, noise_of, noisy
 from .options import NOISE_POLICIES
 
@@ -213,7 +214,7 @@ class FlowGrid:
     """``FlowMatchEulerDiscreteScheduler``'s trajectory: latents ``(1 - u) x0 + u n`` from
     ``u = 1`` (sigma = inf), stepped with the velocity ``(z - x0) / u``.
 
-    ``flux``: the sigmas FluxPipeline passes, ``linspace(1, 1/N, N)`` shifted by the
+    ``own_sigmas``: the sigmas FluxPipeline passes, ``linspace(1, 1/N, N)`` shifted by the
     resolution-dependent ``mu`` when the config asks for dynamic shifting; otherwise the
     scheduler's own grid (StableDiffusion3Pipeline), shifted by its ``shift``.
     """
@@ -223,7 +224,7 @@ class FlowGrid:
         scheduler: FlowMatchEulerDiscreteScheduler,
         num_inference_steps: int,
         latent_hw: tuple[int, int],
-        flux: bool = False,
+        own_sigmas: bool = False,
     ):
         config = scheduler.config
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # 2x2 patches, as both pipelines count
@@ -236,9 +237,9 @@ class FlowGrid:
                 config.get("base_image_seq_len", 256),
                 config.get("max_image_seq_len", 4096),
                 config.get("base_shift", 0.5),
-                config.get("max_shift", 1.15 if flux else 1.16),  # each pipeline's default
+                config.get("max_shift", 1.15 if own_sigmas else 1.16),  # each pipeline's default
             )
-        if flux:
+        if own_sigmas:
             grid = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
             scheduler.set_timesteps(sigmas=grid, mu=mu)
         else:
@@ -268,12 +269,13 @@ def trajectory(
     scheduler: SchedulerMixin,
     num_inference_steps: int,
     latent_hw: tuple[int, int],
-    family: str = "unet",
+    own_sigmas: bool = False,
     generator=None,
 ) -> Grid:
-    """The canvas trajectory a fresh scheduler gives, as the canvas expert's pipeline runs it."""
+    """The canvas trajectory a fresh scheduler gives, as the canvas expert's pipeline runs it
+    (``own_sigmas``: its family's pipeline passes its own sigma grid, as Flux.1's does)."""
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        return FlowGrid(scheduler, num_inference_steps, latent_hw, flux=family == "flux")
+        return FlowGrid(scheduler, num_inference_steps, latent_hw, own_sigmas)
     return SchedulerGrid(scheduler, num_inference_steps, generator)
 
 
@@ -297,7 +299,7 @@ def sample(
     canvas: Site | None = None,
     noise_policy: NoisePolicy = "carry",
     bridge_every: int = 1,
-    bridges: Callable[[torch.Tensor, Site, Site], torch.Tensor] = bridge,
+    move: Callable[[torch.Tensor, Site, Site], torch.Tensor] = exact_bridge,
 ) -> torch.Tensor:
     """Run the Coop-Diffusion loop and return the clean canvas latents.
 
@@ -313,7 +315,7 @@ def sample(
         noise_policy: how experts off the canvas step (module docstring).
         bridge_every: experts off the canvas run (and are bridged) every this many steps;
             in between the canvas fuses their last bridged estimate. 1 is the exact loop.
-        bridges: moves a clean estimate between sites (:class:`pangudraw.bridge.Bridges`
+        move: moves a clean estimate between sites (a :class:`pangudraw.bridge.BridgePolicy`
             for learned bridges; the exact bridge by default).
 
     Returns:
@@ -331,8 +333,9 @@ def sample(
     if isinstance(scheduler, Grid):
         grid = scheduler
     else:
-        family = next((p.expert.family for p, on in zip(participants, on_canvas) if on), "unet")
-        grid = trajectory(scheduler, num_inference_steps, noise.shape[-2:], family, generator)
+        on = [p.expert.family.own_sigmas for p, here in zip(participants, on_canvas) if here]
+        own = on[0] if on else False
+        grid = trajectory(scheduler, num_inference_steps, noise.shape[-2:], own, generator)
     sigmas = grid.sigmas
     weight_maps = _latent_masks(participants, tuple(noise.shape[-2:]))
     check_coverage(participants, sigmas, weight_maps)
@@ -359,12 +362,12 @@ def sample(
                     pure = randn_tensor(shape, generator=generator, dtype=noise.dtype)
                     off[k] = _OffCanvas(pure, i)
                 else:
-                    off[k] = _OffCanvas(renoise(bridges(x0, canvas, site), sigma, generator), i)
+                    off[k] = _OffCanvas(renoise(move(x0, canvas, site), sigma, generator), i)
             # 3. Prediction in the expert's own space, bridged to the canvas.
             state = off[k]
             if state.next_run == i:
                 x0_k = p.expert.predict(state.y, sigma, p.cond, p.guidance_scale, p.controls)
-                state.bridged = bridges(x0_k, site, canvas)
+                state.bridged = move(x0_k, site, canvas)
             estimates.append(state.bridged)
         # 4. Fusion on x0.
         x0 = fuse(estimates, [weight_maps[k] for k in active])
@@ -379,7 +382,7 @@ def sample(
             sigma_next = sigmas[state.next_run] if state.next_run < len(sigmas) else 0.0
             if sigma_next == 0.0:
                 continue
-            target = bridges(x0, canvas, sites[k])
+            target = move(x0, canvas, sites[k])
             if noise_policy == "carry":
                 state.y = noisy(target, noise_of(state.y, target, sigma), sigma_next)
             else:

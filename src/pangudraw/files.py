@@ -211,3 +211,42 @@ def json_writer(value) -> Callable[[BinaryIO], None]:
 def write_text(path: Path, text: str) -> None:
     """One text file, written whole (see :func:`write_outputs`)."""
     write_outputs({Path(path): lambda f: f.write(text.encode())})
+
+
+_MAX_HEADER = 100 * 2**20  # bytes; a safetensors header is a few MB at most
+
+
+def safetensors_keys(path: Path) -> list[str] | None:
+    """The tensor names in a ``.safetensors`` file's header, read without torch; None if it
+    is not one."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def drop_loading_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` (where a component was loaded from: a machine path) from
+    every diffusers config under ``folder``."""
+    for path in Path(folder).rglob("config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

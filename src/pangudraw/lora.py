@@ -23,7 +23,7 @@ from .errors import UserError
 if TYPE_CHECKING:  # torch and diffusers load only when a LoRA is applied
     import torch
 
-    from .experts import Expert
+    from .expert import Expert
 
 
 @dataclass(frozen=True)
@@ -63,32 +63,7 @@ def _pipeline_class(expert: Expert):
     """The diffusers pipeline class whose LoRA loader knows this expert's family."""
     import diffusers
 
-    if expert.family == "flux":
-        return diffusers.FluxPipeline
-    if expert.family == "sd3":
-        return diffusers.StableDiffusion3Pipeline
-    from .experts import SDXLText
-
-    if isinstance(expert.text, SDXLText):
-        return diffusers.StableDiffusionXLPipeline
-    return diffusers.StableDiffusionPipeline
-
-
-def _text_encoders(expert: Expert) -> dict[str, torch.nn.Module]:
-    """The CLIP text encoders a LoRA may address, by their diffusers prefix: those the
-    family's ``load_lora_weights`` loads LoRA layers into."""
-    from .experts import FluxText, SD3Text, SDText, SDXLText
-
-    text = expert.text
-    if isinstance(text, SDXLText):
-        return dict(zip(("text_encoder", "text_encoder_2"), text.encoders))
-    if isinstance(text, SD3Text):
-        return dict(zip(("text_encoder", "text_encoder_2"), text.clips))
-    if isinstance(text, FluxText):
-        return {"text_encoder": text.clip}
-    if isinstance(text, SDText) and text.encoder is not None:
-        return {"text_encoder": text.encoder}
-    return {}
+    return getattr(diffusers, expert.family.lora_pipeline)
 
 
 def read_lora(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -205,8 +180,8 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
     cls = _pipeline_class(expert)
-    network_prefix = "unet" if expert.family == "unet" else "transformer"
-    modules = {network_prefix: expert.network, **_text_encoders(expert)}
+    network_prefix = expert.family.network_component
+    modules = {network_prefix: expert.network, **expert.family.lora_text_encoders(expert.text)}
     if getattr(expert.text, "shared", None):  # its encoder may change: no longer alike
         expert.text.shared = None
     adapters: dict[str, list[tuple[str, float]]] = {prefix: [] for prefix in modules}
@@ -219,7 +194,7 @@ def apply_loras(expert: Expert, loras: list[LoraSpec], allow_pickle: bool = Fals
         wanted = {prefix: _targets(state, prefix) for prefix in modules}
         if not any(wanted.values()):
             raise UserError(
-                f"LoRA {path} has no layers for {expert.name} (a {expert.family} model); "
+                f"LoRA {path} has no layers for {expert.name} (a {expert.family.label} model); "
                 "is it for another architecture?"
             )
         try:
@@ -263,13 +238,13 @@ def _convert(cls, state: dict, path: Path, expert: Expert) -> tuple[dict, dict |
     kwargs = {}
     if "return_alphas" in inspect.signature(cls.lora_state_dict).parameters:
         kwargs["return_alphas"] = True
-    if cls is diffusers.StableDiffusionXLPipeline:
+    if cls is diffusers.StableDiffusionXLPipeline:  # SDXL-shaped UNets (PanGu-Draw v3 too)
         kwargs["unet_config"] = expert.network.config
     try:
         out = cls.lora_state_dict(dict(state), **kwargs)
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise UserError(
-            f"LoRA {path} is not a LoRA for a {expert.family} model that diffusers can read: "
+            f"LoRA {path} is not a LoRA for a {expert.family.label} model that diffusers can read: "
             f"{str(exc).splitlines()[0][:200]}"
         ) from exc
     if isinstance(out, tuple):
@@ -280,11 +255,13 @@ def _convert(cls, state: dict, path: Path, expert: Expert) -> tuple[dict, dict |
 def _load_into_network(
     cls, state: dict, alphas: dict | None, expert: Expert, name: str, metadata: dict | None
 ):
-    if expert.family == "unet":
-        cls.load_lora_into_unet(state, alphas, expert.network, adapter_name=name, metadata=metadata)
-    elif expert.family == "flux":
-        cls.load_lora_into_transformer(
-            state, alphas, expert.network, adapter_name=name, metadata=metadata
-        )
-    else:
-        cls.load_lora_into_transformer(state, expert.network, adapter_name=name, metadata=metadata)
+    """The LoRA layers into the denoiser, as the family's ``load_lora_weights`` loads them."""
+    import inspect
+
+    kwargs = {"adapter_name": name, "metadata": metadata}
+    if expert.family.network_component == "unet":
+        cls.load_lora_into_unet(state, alphas, expert.network, **kwargs)
+    elif "network_alphas" in inspect.signature(cls.load_lora_into_transformer).parameters:
+        cls.load_lora_into_transformer(state, alphas, expert.network, **kwargs)
+    else:  # SD3's loader takes no alphas
+        cls.load_lora_into_transformer(state, expert.network, **kwargs)

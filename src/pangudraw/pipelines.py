@@ -13,15 +13,25 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .bridge import Bridges, Site, native_size
+from .bridge import BridgePolicy, Site, native_size
 from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
 from .errors import UserError
-from .experts import Conditioning, Control, Expert
+from .expert import Control, Expert
+from .families import Conditioning
+from .families.pangu import handoff_index
 from .imageio import read_image, read_picture, read_picture_pixels
 from .limits import check_finite, check_memory, check_request, network_estimate
+from .loading.models import ModelCache
 from .noise import SigmaWindow
-from .options import DEFAULT_BRIDGE, DEFAULT_SPLIT
-from .pangu import handoff_index
+from .options import (
+    DEFAULT_BRIDGE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SPLIT,
+    DEFAULT_STEPS,
+    HANDOFFS,
+    check_choice,
+)
 from .recipes import Recipe, Window
 
 
@@ -114,7 +124,7 @@ def _check_memory(participants: list[Participant], canvas: Site, batch: int) -> 
         h, w = p.size or canvas.size
         factor = p.expert.space.factor
         tokens = (h // factor) * (w // factor)
-        channels = p.expert.width
+        channels = p.expert.feature_width
         estimate = network_estimate(batch, tokens, channels, p.cond.guided, height * width, decoder)
         worst = max(worst, estimate)
     check_memory(worst, f"{batch} image(s) of {width}x{height}")
@@ -129,9 +139,9 @@ def _run(
     callback: Callable[[Step], None] | None,
     noise_policy: NoisePolicy,
     bridge_every: int = 1,
-    bridges: Bridges | None = None,
+    policy: BridgePolicy | None = None,
 ) -> GenerationOutput:
-    bridges = bridges or Bridges()
+    policy = policy or BridgePolicy()
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = randn_tensor(canvas.latent_shape(len(seeds)), generator=generators)
     latents = sample(
@@ -144,10 +154,10 @@ def _run(
         canvas,
         noise_policy,
         bridge_every,
-        bridges,
+        policy,
     )
     images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
-    return GenerationOutput(images, latents, seeds, dict(bridges.used))
+    return GenerationOutput(images, latents, seeds, dict(policy.used))
 
 
 @torch.inference_mode()
@@ -157,12 +167,12 @@ def generate(
     prompt: str | list[str],
     *,
     negative_prompt: str | None = None,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 7.0,
+    num_inference_steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     width: int | None = None,
     height: int | None = None,
-    sampler: str = "euler",
+    sampler: str = DEFAULT_SAMPLER,
     t_split: float = DEFAULT_SPLIT,
     num_images: int = 1,
     callback: Callable[[Step], None] | None = None,
@@ -207,23 +217,23 @@ def generate(
         raise UserError(f"{len(prompts)} prompts for {num_images} images; give one per image")
     negatives = None if negative_prompt is None else [negative_prompt] * num_images
     encode = _PromptCache()
-    if handoff not in ("sigma", "release"):
-        raise UserError(f"unknown hand-off rule {handoff!r}; use sigma or release")
+    check_choice(handoff, HANDOFFS, "hand-off rule")
     roles = [(structure, SigmaWindow())]
     if texture is not None:
         sigma_split = split_sigma(structure, t_split)
         if handoff == "release":
             latent_hw = tuple(canvas.latent_shape(1)[-2:])
-            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, canvas_expert.family)
+            own = canvas_expert.family.own_sigmas
+            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, own)
             last_high = handoff_index(scheduler.timesteps, t_split) - 1
             sigma_split = scheduler.sigmas[last_high] if last_high >= 0 else math.inf
         roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
-    if true_cfg != 1.0 and all(expert.family != "flux" for expert, _ in roles):
+    if true_cfg != 1.0 and not any(expert.family.true_cfg for expert, _ in roles):
         raise UserError("true CFG is for Flux models; the others guide with the guidance scale")
     participants = []
     for expert, window in roles:
         size = working_size(expert, canvas_expert, canvas)
-        cfg = true_cfg if expert.family == "flux" else 1.0  # the others guide with -g
+        cfg = true_cfg if expert.family.true_cfg else 1.0  # the others guide with -g
         cond = encode(expert, prompts, negatives, guidance_scale, size, tuple(styles), cfg)
         participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
@@ -236,7 +246,7 @@ def generate(
         seeds,
         callback,
         noise_policy,
-        bridges=Bridges(bridge),
+        policy=BridgePolicy(bridge),
     )
 
 
@@ -273,7 +283,7 @@ def control_image(spec, size: tuple[int, int]) -> torch.Tensor:
     if spec.image is not None:
         return read_picture(spec.image, size, "control image")
     from .controls import ControlTransform
-    from .experts import resolve_model
+    from .loading.paths import resolve_model
 
     transform = ControlTransform.load(resolve_model(spec.model))
     if transform is None:
@@ -289,25 +299,24 @@ def coop_generate(
     recipe: Recipe,
     callback: Callable[[Step], None] | None = None,
     allow_pickle: bool = False,
-    experts=None,
+    models: ModelCache | None = None,
 ) -> GenerationOutput:
     """Run a Coop recipe: every expert in its own space and resolution, one fused loop.
 
-    ``experts`` (a :class:`pangudraw.render.Experts`) shares loaded models between calls.
+    ``models`` (a :class:`pangudraw.loading.models.ModelCache`) shares loaded models
+    between calls.
     """
     check_request(recipe.steps, 1, recipe.seed, recipe.width, recipe.height)
     loaded: dict[tuple, Expert] = {}  # one loaded expert per model and set of LoRAs
     for spec in recipe.experts:
         for lora in spec.loras:
             lora.check(allow_pickle)
-    if experts is None:
-        from .render import Experts
-
-        experts = Experts(allow_pickle)
+    if models is None:
+        models = ModelCache(allow_pickle)
     for spec in recipe.experts:
         key = (spec.model, tuple(spec.loras))
         if key not in loaded:
-            loaded[key] = experts.get(spec.model, spec.loras)
+            loaded[key] = models.get(spec.model, spec.loras)
     canvas_spec = next(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )
@@ -320,7 +329,7 @@ def coop_generate(
         make_scheduler(recipe.sampler, canvas_expert.scheduler_config),
         recipe.steps,
         latent_hw,
-        canvas_expert.family,
+        canvas_expert.family.own_sigmas,
     ).sigmas  # the trajectory the loop will run, for windows given in steps
     encode = _PromptCache()
     participants = []
@@ -335,7 +344,7 @@ def coop_generate(
         mask = None if spec.mask is None else read_image(spec.mask, "L", canvas.size, "mask")
         controls = [
             Control(
-                experts.controlnet(c.model, expert),
+                models.controlnet(c.model, expert),
                 control_image(c, size),
                 c.scale,
                 sigma_window(c.window, expert) if c.steps is None else step_window(c.steps, sigmas),
@@ -366,5 +375,5 @@ def coop_generate(
         callback,
         recipe.noise,
         recipe.bridge_every,
-        Bridges(recipe.bridge),
+        BridgePolicy(recipe.bridge),
     )

@@ -3,7 +3,7 @@
     prompt = "a red apple"            # every expert's prompt unless it has its own
     negative_prompt = ""              # optional
     seed = 0
-    steps = 25
+    steps = 15                        # default: the canvas model's own, else 15
     sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc
     noise = "carry"                   # carry | resample (experts off the canvas)
     bridge_every = 1                  # run and bridge experts off the canvas every k steps
@@ -50,7 +50,7 @@ from .limits import MAX_SEED, MAX_STEPS, max_side
 from .lora import LoraSpec
 from .options import (
     BRIDGE_MODES,
-    DEFAULT_BRIDGE,
+    GENERATION,
     HUB_PREFIX,
     NOISE_POLICIES,
     SAMPLER_NAMES,
@@ -124,7 +124,7 @@ class ExpertSpec:
     negative_prompt: str | None = None
     window: Window = field(default_factory=Window)
     weight: float = 1.0
-    guidance: float = 7.0
+    guidance: float = GENERATION["guidance_scale"]
     true_cfg: float = 1.0  # Flux only: true classifier-free guidance (guidance: distilled)
     size: tuple[int, int] | None = None
     mask: str | None = None
@@ -139,11 +139,11 @@ class Recipe:
     height: int | None = None
     canvas_expert: str | None = None
     seed: int = 0
-    steps: int = 25
-    sampler: str = "euler"
-    noise: str = "carry"
+    steps: int = GENERATION["steps"]
+    sampler: str = GENERATION["sampler"]
+    noise: str = GENERATION["noise"]
     bridge_every: int = 1
-    bridge: str = DEFAULT_BRIDGE
+    bridge: str = GENERATION["bridge"]
 
     def to_table(self, relative_to: Path | None = None) -> dict:
         """The recipe as a table in the recipe file's own form, JSON-able: what a PNG stores
@@ -344,100 +344,117 @@ def _bounded(reader: _Reader, key: str, default: int, lo: int, hi: int, hint: st
     return value
 
 
-def _default_guidance(model: str) -> float:
-    """7, or a Flux.1 model's own distilled guidance value (3.5)."""
-    from .families import flux_defaults
+def _model_default(model: str, key: str):
+    """The model's own default for ``key`` (Flux.1's guidance value, ...), else
+    pangu-draw's (:data:`pangudraw.options.GENERATION`)."""
+    from .families import model_defaults
 
-    return flux_defaults(model).get("guidance_scale", 7.0)
+    return model_defaults(model).get(key, GENERATION[key])
+
+
+def _choice(reader: _Reader, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = reader.get(key, str, default)
+    if value not in choices:
+        reader.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+SIDE_HINT = " (raise PANGU_DRAW_MAX_SIDE for more)"
+
+
+def _control(reader: _Reader, base: Path, policy: PathPolicy) -> ControlSpec:
+    image = _path(reader, "image", base, policy)
+    source_image = _path(reader, "source", base, policy)
+    if (image is None) == (source_image is None):
+        reader.fail(
+            "image",
+            "give exactly one of image (a control image) or source "
+            "(an image the ControlNet's control.json transforms)",
+        )
+    return ControlSpec(
+        _path(reader, "model", base, policy, required=True),
+        image,
+        reader.get("scale", float, 1.0),
+        _window(reader, "window"),
+        source_image,
+        _step_fractions(reader),
+    )
+
+
+def _tables(reader: _Reader, key: str, keys: set[str], form: str) -> list[_Reader]:
+    """Readers of the list of tables under ``key``."""
+    readers = []
+    for j, table in enumerate(reader.get(key, list, [])):
+        if not isinstance(table, dict):
+            reader.fail(f"{key}[{j}]", f"expected a table{form}")
+        readers.append(_Reader(reader.source, table, f"{reader.where}.{key}[{j}]", keys))
+    return readers
+
+
+def _expert(r: _Reader, index: int, shared: dict, base: Path, policy: PathPolicy) -> ExpertSpec:
+    """One ``[[experts]]`` table; ``shared`` holds the top-level prompt, negative prompt and
+    guidance that an expert without its own takes."""
+    size, side = r.get("size", list), max_side()
+    if size is not None and not (
+        len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= side for v in size)
+    ):
+        r.fail("size", f"expected [height, width] in pixels up to {side}, got {size!r}{SIDE_HINT}")
+    controls = [_control(c, base, policy) for c in _tables(r, "controls", CONTROL_KEYS, "")]
+    loras = [
+        LoraSpec(_path(x, "file", base, policy, required=True), x.get("scale", float, 1.0))
+        for x in _tables(r, "loras", LORA_KEYS, " { file = ..., scale = ... }")
+    ]
+    prompt = r.get("prompt", str, shared["prompt"])
+    if prompt is None:
+        r.fail("prompt", "missing; give a top-level prompt or one per expert")
+    weight = r.get("weight", float, 1.0)
+    if weight < 0:
+        r.fail("weight", f"expected a number >= 0, got {weight}")
+    true_cfg = r.get("true_cfg", float, 1.0)
+    if true_cfg < 1:
+        r.fail("true_cfg", f"expected a number >= 1 (1 turns it off), got {true_cfg}")
+    model = _path(r, "model", base, policy, required=True)
+    guidance = r.get("guidance", float, shared["guidance"])
+    return ExpertSpec(
+        name=r.get("name", str, f"expert{index}"),
+        model=model,
+        prompt=prompt,
+        negative_prompt=r.get("negative_prompt", str, shared["negative_prompt"]),
+        window=_window(r, "window"),
+        weight=weight,
+        guidance=_model_default(model, "guidance_scale") if guidance is None else guidance,
+        true_cfg=true_cfg,
+        size=None if size is None else tuple(size),
+        mask=_path(r, "mask", base, policy),
+        controls=controls,
+        loras=loras,
+    )
 
 
 def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUSTED) -> Recipe:
-    """Validate a recipe table; relative paths resolve against ``base``."""
+    """Validate a recipe table; relative paths resolve against ``base``. What it leaves out
+    is the canvas model's own default, else pangu-draw's (``options.GENERATION``)."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a table of recipe fields")
     base = base.resolve()
-    side_hint = " (raise PANGU_DRAW_MAX_SIDE for more)"
     top = _Reader(source, data, "", TOP_KEYS)
     canvas = _Reader(source, top.get("canvas", dict, {}), "canvas", CANVAS_KEYS)
-    prompt = top.get("prompt", str)
-    negative = top.get("negative_prompt", str)
-    guidance = top.get("guidance", float)
+    shared = {
+        "prompt": top.get("prompt", str),
+        "negative_prompt": top.get("negative_prompt", str),
+        "guidance": top.get("guidance", float),
+    }
     tables = top.get("experts", list, required=True)
     if not tables:
         top.fail("experts", "expected at least one [[experts]] table")
-    experts = []
     for i, table in enumerate(tables):
         if not isinstance(table, dict):
             top.fail(f"experts[{i}]", "expected a table")
-        r = _Reader(source, table, f"experts[{i}]", EXPERT_KEYS)
-        size = r.get("size", list)
-        if size is not None and not (
-            len(size) == 2
-            and all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= max_side() for v in size
-            )
-        ):
-            r.fail(
-                "size",
-                f"expected [height, width] in pixels up to {max_side()}, got {size!r}{side_hint}",
-            )
-        controls = []
-        for j, ctable in enumerate(r.get("controls", list, [])):
-            if not isinstance(ctable, dict):
-                r.fail(f"controls[{j}]", "expected a table")
-            c = _Reader(source, ctable, f"{r.where}.controls[{j}]", CONTROL_KEYS)
-            image, source_image = _path(c, "image", base, policy), _path(c, "source", base, policy)
-            if (image is None) == (source_image is None):
-                c.fail(
-                    "image",
-                    "give exactly one of image (a control image) or source "
-                    "(an image the ControlNet's control.json transforms)",
-                )
-            controls.append(
-                ControlSpec(
-                    _path(c, "model", base, policy, required=True),
-                    image,
-                    c.get("scale", float, 1.0),
-                    _window(c, "window"),
-                    source_image,
-                    _step_fractions(c),
-                )
-            )
-        loras = []
-        for j, ltable in enumerate(r.get("loras", list, [])):
-            if not isinstance(ltable, dict):
-                r.fail(f"loras[{j}]", "expected a table { file = ..., scale = ... }")
-            x = _Reader(source, ltable, f"{r.where}.loras[{j}]", LORA_KEYS)
-            loras.append(
-                LoraSpec(_path(x, "file", base, policy, required=True), x.get("scale", float, 1.0))
-            )
-        expert_prompt = r.get("prompt", str, prompt)
-        if expert_prompt is None:
-            r.fail("prompt", "missing; give a top-level prompt or one per expert")
-        weight = r.get("weight", float, 1.0)
-        if weight < 0:
-            r.fail("weight", f"expected a number >= 0, got {weight}")
-        true_cfg = r.get("true_cfg", float, 1.0)
-        if true_cfg < 1:
-            r.fail("true_cfg", f"expected a number >= 1 (1 turns it off), got {true_cfg}")
-        model = _path(r, "model", base, policy, required=True)
-        given = r.get("guidance", float, guidance)
-        experts.append(
-            ExpertSpec(
-                name=r.get("name", str, f"expert{i}"),
-                model=model,
-                prompt=expert_prompt,
-                negative_prompt=r.get("negative_prompt", str, negative),
-                window=_window(r, "window"),
-                weight=weight,
-                guidance=_default_guidance(model) if given is None else given,
-                true_cfg=true_cfg,
-                size=None if size is None else tuple(size),
-                mask=_path(r, "mask", base, policy),
-                controls=controls,
-                loras=loras,
-            )
-        )
+    experts = [
+        _expert(_Reader(source, table, f"experts[{i}]", EXPERT_KEYS), i, shared, base, policy)
+        for i, table in enumerate(tables)
+    ]
     names = [e.name for e in experts]
     if len(set(names)) != len(names):
         top.fail("experts", f"expert names must be unique, got {names}")
@@ -446,29 +463,19 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
     canvas_expert = canvas.get("expert", str)
     if canvas_expert is not None and canvas_expert not in names:
         canvas.fail("expert", f"expected one of the expert names {names}, got {canvas_expert!r}")
-    steps = _bounded(top, "steps", 25, 1, MAX_STEPS)
-    width = _bounded(canvas, "width", None, 1, max_side(), side_hint)
-    height = _bounded(canvas, "height", None, 1, max_side(), side_hint)
-    sampler, noise = top.get("sampler", str, "euler"), top.get("noise", str, "carry")
-    if sampler not in SAMPLER_NAMES:
-        top.fail("sampler", f"expected one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
-    if noise not in NOISE_POLICIES:
-        top.fail("noise", f"expected one of {', '.join(NOISE_POLICIES)}, got {noise!r}")
-    bridge_every = _bounded(top, "bridge_every", 1, 1, MAX_STEPS)
-    bridge = top.get("bridge", str, DEFAULT_BRIDGE)
-    if bridge not in BRIDGE_MODES:
-        top.fail("bridge", f"expected one of {', '.join(BRIDGE_MODES)}, got {bridge!r}")
+    canvas_model = next((e.model for e in experts if e.name == canvas_expert), experts[0].model)
+    steps = _bounded(top, "steps", _model_default(canvas_model, "steps"), 1, MAX_STEPS)
     return Recipe(
         experts=experts,
-        width=width,
-        height=height,
+        width=_bounded(canvas, "width", None, 1, max_side(), SIDE_HINT),
+        height=_bounded(canvas, "height", None, 1, max_side(), SIDE_HINT),
         canvas_expert=canvas_expert,
         seed=_bounded(top, "seed", 0, 0, MAX_SEED),
         steps=steps,
-        sampler=sampler,
-        noise=noise,
-        bridge_every=bridge_every,
-        bridge=bridge,
+        sampler=_choice(top, "sampler", SAMPLER_NAMES, GENERATION["sampler"]),
+        noise=_choice(top, "noise", NOISE_POLICIES, GENERATION["noise"]),
+        bridge_every=_bounded(top, "bridge_every", 1, 1, MAX_STEPS),
+        bridge=_choice(top, "bridge", BRIDGE_MODES, GENERATION["bridge"]),
     )
 
 

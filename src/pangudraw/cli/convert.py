@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .progress import FILE, FOLDER
+from .shared import FILE, FOLDER
 
 DTYPES = ("same", "float16", "bfloat16", "float32")
 
@@ -72,7 +72,7 @@ def pangu_v3(high: Path, low: Path, output: Path, dtype: str, allow_unmapped: bo
     from tqdm import tqdm
 
     from ..convert.pangu import convert_pangu_v3
-    from .progress import quiet_libraries
+    from .shared import quiet_libraries
 
     quiet_libraries()
     total = high.stat().st_size + low.stat().st_size

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..options import BRIDGE_MODES
-from .progress import allow_pickle_option, dtype_option, file_option, output_option
+from .shared import allow_pickle_option, dtype_option, file_option, output_option
 
 
 @click.command("coop")
@@ -64,7 +64,7 @@ def command(
     from ..files import check_output
     from ..imageio import read_record
     from ..recipes import keep_inputs, load_recipe, recipe_from_png
-    from ..render import Experts, check_coop_size, render_coop
+    from ..render import check_coop_size, render_coop
 
     if (recipe is None) == (from_png is None):
         raise UserError("give either a RECIPE file or --from-png IMAGE, not both or neither")
@@ -81,12 +81,14 @@ def command(
     check_coop_size(parsed)
 
     from ..files import write_outputs
-    from .progress import quiet_libraries, step_bar
+    from .shared import quiet_libraries, step_bar
 
     stored, inputs = keep_inputs(parsed, output.parent)
     quiet_libraries()
     with step_bar() as callback:
-        experts = Experts(allow_pickle, dtype=dtype or "float32")
-        picture = render_coop(parsed, output.parent, experts, callback, stored)
+        from ..loading.models import ModelCache
+
+        models = ModelCache(allow_pickle, dtype=dtype or "float32")
+        picture = render_coop(parsed, output.parent, models, callback, stored)
     write_outputs({**inputs, output: picture.writer()})
     click.echo(str(output))

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .progress import FOLDER, file_option
+from .shared import FOLDER, file_option
 
 
 @click.command("eval")
@@ -40,7 +40,7 @@ def command(images_dir, prompts_file, reference, edges_from, layout_from, json_o
     from ..evaluate.report import evaluate, format_report, read_folder, read_prompts
     from ..files import check_output, write_text
     from ..imageio import read_pixels
-    from .progress import quiet_libraries
+    from .shared import quiet_libraries
 
     if json_out is not None:
         check_output(json_out, "--json output")

@@ -14,7 +14,7 @@ from ..options import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
 )
-from .progress import FiniteFloat, allow_pickle_option, dtype_option, output_option
+from .shared import FiniteFloat, allow_pickle_option, dtype_option, output_option
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -186,28 +186,28 @@ def command(
         width = height = size
     if structure is None and texture is not None:
         raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
-    from ..pangu import parse_style
+    from ..families.pangu import parse_style
 
     style_list = None
     if styles:
         style_list = [] if styles == ("none",) else [parse_style(text) for text in styles]
     request = GenerateRequest(
-        prompts,
-        negative_prompt,
-        structure and str(structure),
-        texture and str(texture),
-        t_split,
-        steps,
-        guidance_scale,
-        sampler,
-        seed,
-        width,
-        height,
-        num_images,
-        [LoraSpec.parse(text) for text in loras],
-        batch_size,
-        style_list,
-        bridge,
+        prompts=prompts,
+        negative_prompt=negative_prompt,
+        structure=structure and str(structure),
+        texture=texture and str(texture),
+        t_split=t_split,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        sampler=sampler,
+        seed=seed,
+        width=width,
+        height=height,
+        num_images=num_images,
+        loras=[LoraSpec.parse(text) for text in loras],
+        batch_size=batch_size,
+        styles=style_list,
+        bridge=bridge,
         true_cfg=true_cfg,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
@@ -216,15 +216,16 @@ def command(
 
     from ..files import write_outputs
     from ..imageio import grid_image, stack_images
-    from ..render import Experts, render_generate
-    from .progress import processes, quiet_libraries, step_bar
+    from ..loading.models import ModelCache
+    from ..render import render_generate
+    from .shared import processes, quiet_libraries, step_bar
 
     quiet_libraries()
     with processes() as state:  # one, or those `accelerate launch` started
         batches = state.share(request.batches())
         with step_bar(state.index) as callback:
-            experts = Experts(allow_pickle, state.device, dtype or "float32")
-            pictures = render_generate(request, experts, callback, batches)
+            models = ModelCache(allow_pickle, state.device, dtype or "float32")
+            pictures = render_generate(request, models, callback, batches)
         mine = [paths[i] for images in batches for i in images]
         write_outputs({path: picture.writer() for path, picture in zip(mine, pictures)})
         state.wait()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .progress import FiniteFloat, allow_pickle_option
+from .shared import FiniteFloat, allow_pickle_option
 
 
 @click.command("train")
@@ -46,7 +46,7 @@ def command(
     """
     from ..train.config import load_config
     from ..train.loop import train
-    from .progress import quiet_libraries
+    from .shared import quiet_libraries
 
     quiet_libraries()
     parsed = load_config(config, overrides)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .progress import FOLDER, dtype_option
+from .shared import FOLDER, dtype_option
 
 
 def check_port(host: str, port: int) -> None:
@@ -100,7 +100,7 @@ def command(
     served.prepare()
 
     from ..ui.server import serve
-    from .progress import quiet_libraries
+    from .shared import quiet_libraries
 
     quiet_libraries()
     serve(served, host, port, concurrency, queue_size, block=True, dtype=dtype or "float32")

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
+from .. import original
 from ..errors import UserError
-from ..train.export import drop_loading_paths
-from . import sgm
+from ..files import drop_loading_paths
+from ..original import UNET, VAE
 from .mindspore import read_checkpoint
-from .sgm import UNET, VAE
 
 ZH_CLIP = "conditioner.embedders.0.transformer."
 BIGG = "conditioner.embedders.1.model."
@@ -119,23 +119,23 @@ LAYOUT = "PanGu-Draw v3's"
 
 
 def convert_unet(source: dict, pooled_dim: int, what: str):
-    unet = sgm.convert_unet(source, what, "an SDXL-shaped UNet", HEAD_CHANNELS, 128)
-    sgm.check_vector_condition(unet, pooled_dim, 1, what, "PanGu-Draw v3 (its size bucket)")
+    unet = original.convert_unet(source, what, "an SDXL-shaped UNet", HEAD_CHANNELS, 128)
+    original.check_vector_condition(unet, pooled_dim, 1, what, "PanGu-Draw v3 (its size bucket)")
     return unet
 
 
 def convert_vae(source: dict):
-    return sgm.convert_vae(source, VAE_SCALE, LAYOUT)
+    return original.convert_vae(source, VAE_SCALE, LAYOUT)
 
 
 def convert_zh_clip(source: dict):
     # BERT-Chinese ids: [PAD] 0, [CLS] 101, [SEP] 102 (only the hidden states are used)
     ids = {"pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102}
-    return sgm.convert_clip(source, ZH_CLIP, "the Chinese CLIP text model", LAYOUT, ids)
+    return original.convert_clip(source, ZH_CLIP, "the Chinese CLIP text model", LAYOUT, ids)
 
 
 def convert_bigg(source: dict):
-    return sgm.convert_openclip(source, BIGG, "the OpenCLIP text model", LAYOUT)
+    return original.convert_openclip(source, BIGG, "the OpenCLIP text model", LAYOUT)
 
 
 def write_tokenizers(folder: Path) -> None:
@@ -143,11 +143,11 @@ def write_tokenizers(folder: Path) -> None:
     OpenCLIP tokenizes: start 49406, end 49407, padding 0) into a model folder."""
     from transformers import BertTokenizer
 
-    vocab = sgm.bundled(*ZH_VOCAB)
+    vocab = original.bundled(*ZH_VOCAB)
     BertTokenizer(str(vocab), do_lower_case=True, model_max_length=77).save_pretrained(
         folder / "tokenizer"
     )
-    sgm.clip_tokenizer(pad_token="!").save_pretrained(folder / "tokenizer_2")
+    original.clip_tokenizer(pad_token="!").save_pretrained(folder / "tokenizer_2")
 
 
 def model_index(role: str, buckets: list[tuple[int, int]]) -> dict:
@@ -215,7 +215,10 @@ def convert_pangu_v3(
     for path in (high, low):
         if not Path(path).is_file():
             raise UserError(f"checkpoint {path} does not exist")
-    sgm.bundled(*ZH_VOCAB), sgm.bundled(*sgm.CLIP_BPE)  # before hours of reading, not after
+    (
+        original.bundled(*ZH_VOCAB),
+        original.bundled(*original.CLIP_BPE),
+    )  # before hours of reading, not after
     low_source = read_source(Path(low), dtype, progress)
     high_source = read_source(Path(high), dtype, progress)
     known_low = (UNET, VAE, ZH_CLIP, BIGG)

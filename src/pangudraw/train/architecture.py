@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
 from ..errors import UserError
-from ..experts import Expert
+from ..expert import Expert
 from ..latents import LatentSpace
 from .config import TrainConfig
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..bridge import Site, bridge
+from ..bridge import Site, exact_bridge
 from ..translate import Translator, TranslatorConfig, space_id
 
 
@@ -82,11 +82,11 @@ def inputs_like_estimates(latents: torch.Tensor, images: torch.Tensor, space, ge
 
 def exact_targets(x: torch.Tensor, source: Site, target: Site) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([bridge(chunk, source, target) for chunk in x.split(128)])
+        return torch.cat([exact_bridge(chunk, source, target) for chunk in x.split(128)])
 
 
 def sites(route: Route):
-    from ..experts import load_expert
+    from ..loading.models import load_expert
 
     source = load_expert(f"zoo:{route.source}").space
     target = load_expert(f"zoo:{route.target}").space

@@ -12,7 +12,8 @@ from diffusers import AutoencoderKL
 from diffusers.training_utils import EMAModel
 
 from ..errors import UserError
-from ..experts import Expert, SDText
+from ..expert import Expert
+from ..families.sd import SDText
 from ..latents import LatentSpace
 from ..noise import DiscreteVPSchedule
 from .architecture import build_model
@@ -73,7 +74,7 @@ def build(config: TrainConfig, resume: str | None = None, allow_pickle: bool = F
         )
     base = None
     if config.stage == "controlnet":
-        from ..experts import load_expert
+        from ..loading.models import load_expert
 
         base = load_expert(config.base, allow_pickle)
         space, text, encoder_folder = base.space, base.text, config.base

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,8 +31,17 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError
 from ..files import read_json
 
-if TYPE_CHECKING:
-    from .build import Run
+
+class Run(Protocol):
+    """What a checkpoint saves and restores of a training run (:class:`.build.Run` is one)."""
+
+    accelerator: Any  # accelerate.Accelerator
+    config: Any  # .config.TrainConfig: its output folder
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: Any  # diffusers' EMAModel, or None
+    state: dict  # step, images seen, wall time
+
 
 PREFIX = "checkpoint-"
 FILES = {"model.safetensors", "optimizer.safetensors", "optimizer.json", "ema.safetensors"}

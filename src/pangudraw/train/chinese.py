@@ -301,7 +301,7 @@ def train(
     states should match those from the English ones."""
     from safetensors.torch import load_file
 
-    from ..experts import load_expert
+    from ..loading.models import load_expert
 
     pairs = [p for p in load_pairs(data) if not held_out(p.file)]
     groups = [list(group) for group in (keywords, glosses) if group]  # pairs without images

@@ -140,7 +140,7 @@ def parse_config(data: dict, source: str, base: Path) -> TrainConfig:
         if value is None or (key == "text_encoder" and value == "minilm"):
             return value
         if value.startswith("zoo:"):
-            from ..experts import resolve_model
+            from ..loading.paths import resolve_model
 
             return str(resolve_model(value))
         return str((base / value).resolve())

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from ..textenc import MINILM_REFERENCE
+from ..families.emoji import MINILM_REFERENCE
+from ..files import drop_loading_paths
 from .config import SCHEDULE
 
 
@@ -63,15 +64,6 @@ def calibrate_scaling(vae, images: torch.Tensor) -> float:
     std = float(means.std())
     vae.register_to_config(scaling_factor=1.0 / std)
     return std
-
-
-def drop_loading_paths(folder: Path) -> None:
-    """Remove ``_name_or_path`` (where a component was loaded from: a machine path) from
-    every diffusers config under ``folder``."""
-    for path in folder.rglob("config.json"):
-        config = json.loads(path.read_text())
-        if config.pop("_name_or_path", None) is not None:
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _write_atomically(folder: Path, fill) -> Path:

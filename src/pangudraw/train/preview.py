@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..experts import Expert
+from ..expert import Expert
+from ..families import BY_NAME
 from ..imageio import save_grid
 from ..noise import DiscreteVPSchedule
 from .build import Run
@@ -60,7 +61,7 @@ def sample_grid(run: Run, path: Path) -> None:
 def control_samples(run: Run, controlnet: torch.nn.Module) -> torch.Tensor:
     """Four training controls (top row) and the base expert generating under them (bottom)."""
     from ..coop import Participant, make_scheduler, sample
-    from ..experts import Control
+    from ..expert import Control
 
     base, controls = run.base, run.data.control[:4]
     device = next(base.network.parameters()).device
@@ -88,5 +89,6 @@ def as_expert(run: Run, unet: torch.nn.Module) -> Expert:
         schedule=DiscreteVPSchedule.from_config(SCHEDULE),
         prediction_type="epsilon",
         scheduler_config=dict(SCHEDULE),
+        family=BY_NAME["emoji"],  # the bundled models' kind: an SD UNet, MiniLM text
         sample_size=(size, size),
     )

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import UserError
-from ..experts import SDText
+from ..families.sd import SDText
 from ..files import json_writer, read_json, safetensors_writer, write_outputs
 from ..latents import LatentSpace
 from .config import TrainConfig

@@ -54,7 +54,7 @@ def _is_model_folder(path: Path) -> bool:
 def _is_single_file_model(path: Path) -> bool:
     """A ``.safetensors`` file with a UNet in the original layout (not a LoRA or a VAE);
     only the file's header is read."""
-    from ..families import safetensors_keys
+    from ..files import safetensors_keys
 
     return any(k.startswith("model.diffusion_model.") for k in safetensors_keys(path) or [])
 

@@ -78,7 +78,7 @@ def bundle(source: Path, name: str) -> Path:
     import json
     import shutil
 
-    from ..textenc import sha256
+    from ..files import sha256
 
     target = MODELS / name
     shutil.rmtree(target, ignore_errors=True)
@@ -126,15 +126,14 @@ def export(name: str, target: Path) -> Path:
 
 def weight_hashes() -> dict[str, str]:
     """sha256 of every safetensors file in the zoo, keyed by path relative to ``MODELS``."""
-    from ..textenc import sha256
+    from ..files import sha256
 
     return {str(f.relative_to(MODELS)): sha256(f) for f in sorted(MODELS.rglob("*.safetensors"))}
 
 
 def check_weights(weights: Path) -> None:
     """Refuse a bundled weight file whose sha256 is not the one the manifest names."""
-    from ..files import read_json
-    from ..textenc import sha256
+    from ..files import read_json, sha256
 
     expected = read_json(MANIFEST, "zoo manifest").get(f"{weights.parent.name}/{weights.name}")
     if expected is None or sha256(weights) != expected:

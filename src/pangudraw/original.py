@@ -15,7 +15,9 @@ factor and the width of each size embedding of SDXL's vector condition (256).
 T5 encoders (SD3's third text encoder, Flux's second) come in Hugging Face's own layout;
 their configuration is read from the shapes too, and T5's tokenizer ships in the package.
 
-Used by :mod:`.pangu` (the PanGu-Draw v3 release) and :mod:`.single` (single files).
+Used by the family modules (``families/*.py``: ``from_original``, for single files and
+model specs, :mod:`.loading.single`) and by the PanGu-Draw v3 converter
+(:mod:`.convert.pangu`). The key prefixes of whole checkpoints are named here too.
 """
 
 from __future__ import annotations
@@ -31,13 +33,63 @@ from types import SimpleNamespace
 
 import torch
 
-from ..errors import UserError
+from .errors import UserError
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 SIZE_EMBEDDING = 256  # sgm's ConcatTimestepEmbedderND(outdim=256): one per size number
 SD1_HEADS = 8  # SD 1.x: 8 heads at every level (diffusers' attention_head_dim=8)
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "tokenizers"  # shipped tokenizer files (README there)
+# The text towers' prefixes in whole checkpoints.
+SD1_CLIP = "cond_stage_model.transformer."
+SD2_CLIP = "cond_stage_model.model."
+XL_CLIP = "conditioner.embedders.0.transformer."
+XL_BIGG = "conditioner.embedders.1.model."
+REFINER_BIGG = "conditioner.embedders.0.model."
+SD3_CLIP_L = "text_encoders.clip_l.transformer."
+SD3_CLIP_G = "text_encoders.clip_g.transformer."
+SD3_T5 = "text_encoders.t5xxl.transformer."
+CLIP_WHAT = "the CLIP text model"
+# Buffers a training run saves beside the weights (the DDPM schedule, derived from the
+# betas; the EMA copy of the UNet, which single files prune or carry under ``model_ema.``),
+# and buffers derived from the architecture: read and dropped.
+SCHEDULE_BUFFERS = {
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+}
+# ... and the VAE's training loss (LPIPS and a discriminator), which some SD 1.x training
+# checkpoints still carry.
+IGNORED_PREFIXES = ("model_ema.", "denoiser.", "first_stage_model.loss.")
+IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
+
+
+def has(tensors: dict, *prefixes: str) -> bool:
+    """Whether any key starts with one of ``prefixes``."""
+    return any(k.startswith(prefixes) for k in tensors)
+
+
+def part(tensors: dict, prefix: str) -> dict:
+    """The tensors under ``prefix`` (keys kept), without the ones every loader drops."""
+    return {
+        k: v
+        for k, v in tensors.items()
+        if k.startswith(prefix)
+        and not k.startswith(IGNORED_PREFIXES)
+        and k.rsplit(".", 1)[-1] not in IGNORED_TAILS
+    }
+
+
 CLIP_BPE = (
     "bpe_simple_vocab_16e6.txt.gz",
     "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",

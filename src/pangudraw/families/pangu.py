@@ -19,6 +19,7 @@ use it like any other model. What differs from SDXL, read from mindone's
   high-timestep (structure) model runs while the *previous* step's timestep was >= 500,
   so the first step below 500 still uses it (:func:`handoff_index`).
 
+Folders: a ``model_index.json`` with a ``pangu_draw_v3`` entry (what the converter writes).
 Importing this module does not import torch.
 """
 
@@ -28,7 +29,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from .base import Conditioning, clip_states
+from .sdxl import SDXL
 
 STYLE_PREFIXES = {"aesthetic": "義 ", "cartoon": "饅 ", "photo": "霙 "}
 # The release command's settings (demo/pangu/pangu_sampling.py: --sample_step 40,
@@ -121,10 +124,8 @@ class PanGuText:
     def _embed(self, prompts: list[str]):
         import torch
 
-        from .experts import _clip_states
-
-        zh = _clip_states(self.tokenizers[0], self.encoders[0], prompts)
-        big = _clip_states(self.tokenizers[1], self.encoders[1], prompts)
+        zh = clip_states(self.tokenizers[0], self.encoders[0], prompts)
+        big = clip_states(self.tokenizers[1], self.encoders[1], prompts)
         embeds = torch.cat([zh.last_hidden_state.cpu(), big.hidden_states[-2].cpu()], dim=-1)
         return embeds, big.text_embeds.cpu()
 
@@ -135,10 +136,8 @@ class PanGuText:
         guided: bool,
         size: tuple[int, int],
         styles: tuple[tuple[str, float], ...] = (),
-    ):
+    ) -> Conditioning:
         import torch
-
-        from .experts import Conditioning
 
         index = bucket_index(self.buckets, size)
         if styles and not guided:
@@ -158,3 +157,39 @@ class PanGuText:
             {"text_embeds": pooled, "time_ids": time_ids},
             tuple(scale for _, scale in styles),
         )
+
+
+class PanGuDrawV3(SDXL):
+    """An SDXL-shaped UNet with :class:`PanGuText`; the release's sampler settings."""
+
+    name = "pangu-v3"
+    label = "PanGu-Draw v3"
+    styles = True
+
+    def recognise(self, index, config) -> bool:
+        return "pangu_draw_v3" in index
+
+    def defaults(self, index, config) -> dict:
+        entry = index.get("pangu_draw_v3")
+        buckets = [tuple(b) for b in (entry.get("size_buckets") or [])] if entry else []
+        size = RELEASE["size"] if RELEASE["size"] in buckets or not buckets else buckets[0]
+        defaults = {k: v for k, v in RELEASE.items() if k != "size"}
+        return defaults | {"styles": list(RELEASE["styles"]), "handoff": "release", "size": size}
+
+    def lora_text_encoders(self, text) -> dict:
+        return {}  # its Chinese CLIP is no CLIP-L: an SDXL LoRA's text layers do not fit
+
+    def text_stack(self, index, component, network, cache):
+        entry = index["pangu_draw_v3"]
+        where = "model_index.json"
+        buckets = check_buckets(
+            entry.get("size_buckets") if isinstance(entry, dict) else None, where
+        )
+        return PanGuText(
+            [component("tokenizer"), component("tokenizer_2")],
+            [component("text_encoder"), component("text_encoder_2")],
+            buckets,
+        )
+
+
+FAMILY = PanGuDrawV3()

@@ -114,7 +114,7 @@ class Processes:
         self.index = state.process_index if state else 0
         self.count = state.num_processes if state else 1
         self.main = self.index == 0
-        from ..render import default_device
+        from ..loading.models import default_device
 
         # each process its own GPU; alone, the GPU when there is one
         self.device = str(state.device) if state else default_device()

@@ -1,0 +1,91 @@
+"""The model families pangu-draw knows, one module each, and the registry that tells them
+apart (``families/base.py`` says what a family module answers).
+
+Recognition reads only configuration: a diffusers folder's ``model_index.json`` and its
+components' ``config.json``, a ``.safetensors`` file's JSON header, a model spec's
+``[model]`` table. It imports no torch, so a request's defaults are filled in and checked
+before anything loads. Anything unreadable is "not recognised"; the loader then says
+what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import emoji, flux, pangu, sd, sd3, sdxl
+from .base import Conditioning, Family
+
+FAMILIES: tuple[Family, ...] = (
+    emoji.FAMILY,  # before sd: the same UNet, the bundled text encoder
+    pangu.FAMILY,  # before sdxl: an SDXL-shaped UNet with its own text stack
+    flux.FAMILY,
+    sd3.FAMILY,
+    sdxl.FAMILY,
+    sd.FAMILY,
+)
+"""In the order they are tried: the first that recognises a folder is its family."""
+
+BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
+
+__all__ = ["BY_NAME", "FAMILIES", "Conditioning", "Family", "family_of_folder", "model_defaults"]
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def folder_reader(folder: Path):
+    """``(index, config)`` for a diffusers folder: its ``model_index.json`` and a reader of
+    its components' ``config.json`` (``{}`` for any that is missing or unreadable)."""
+    return _json(folder / "model_index.json"), lambda name: _json(folder / name / "config.json")
+
+
+def family_of_folder(folder: str | Path) -> Family | None:
+    """The family of a diffusers folder, None if no family recognises it."""
+    index, config = folder_reader(Path(folder))
+    return family_of_index(index, config) if index else None
+
+
+def family_of_index(index: dict, config) -> Family | None:
+    """The family a ``model_index.json`` (and its components' configs) describes."""
+    return next((f for f in FAMILIES if f.recognise(index, config)), None)
+
+
+def model_defaults(model: str | Path) -> dict:
+    """The sampling settings a model's own pipeline uses where they differ from
+    pangu-draw's (steps, guidance, size, ...), for a folder, single file or model spec;
+    ``{}`` for anything else or anything unreadable. No torch."""
+    path = Path(model)
+    if path.is_dir():
+        index, config = folder_reader(path)
+        family = family_of_index(index, config) if index else None
+        return family.defaults(index, config) if family else {}
+    if path.suffix.lower() == ".toml":
+        denoiser = spec_denoiser(path)
+        if denoiser is None or denoiser.lower().endswith(".toml"):
+            return {}  # (a spec naming a spec is refused when it loads)
+        return model_defaults(path.parent / denoiser)
+    from ..files import safetensors_keys
+
+    keys = safetensors_keys(path) if path.suffix.lower() == ".safetensors" else None
+    variant = flux.file_variant(keys) if keys else None
+    return flux.DEFAULTS[variant] if variant else {}
+
+
+def spec_denoiser(path: Path) -> str | None:
+    """The denoiser file a model spec (a ``.toml`` file's ``[model]`` table) names; None
+    if ``path`` is not a readable spec."""
+    from ..errors import UserError
+    from ..tomlconf import read_toml
+
+    try:
+        model = read_toml(path, "model spec").get("model")
+    except UserError:
+        return None
+    denoiser = model.get("denoiser") if isinstance(model, dict) else None
+    return denoiser if isinstance(denoiser, str) else None

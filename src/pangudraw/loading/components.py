@@ -1,0 +1,108 @@
+"""Components of a diffusers folder: the classes its ``model_index.json`` may name, loading
+one (safetensors only unless the user opts in to pickle), and the cache that loads the
+same files on disk once per process (a converted PanGu-Draw v3 pair shares its VAE and
+text encoders through hard links; every bundled model shares MiniLM and a VAE).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from ..errors import UserError
+
+_TEXT_ENCODERS = {
+    ("transformers", "CLIPTextModel"),
+    ("transformers", "CLIPTextModelWithProjection"),
+}
+_TOKENIZERS = {("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}
+_BERT_TOKENIZERS = {("transformers", "BertTokenizer"), ("transformers", "BertTokenizerFast")}
+_T5 = {("transformers", "T5EncoderModel")}
+_T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
+COMPONENTS: dict[str, set[tuple[str, str]]] = {
+    "unet": {("diffusers", "UNet2DConditionModel")},
+    "transformer": {
+        ("diffusers", "FluxTransformer2DModel"),
+        ("diffusers", "SD3Transformer2DModel"),
+    },
+    "vae": {("diffusers", "AutoencoderKL")},
+    "text_encoder": _TEXT_ENCODERS,
+    "text_encoder_2": _TEXT_ENCODERS | _T5,
+    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS,  # BERT: PanGu-Draw v3's Chinese CLIP
+    "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
+    "text_encoder_3": _T5,
+    "tokenizer_3": _T5_TOKENIZERS,
+}
+"""The classes a model folder's ``model_index.json`` may name for the components we load.
+
+A model folder is untrusted input: its index is checked against this list before anything
+is imported, so it can neither import an arbitrary module nor pick a loader that ignores
+the safetensors-only rule.
+"""
+
+
+def component_class(index_file: Path, name: str, spec) -> type:
+    """The allow-listed class that ``model_index.json`` names for component ``name``."""
+    allowed = COMPONENTS.get(name, set())
+    entry = tuple(spec) if isinstance(spec, list) else None
+    if entry not in allowed:
+        shown = ".".join(map(str, spec)) if isinstance(spec, list) else repr(spec)
+        known = ", ".join(sorted(".".join(a) for a in allowed)) or "nothing"
+        raise UserError(f"{index_file}: {name} is {shown}; pangu-draw loads only {known} there")
+    library, class_name = entry
+    return getattr(importlib.import_module(library), class_name)
+
+
+def bundled_vae(name: str) -> AutoencoderKL:
+    """The bundled VAE ``name`` (the zoo's generators share their space's VAE instead of
+    each carrying a copy)."""
+    from .. import zoo
+
+    folder = zoo.folder(name)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"bundled model {name} is not a VAE")
+    return AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+
+
+def files_key(folder: Path, cls: type) -> tuple | None:
+    """What identifies a component's files on disk: the same files (hard links included,
+    as a converted PanGu-Draw v3 pair has) give the same key."""
+    try:
+        stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    except OSError:
+        return None
+    return (cls.__name__,) + tuple(
+        (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats
+    )
+
+
+def from_pretrained(cls: type, folder: Path, allow_pickle: bool):
+    """A diffusers or transformers component saved in ``folder``."""
+    # None: safetensors when present, pickle allowed as a fallback. Weights stored in
+    # float16 (the zoo's) are computed in float32 here.
+    kwargs = {}
+    if "Tokenizer" not in cls.__name__:
+        kwargs = {"use_safetensors": None if allow_pickle else True, "torch_dtype": torch.float32}
+        # Checked first: diffusers logs its own error line before raising.
+        if not allow_pickle and not any(folder.glob("*.safetensors")):
+            raise UserError(
+                f"{folder} has no safetensors weights; pickle checkpoints are refused "
+                "unless you pass --allow-pickle"
+            )
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+def shared(cache: dict | None, key, build: Callable):
+    """``build(key)``, once per ``cache`` (every time without one)."""
+    if cache is None:
+        return build(key)
+    if key not in cache:
+        cache[key] = build(key)
+    return cache[key]
