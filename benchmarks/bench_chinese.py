@@ -32,7 +32,7 @@ from pangudraw.imageio import save_grid
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
 from pangudraw.textenc import ZH_FOLDER, is_cjk, load_chinese_encoder, load_minilm, read_cjk_rows
-from pangudraw.train.chinese import chance, held_out, load_pairs, retrieval
+from pangudraw.train.chinese import chance, chinese_held_out, load_pairs, retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     quiet_libraries()
-    pairs = [p for p in load_pairs(args.data) if held_out(p.file)]
+    pairs = [p for p in load_pairs(args.data) if chinese_held_out(p.file)]
     pairs = pairs[: args.limit] if args.limit else pairs
     english = [p.english for p in pairs]
     chinese = [p.chinese for p in pairs]

@@ -36,7 +36,7 @@ from pangudraw.families import Conditioning
 from pangudraw.loading.models import load_expert
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
-from tiny_models import gaussian_expert, tiny_sd  # noqa: E402
+from fixtures.tiny_models import gaussian_expert, tiny_sd  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,7 +24,7 @@ from pangudraw.pipelines import generate
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
 from side_by_side import compare, save  # noqa: E402
 
-from tiny_models import tiny_sdxl  # noqa: E402
+from fixtures.tiny_models import tiny_sdxl  # noqa: E402
 
 PROMPT = "a red apple on a white background"
 

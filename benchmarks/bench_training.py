@@ -29,7 +29,7 @@ from pangudraw.train.config import TrainConfig
 from pangudraw.train.loop import train_step
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tiny test models
-from tiny_models import mini_dataset, tiny_sd  # noqa: E402
+from fixtures.tiny_models import mini_dataset, tiny_sd  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 4}

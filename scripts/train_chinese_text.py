@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pangudraw.cli.shared import quiet_libraries
 from pangudraw.textenc import ZH_ADAPTER, ZH_FOLDER, ZH_ROWS, read_cjk_rows
-from pangudraw.train.chinese import load_keyword_pairs, load_unihan_pairs, train
+from pangudraw.train.chinese import RowSettings, load_keyword_pairs, load_unihan_pairs, train
 from pangudraw.zoo import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,22 +93,17 @@ def main() -> None:
     keywords = load_keyword_pairs(args.cldr, args.data) if args.cldr else []
     glosses = load_unihan_pairs(args.unihan) if args.unihan else []
     init = read_cjk_rows(ZH_FOLDER) if args.from_bundled else None
-    record = train(
-        args.data,
-        args.out,
-        args.steps,
-        args.batch,
-        args.lr,
-        args.max_minutes,
+    settings = RowSettings(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
         seed=args.seed,
         generator_weight=args.generator_weight,
         adapter_rank=args.adapter_rank,
         draws=args.draws,
         attention_weight=args.attention_weight,
-        keywords=keywords,
-        glosses=glosses,
-        init=init,
     )
+    record = train(args.data, args.out, settings, args.max_minutes, keywords, glosses, init)
     if record["step"] < record["steps"]:
         print(f"stopped at step {record['step']} of {record['steps']}; run again to continue")
         return

@@ -10,7 +10,6 @@ subcategory accuracy and caption retrieval. Writes src/pangudraw/zoo/models/emoj
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import resource
@@ -23,15 +22,12 @@ import torch.nn.functional as F
 
 from pangudraw.evaluate.features import EmojiNet, caption_embeddings, retrieval_accuracy
 from pangudraw.train.config import TrainConfig
+from pangudraw.train.emoji import held_out
 from pangudraw.train.stagedata import load_pool
 from pangudraw.zoo import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("google", "twitter")
-
-
-def held_out(key: str) -> bool:
-    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10 == 0
 
 
 def load(style: str):
@@ -78,7 +74,7 @@ def main() -> None:
     texts = sorted({r["text"] for r in rows})
     caption_of = torch.tensor([texts.index(r["text"]) for r in rows])
     captions = caption_embeddings(texts)
-    test = torch.tensor([held_out(Path(r["file_name"]).stem) for r in rows])
+    test = torch.tensor([held_out(r["file_name"]) for r in rows])
     train_idx, test_idx = (~test).nonzero()[:, 0], test.nonzero()[:, 0]
     print(f"{len(rows)} images, {len(classes)} subcategories, {len(texts)} captions; "
           f"{len(test_idx)} held out")  # fmt: skip

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import tiny_controlnet, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
+from fixtures.tiny_models import tiny_controlnet, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
 
 
 @pytest.fixture(scope="session")

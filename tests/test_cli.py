@@ -5,11 +5,11 @@ import json
 import pytest
 from PIL import Image
 
+from fixtures.tiny_models import tiny_vae
 from pangudraw.cli.main import main
 from pangudraw.coop import SAMPLERS
 from pangudraw.imageio import read_record
 from pangudraw.options import SAMPLER_NAMES
-from tiny_models import tiny_vae
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

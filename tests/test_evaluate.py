@@ -75,7 +75,7 @@ def test_fid_with_a_custom_extractor_separates_real_from_corrupted():
 HELD_OUT = Path(__file__).parent / "data" / "emoji_heldout"  # emoji it never trained on
 
 
-def held_out() -> tuple[torch.Tensor, list[str]]:
+def held_out_emoji() -> tuple[torch.Tensor, list[str]]:
     from pangudraw.evaluate.report import read_folder
 
     paths, images = read_folder(HELD_OUT)
@@ -93,7 +93,7 @@ def test_evaluator_features_separate_real_emoji_from_shuffled_pixels():
     from pangudraw.evaluate.features import load_evaluator
     from pangudraw.evaluate.fid import FeatureExtractor, fid
 
-    images, _ = held_out()
+    images, _ = held_out_emoji()
     net = load_evaluator()
     extractor = FeatureExtractor(net, net.num_features, 64)
     first, second = images[:32].float() / 255, images[32:].float() / 255
@@ -106,7 +106,7 @@ def test_evaluator_features_separate_real_emoji_from_shuffled_pixels():
 def test_caption_retrieval_on_unseen_emoji_is_far_above_chance():
     from pangudraw.evaluate.report import evaluate
 
-    images, captions = held_out()
+    images, captions = held_out_emoji()
     report = evaluate(images, captions)
     assert report["retrieval_candidates"] == 64
     # chance: top-1 1/64, top-5 5/64

@@ -111,9 +111,9 @@ def test_the_bundled_pair_encodes_a_prompt_once_and_a_lora_unshares(models, monk
     """Every bundled model copies the same MiniLM: one generation encodes the prompt and
     the empty negative once for both experts (same images as encoding twice). A LoRA may
     change an encoder, so it ends the sharing."""
+    from fixtures.tiny_models import tiny_lora
     from pangudraw.lora import LoraSpec, apply_loras
     from pangudraw.pipelines import generate
-    from tiny_models import tiny_lora
 
     structure, texture = load_expert("zoo:structure"), load_expert("zoo:texture")
     calls = []

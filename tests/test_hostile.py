@@ -25,11 +25,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import save_file
 
+from fixtures.tiny_models import mini_dataset
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.files import write_outputs
 from pangudraw.imageio import JSON_KEY, read_record
-from tiny_models import mini_dataset
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 PREVIOUS = b"a file the user had before"
@@ -604,7 +604,7 @@ def test_a_dataset_folder_that_cannot_be_created_is_one_line(work, capsys, monke
 
 
 def test_a_folder_with_pickle_weights_only_is_one_line(work, capsys):
-    from tiny_models import tiny_sd
+    from fixtures.tiny_models import tiny_sd
 
     folder = work / "pickled"
     tiny_sd(folder).save_pretrained(folder, safe_serialization=False)
@@ -618,7 +618,7 @@ def test_a_folder_with_pickle_weights_only_is_one_line(work, capsys):
 def test_a_pangu_release_with_text_towers_narrower_than_a_head_is_one_line(
     work, capsys, monkeypatch
 ):
-    import pangu_fixture
+    from fixtures import pangu_release as pangu_fixture
 
     monkeypatch.setattr(pangu_fixture, "ZH_WIDTH", 32)
     pangu_fixture.write_release(work / "ckpt")

@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 
+from fixtures.tiny_models import FLOW_SCHEDULE, gaussian_expert
 from pangudraw.bridge import Site
 from pangudraw.coop import Participant, make_scheduler, sample
 from pangudraw.families import Conditioning
 from pangudraw.noise import DiscreteVPSchedule
-from tiny_models import FLOW_SCHEDULE, gaussian_expert
 
 MU, TAU = 0.1, 0.3
 COND = Conditioning(torch.zeros(4, 1, 1), guided=False)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from fixtures.tiny_models import tiny_vae
 from pangudraw.latents import LatentSpace
-from tiny_models import tiny_vae
 
 
 def test_scaled_latents_follow_scaling_and_shift():
@@ -68,10 +68,10 @@ def test_same_space_means_same_codec():
 def test_the_training_cache_encodes_as_inference_does(tmp_path, models):
     """One latent codec: for a VAE with latents_mean / latents_std the cached training
     latents (mean and std of the posterior) are exactly what inference encodes to."""
+    from fixtures.tiny_models import mini_dataset
     from pangudraw.loading.models import load_expert
     from pangudraw.train.config import TrainConfig
     from pangudraw.train.stagedata import prepare_data
-    from tiny_models import mini_dataset
 
     vae = tiny_vae()
     mean, std = [0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 1.5]

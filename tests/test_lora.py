@@ -7,13 +7,13 @@ import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusionPipeline
 
+from fixtures.tiny_models import tiny_lora, to_kohya
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.imageio import read_record
 from pangudraw.loading.models import load_expert
 from pangudraw.lora import LoraSpec, apply_loras
 from pangudraw.pipelines import generate
-from tiny_models import tiny_lora, to_kohya
 
 PROMPT = "a red apple"
 
@@ -180,7 +180,7 @@ def test_broken_and_poisoned_lora_files_are_refused(models, loras, tmp_path):
 @pytest.fixture(scope="module")
 def published_loras(models, tmp_path_factory):
     """LoRA files laid out as kohya's sd-scripts and diffusers' training scripts write them."""
-    from tiny_models import to_kohya_sgm
+    from fixtures.tiny_models import to_kohya_sgm
 
     root = tmp_path_factory.mktemp("published_loras")
     sdxl = tiny_lora(models["sdxl"], root / "sdxl", seed=3)

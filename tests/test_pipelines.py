@@ -16,60 +16,11 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from equality import PROMPT, TOL, reference, single  # noqa: E402
 from pangudraw.coop import SAMPLERS, Participant, make_scheduler, sample
 from pangudraw.errors import UserError
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
-
-PROMPT = "a red apple"
-TOL = 1e-4
-
-
-def single(expert, sampler: str, **kwargs) -> torch.Tensor:
-    """Our single-expert sampling at the settings ``reference`` gives diffusers."""
-    return generate(expert, None, PROMPT, seed=3, sampler=sampler, **kwargs).images
-
-
-def reference(pipe, sampler: str, **kwargs) -> torch.Tensor:
-    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **kwargs
-    ).images
-
-
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_single_expert_equals_stable_diffusion_pipeline(models, sampler, guidance):
-    expert = load_expert(models["sd"])
-    ours = single(expert, sampler, num_inference_steps=8, guidance_scale=guidance)
-    pipe = StableDiffusionPipeline.from_pretrained(models["sd"])
-    theirs = reference(pipe, sampler, num_inference_steps=8, guidance_scale=guidance)
-    assert ours.std() > 0.01
-    assert (ours - theirs).abs().max() <= TOL
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m"])
-def test_v_prediction_expert_equals_its_pipeline(models, sampler):
-    expert = load_expert(models["sd_v"])
-    assert expert.prediction_type == "v_prediction"
-    ours = single(
-        expert, sampler, negative_prompt="blurry", num_inference_steps=8, guidance_scale=2.0
-    )
-    pipe = StableDiffusionPipeline.from_pretrained(models["sd_v"])
-    theirs = reference(
-        pipe, sampler, num_inference_steps=8, guidance_scale=2.0, negative_prompt="blurry"
-    )
-    assert (ours - theirs).abs().max() <= TOL
-
-
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_single_sdxl_expert_equals_sdxl_pipeline(models, guidance):
-    expert = load_expert(models["sdxl"])
-    ours = single(expert, "euler", num_inference_steps=8, guidance_scale=guidance)
-    pipe = StableDiffusionXLPipeline.from_pretrained(models["sdxl"])
-    theirs = reference(pipe, "euler", num_inference_steps=8, guidance_scale=guidance)
-    assert (ours - theirs).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim", "euler_a"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fixtures.tiny_models import tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl, tiny_sdxl_refiner
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.families.flux import FluxText
@@ -22,7 +23,6 @@ from pangudraw.imageio import read_record
 from pangudraw.loading.models import check_controlnet, load_expert
 from pangudraw.loading.schedulers import PUBLISHED, check_scheduler_config
 from pangudraw.render import request_defaults as model_defaults
-from tiny_models import tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl, tiny_sdxl_refiner
 
 SETS = ("sd15", "sd21", "sdxl-base", "sdxl-refiner", "sd3-medium", "sd35-large")
 SETS += ("flux1-dev", "flux1-schnell")

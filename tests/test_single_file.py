@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from single_file_fixture import write
+from fixtures.single_file import write
 
 FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3", "sd3-t5", "flux", "flux-schnell")
 
@@ -226,10 +226,10 @@ def test_the_ui_lists_single_file_checkpoints_but_not_other_safetensors(files, t
 
 
 def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
+    from fixtures.tiny_models import tiny_lora, to_kohya
     from pangudraw.loading.models import load_expert
     from pangudraw.lora import LoraSpec, apply_loras
     from pangudraw.pipelines import generate
-    from tiny_models import tiny_lora, to_kohya
 
     folder = files
     lora = tiny_lora(folder / "sd1", tmp_path / "lora")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixtures.tiny_models import mini_dataset
 from pangudraw.cli.main import main
 from pangudraw.errors import UserError
 from pangudraw.loading.models import load_expert
@@ -22,7 +23,6 @@ from pangudraw.recipes import ExpertSpec, Recipe, Window
 from pangudraw.train.config import load_config, parse_config
 from pangudraw.train.data import load_records, stage_pool
 from pangudraw.train.losses import sample_timesteps
-from tiny_models import mini_dataset
 
 TINY = {
     "data": "data",

@@ -34,21 +34,11 @@ from types import SimpleNamespace
 import torch
 
 from .errors import UserError
+from .layouts import UNET, VAE
 
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
 SIZE_EMBEDDING = 256  # sgm's ConcatTimestepEmbedderND(outdim=256): one per size number
 SD1_HEADS = 8  # SD 1.x: 8 heads at every level (diffusers' attention_head_dim=8)
 DATA = Path(__file__).parent / "tokenizers"  # shipped tokenizer files (README there)
-# The text towers' prefixes in whole checkpoints.
-SD1_CLIP = "cond_stage_model.transformer."
-SD2_CLIP = "cond_stage_model.model."
-XL_CLIP = "conditioner.embedders.0.transformer."
-XL_BIGG = "conditioner.embedders.1.model."
-REFINER_BIGG = "conditioner.embedders.0.model."
-SD3_CLIP_L = "text_encoders.clip_l.transformer."
-SD3_CLIP_G = "text_encoders.clip_g.transformer."
-SD3_T5 = "text_encoders.t5xxl.transformer."
 CLIP_WHAT = "the CLIP text model"
 # Buffers a training run saves beside the weights (the DDPM schedule, derived from the
 # betas; the EMA copy of the UNet, which single files prune or carry under ``model_ema.``),
@@ -72,11 +62,6 @@ SCHEDULE_BUFFERS = {
 # checkpoints still carry.
 IGNORED_PREFIXES = ("model_ema.", "denoiser.", "first_stage_model.loss.")
 IGNORED_TAILS = ("position_ids", "logit_scale", "attn_mask")
-
-
-def has(tensors: dict, *prefixes: str) -> bool:
-    """Whether any key starts with one of ``prefixes``."""
-    return any(k.startswith(prefixes) for k in tensors)
 
 
 def part(tensors: dict, prefix: str) -> dict:

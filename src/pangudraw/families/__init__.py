@@ -28,7 +28,15 @@ FAMILIES: tuple[Family, ...] = (
 
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 
-__all__ = ["BY_NAME", "FAMILIES", "Conditioning", "Family", "family_of_folder", "model_defaults"]
+__all__ = [
+    "BY_NAME",
+    "FAMILIES",
+    "Conditioning",
+    "Family",
+    "family_of_file",
+    "family_of_folder",
+    "model_defaults",
+]
 
 
 def _json(path: Path) -> dict:
@@ -54,6 +62,15 @@ def family_of_folder(folder: str | Path) -> Family | None:
 def family_of_index(index: dict, config) -> Family | None:
     """The family a ``model_index.json`` (and its components' configs) describes."""
     return next((f for f in FAMILIES if f.recognise(index, config)), None)
+
+
+def family_of_file(path: str | Path) -> Family | None:
+    """The family of a whole ``.safetensors`` single file, read from its header; None for
+    anything else (component files, LoRAs, unreadable files)."""
+    from ..files import safetensors_keys
+
+    keys = safetensors_keys(Path(path))
+    return next((f for f in FAMILIES if f.recognise_file(keys)), None) if keys else None
 
 
 def model_defaults(model: str | Path) -> dict:

@@ -80,6 +80,11 @@ class Family:
         (``{}`` when missing). No torch."""
         raise NotImplementedError
 
+    def recognise_file(self, keys: list[str]) -> bool:
+        """Whether a whole single file (its tensor names, from the header) is of this
+        family. No torch. Families published only as folders answer False."""
+        return False
+
     def defaults(self, index: dict, config: Callable[[str], dict]) -> dict:
         """The sampling settings this family's diffusers pipeline uses where they differ
         from pangu-draw's own (:data:`pangudraw.options.GENERATION`): steps, guidance,

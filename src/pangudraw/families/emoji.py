@@ -22,6 +22,9 @@ class Emoji(SD):
     def recognise(self, index, config) -> bool:
         return "unet" in index and index.get("text_encoder") == MINILM_REFERENCE
 
+    def recognise_file(self, keys) -> bool:
+        return False  # bundled as folders only
+
     def text_stack(self, index, component, network, cache):
         """MiniLM, loaded once per cache (copies per cache: ``Expert.to`` moves and casts
         them in place)."""

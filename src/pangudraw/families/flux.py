@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from .. import layouts
+from ..layouts import FLUX_BLOCKS, has
 from .base import Conditioning, Family, clip_states, device_of, guide, t5_states
 
 # FluxPipeline's defaults: 28 steps, distilled guidance 3.5 (schnell ignores the value
@@ -62,6 +64,9 @@ class Flux(Family):
     def recognise(self, index, config) -> bool:
         spec = index.get("transformer")
         return isinstance(spec, list) and spec[-1:] == ["FluxTransformer2DModel"]
+
+    def recognise_file(self, keys) -> bool:
+        return has(keys, FLUX_BLOCKS)
 
     def defaults(self, index, config) -> dict:
         return DEFAULTS["dev" if config("transformer").get("guidance_embeds") else "schnell"]
@@ -134,16 +139,16 @@ class Flux(Family):
         from ..loading.schedulers import published_scheduler
 
         layout, part = "a Flux.1 checkpoint", original.part
-        network = original.convert_flux_transformer(part(tensors, original.UNET), what, layout)
-        vae = original.convert_vae(part(tensors, original.VAE), 0.3611, layout, shift_factor=0.1159)
-        projection = original.SD3_CLIP_L + "text_projection."
+        network = original.convert_flux_transformer(part(tensors, layouts.UNET), what, layout)
+        vae = original.convert_vae(part(tensors, layouts.VAE), 0.3611, layout, shift_factor=0.1159)
+        projection = layouts.SD3_CLIP_L + "text_projection."
         clip_part = {
             k: v
-            for k, v in part(tensors, original.SD3_CLIP_L).items()
+            for k, v in part(tensors, layouts.SD3_CLIP_L).items()
             if not k.startswith(projection)
         }
-        clip = original.convert_clip(clip_part, original.SD3_CLIP_L, "CLIP-L", layout)
-        t5 = original.convert_t5(part(tensors, original.SD3_T5), original.SD3_T5, "T5", layout)
+        clip = original.convert_clip(clip_part, layouts.SD3_CLIP_L, "CLIP-L", layout)
+        t5 = original.convert_t5(part(tensors, layouts.SD3_T5), layouts.SD3_T5, "T5", layout)
         for wanted, given, name in (
             (network.config.pooled_projection_dim, clip.config.hidden_size, "pooled text, CLIP-L"),
             (network.config.joint_attention_dim, t5.config.d_model, "text, T5"),

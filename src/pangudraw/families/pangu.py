@@ -169,6 +169,9 @@ class PanGuDrawV3(SDXL):
     def recognise(self, index, config) -> bool:
         return "pangu_draw_v3" in index
 
+    def recognise_file(self, keys) -> bool:
+        return False  # converted into folders (pangu-draw convert pangu-v3)
+
     def defaults(self, index, config) -> dict:
         entry = index.get("pangu_draw_v3")
         buckets = [tuple(b) for b in (entry.get("size_buckets") or [])] if entry else []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import layouts
+from ..layouts import SD1_CLIP, UNET, has
 from .base import Family, device_of
 
 
@@ -87,6 +89,9 @@ class SD(Family):
     def recognise(self, index, config) -> bool:
         return "unet" in index and "text_encoder" in index
 
+    def recognise_file(self, keys) -> bool:
+        return has(keys, UNET) and has(keys, SD1_CLIP)
+
     def text_stack(self, index, component, network, cache):
         return SDText(component("tokenizer"), component("text_encoder"))
 
@@ -101,10 +106,10 @@ class SD(Family):
         from ..loading.schedulers import published_scheduler
 
         layout = "an SD 1.x checkpoint"
-        unet = original.convert_unet(original.part(tensors, original.UNET), what, layout, None, 64)
-        vae = original.convert_vae(original.part(tensors, original.VAE), 0.18215, layout)
+        unet = original.convert_unet(original.part(tensors, layouts.UNET), what, layout, None, 64)
+        vae = original.convert_vae(original.part(tensors, layouts.VAE), 0.18215, layout)
         encoder = original.convert_clip(
-            original.part(tensors, original.SD1_CLIP), original.SD1_CLIP, original.CLIP_WHAT, layout
+            original.part(tensors, layouts.SD1_CLIP), layouts.SD1_CLIP, original.CLIP_WHAT, layout
         )
         if unet.config.cross_attention_dim != encoder.config.hidden_size:
             raise UserError(

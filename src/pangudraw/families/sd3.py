@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import layouts
+from ..layouts import SD3_BLOCKS, has
 from .base import Conditioning, Family, clip_states, device_of, guide, t5_states
 
 
@@ -62,6 +64,9 @@ class SD3(Family):
     def recognise(self, index, config) -> bool:
         return _named(index.get("transformer")) == "SD3Transformer2DModel"
 
+    def recognise_file(self, keys) -> bool:
+        return has(keys, SD3_BLOCKS)
+
     def text_stack(self, index, component, network, cache):
         return SD3Text(
             [component("tokenizer"), component("tokenizer_2")],
@@ -106,14 +111,14 @@ class SD3(Family):
         from ..loading.schedulers import published_scheduler
 
         layout, part = "an SD3 checkpoint", original.part
-        network = original.convert_sd3_transformer(part(tensors, original.UNET), what, layout)
-        vae = original.convert_vae(part(tensors, original.VAE), 1.5305, layout, shift_factor=0.0609)
+        network = original.convert_sd3_transformer(part(tensors, layouts.UNET), what, layout)
+        vae = original.convert_vae(part(tensors, layouts.VAE), 1.5305, layout, shift_factor=0.0609)
         clip_l = original.convert_clip(
-            part(tensors, original.SD3_CLIP_L), original.SD3_CLIP_L, "CLIP-L", layout
+            part(tensors, layouts.SD3_CLIP_L), layouts.SD3_CLIP_L, "CLIP-L", layout
         )
         clip_g = original.convert_clip(
-            part(tensors, original.SD3_CLIP_G),
-            original.SD3_CLIP_G,
+            part(tensors, layouts.SD3_CLIP_G),
+            layouts.SD3_CLIP_G,
             "CLIP-G",
             layout,
             {"hidden_act": "gelu"},
@@ -135,8 +140,8 @@ class SD3(Family):
             "text_encoder_2": clip_g,
             "tokenizer_2": original.clip_tokenizer("!"),
         }
-        if original.has(tensors, original.SD3_T5):
-            t5 = original.convert_t5(part(tensors, original.SD3_T5), original.SD3_T5, "T5", layout)
+        if layouts.has(tensors, layouts.SD3_T5):
+            t5 = original.convert_t5(part(tensors, layouts.SD3_T5), layouts.SD3_T5, "T5", layout)
             if t5.config.d_model != network.config.joint_attention_dim:
                 raise UserError(
                     f"{what} attends to {network.config.joint_attention_dim}-wide text, not "

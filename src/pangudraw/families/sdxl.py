@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import layouts
+from ..layouts import REFINER_BIGG, UNET, XL_BIGG, has
 from .base import Conditioning, Family, clip_states
 
 
@@ -74,6 +76,9 @@ class SDXL(Family):
             return False
         return "text_encoder_2" in index or config("unet").get("addition_embed_type") == "text_time"
 
+    def recognise_file(self, keys) -> bool:
+        return has(keys, UNET) and has(keys, XL_BIGG, REFINER_BIGG)
+
     def text_stack(self, index, component, network, cache):
         pairs = [(component(f"tokenizer{k}"), component(f"text_encoder{k}")) for k in ("", "_2")]
         pairs = [(tok, enc) for tok, enc in pairs if enc is not None]
@@ -95,11 +100,11 @@ class SDXL(Family):
         from ..loading.schedulers import published_scheduler
 
         layout = "an SDXL checkpoint"
-        refiner = not original.has(tensors, original.XL_BIGG)
+        refiner = not layouts.has(tensors, layouts.XL_BIGG)
         part = original.part
-        unet = original.convert_unet(part(tensors, original.UNET), what, layout, 64, 128)
-        vae = original.convert_vae(part(tensors, original.VAE), 0.13025, layout)
-        prefix = original.REFINER_BIGG if refiner else original.XL_BIGG
+        unet = original.convert_unet(part(tensors, layouts.UNET), what, layout, 64, 128)
+        vae = original.convert_vae(part(tensors, layouts.VAE), 0.13025, layout)
+        prefix = layouts.REFINER_BIGG if refiner else layouts.XL_BIGG
         bigg = original.convert_openclip(
             part(tensors, prefix), prefix, "the OpenCLIP text model", layout
         )
@@ -107,7 +112,7 @@ class SDXL(Family):
         context = bigg.config.hidden_size
         if not refiner:
             clip = original.convert_clip(
-                part(tensors, original.XL_CLIP), original.XL_CLIP, original.CLIP_WHAT, layout
+                part(tensors, layouts.XL_CLIP), layouts.XL_CLIP, original.CLIP_WHAT, layout
             )
             components |= {
                 "text_encoder": clip,

@@ -44,11 +44,8 @@ import torch
 
 from ..errors import UserError
 from ..families import BY_NAME
-from ..original import (
-    IGNORED_PREFIXES,
-    IGNORED_TAILS,
+from ..layouts import (
     REFINER_BIGG,
-    SCHEDULE_BUFFERS,
     SD1_CLIP,
     SD2_CLIP,
     SD3_CLIP_G,
@@ -59,7 +56,8 @@ from ..original import (
     XL_BIGG,
     XL_CLIP,
 )
-from ..original import has as _has
+from ..layouts import has as _has
+from ..original import IGNORED_PREFIXES, IGNORED_TAILS, SCHEDULE_BUFFERS
 
 # A model spec's roles and the prefix each has in a whole checkpoint.
 ROLES = {

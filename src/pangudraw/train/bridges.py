@@ -15,7 +15,6 @@ Run: ``python scripts/train_bridges.py`` (CPU, a few minutes per translator).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from ..bridge import Site, exact_bridge
 from ..translate import Translator, TranslatorConfig, space_id
+from .emoji import held_out
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,6 @@ ROUTES = [
     Route("bridge_a_to_b", "full", 64, "generator_b", 64),
     Route("bridge_b_to_a", "generator_b", 64, "full", 64),
 ]
-
-
-def held_out(file: str) -> bool:
-    """The evaluator's held-out emoji (one in ten, by a hash of the code points)."""
-    return int(hashlib.sha256(Path(file).stem.encode()).hexdigest(), 16) % 10 == 0
 
 
 def emoji_images(data: Path, size: int, held: bool) -> torch.Tensor:

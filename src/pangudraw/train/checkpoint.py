@@ -52,7 +52,9 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
 
 
-def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as tensors (``state.<i>.<name>``) and its parameter groups
+    (JSON-able), for :func:`restore_optimizer`."""
     state = optimizer.state_dict()
     tensors = {}
     for index, entries in state["state"].items():
@@ -79,7 +81,7 @@ def save_checkpoint(run: Run) -> Path:
     _save(rng, tmp / f"rng-{accelerator.process_index}.safetensors")
     if accelerator.is_main_process:
         _save(accelerator.unwrap_model(run.model).state_dict(), tmp / "model.safetensors")
-        tensors, groups = _optimizer_tensors(run.optimizer)
+        tensors, groups = optimizer_tensors(run.optimizer)
         _save(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(groups))
         shadow = {f"shadow.{i}": p for i, p in enumerate(run.ema.shadow_params)}
@@ -161,27 +163,7 @@ def _load(run: Run, folder: Path) -> dict:
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
 
     groups = read_json(folder / "optimizer.json", "optimizer state", list)
-    template = run.optimizer.state_dict()
-    if len(groups) != len(template["param_groups"]):
-        raise ValueError("optimizer.json does not describe this optimizer's parameter groups")
-    for group, ours in zip(groups, template["param_groups"]):
-        if not isinstance(group, dict) or set(group) != set(ours):
-            raise ValueError("optimizer.json does not describe this optimizer's parameter groups")
-        for key, value in ours.items():  # JSON has lists where torch keeps tuples
-            if isinstance(value, tuple):
-                group[key] = tuple(group[key])
-    tensors = load_file(folder / "optimizer.safetensors")
-    entries: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        entries.setdefault(int(index), {})[name] = value
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
-    for index, entry in entries.items():
-        shape = params[index].shape
-        for name, value in entry.items():
-            if value.ndim and value.shape != shape:
-                raise ValueError(f"optimizer state {index}.{name} has shape {list(value.shape)}")
-    run.optimizer.load_state_dict({"state": entries, "param_groups": groups})
+    restore_optimizer(run.optimizer, load_file(folder / "optimizer.safetensors"), groups)
 
     shadow = load_file(folder / "ema.safetensors")
     if len(shadow) != len(run.ema.shadow_params):
@@ -204,6 +186,33 @@ def _load(run: Run, folder: Path) -> dict:
         if torch.cuda.is_available():
             torch.cuda.set_rng_state_all([states[f"cuda.{i}"] for i in range(len(states) - 1)])
     return state
+
+
+def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    """Load :func:`optimizer_tensors`' output back into ``optimizer`` (in place), checked to
+    fit its parameter groups and shapes (a ``ValueError`` says what does not)."""
+    template = optimizer.state_dict()
+    if len(groups) != len(template["param_groups"]):
+        raise ValueError("the saved optimizer does not have this optimizer's parameter groups")
+    for group, ours in zip(groups, template["param_groups"]):
+        if not isinstance(group, dict) or set(group) != set(ours):
+            raise ValueError("the saved optimizer does not have this optimizer's parameter groups")
+        for key, value in ours.items():  # JSON has lists where torch keeps tuples
+            if isinstance(value, tuple):
+                group[key] = tuple(group[key])
+    entries: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        entries.setdefault(int(index), {})[name] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in entries.items():
+        if not 0 <= index < len(params):
+            raise ValueError(f"optimizer state {index} has no parameter")
+        shape = params[index].shape
+        for name, value in entry.items():
+            if value.ndim and value.shape != shape:
+                raise ValueError(f"optimizer state {index}.{name} has shape {list(value.shape)}")
+    optimizer.load_state_dict({"state": entries, "param_groups": groups})
 
 
 def _read_state(folder: Path) -> dict:

@@ -62,3 +62,15 @@ def test_sd3_and_flux_and_sd_share_one_loop(models):
     first = coop_generate(recipe).images
     again = coop_generate(recipe).images
     assert torch.equal(first, again) and first.std() > 0.01
+
+
+def test_sd3_is_recognised_from_folders_and_file_headers(models, tmp_path):
+    from fixtures.single_file import write
+    from pangudraw.families import BY_NAME, family_of_file, family_of_folder
+    from pangudraw.loading.schedulers import PUBLISHED
+
+    for folder in (models["sd3"], models["sd3_no_t5"], PUBLISHED / "sd3-medium"):
+        assert family_of_folder(folder) is BY_NAME["sd3"], folder
+    assert family_of_folder(PUBLISHED / "sd35-large") is BY_NAME["sd3"]
+    write(tmp_path, "sd3-t5")
+    assert family_of_file(tmp_path / "sd3-t5.safetensors") is BY_NAME["sd3"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pangu_fixture import BUCKETS, mindspore_name, write_ckpt, write_release
+from fixtures.pangu_release import BUCKETS, mindspore_name, write_ckpt, write_release
 from pangudraw.convert.mindspore import read_checkpoint
 from pangudraw.convert.pangu import convert_pangu_v3
 from pangudraw.errors import UserError
@@ -338,3 +338,11 @@ def test_the_pair_loads_its_shared_vae_and_text_encoders_once(release):
     assert all(a is b for a, b in zip(structure.text.encoders, texture.text.encoders))
     assert structure.network is not texture.network
     assert torch.equal(texture.network.conv_out.weight, release["truth"]["texture"].conv_out.weight)
+
+
+def test_a_converted_release_is_recognised_as_pangu_draw_v3(experts, release):
+    from pangudraw.families import BY_NAME, family_of_folder
+
+    structure, texture = experts
+    assert structure.family is BY_NAME["pangu-v3"] and texture.family is BY_NAME["pangu-v3"]
+    assert family_of_folder(release["folder"] / "out" / "structure") is BY_NAME["pangu-v3"]

@@ -157,7 +157,7 @@ def test_cross_family_example_parses():
 
     from pangudraw.recipes import load_recipe
 
-    recipe = load_recipe(Path(__file__).parents[1] / "examples" / "cross_family.toml")
+    recipe = load_recipe(Path(__file__).parents[2] / "examples" / "cross_family.toml")
     layout, texture = recipe.experts
     assert "xl" in layout.model and "FLUX" in texture.model and recipe.canvas_expert == "texture"
     assert layout.window.hi == float("inf") and texture.window.hi == layout.window.lo
@@ -280,3 +280,15 @@ def test_a_flux_model_gets_its_own_steps_and_guidance_unless_given(models, tmp_p
     assert (flux_expert.guidance, sdxl_expert.guidance) == (3.5, 7.0)
     table["guidance"] = 5.0
     assert {e.guidance for e in parse_recipe(table, "r.toml", tmp_path).experts} == {5.0}
+
+
+def test_flux_is_recognised_from_folders_and_file_headers(models, tmp_path):
+    from fixtures.single_file import write
+    from pangudraw.families import BY_NAME, family_of_file, family_of_folder
+    from pangudraw.loading.schedulers import PUBLISHED
+
+    for folder in (models["flux_dev"], models["flux_schnell"], PUBLISHED / "flux1-dev"):
+        assert family_of_folder(folder) is BY_NAME["flux"], folder
+    write(tmp_path, "flux-schnell")
+    assert family_of_file(tmp_path / "flux-schnell.safetensors") is BY_NAME["flux"]
+    assert family_of_file(tmp_path / "missing.safetensors") is None
