@@ -145,7 +145,8 @@ def test_defaults_agree_across_library_cli_ui_and_recipes(tmp_path):
 def test_the_web_ui_opens_on_the_same_defaults(tmp_path):
     pytest.importorskip("gradio")
     from pangudraw.options import GENERATION
-    from pangudraw.ui.app import App, build
+    from pangudraw.ui.app import App
+    from pangudraw.ui.layout import build
     from pangudraw.ui.served import Served
 
     served = Served.find(tmp_path, ())

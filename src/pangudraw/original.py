@@ -15,9 +15,12 @@ factor and the width of each size embedding of SDXL's vector condition (256).
 T5 encoders (SD3's third text encoder, Flux's second) come in Hugging Face's own layout;
 their configuration is read from the shapes too, and T5's tokenizer ships in the package.
 
-Used by the family modules (``families/*.py``: ``from_original``, for single files and
-model specs, :mod:`.loading.single`) and by the PanGu-Draw v3 converter
-(:mod:`.convert.pangu`). The key prefixes of whole checkpoints are named here too.
+One module for every original layout (SD's, SDXL's, SD3's MMDiT, Flux.1's, T5): they share
+the shape readers, the strict loader and the tokenizer files, and it is read as a table of
+mappings (hence over 500 lines). Used by the family modules (``families/*.py``:
+``from_original``, for single files and model specs, :mod:`.loading.single`) and by the
+PanGu-Draw v3 converter (:mod:`.convert.pangu`); the key prefixes of whole checkpoints are
+in :mod:`.layouts`.
 """
 
 from __future__ import annotations

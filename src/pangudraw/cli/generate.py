@@ -171,57 +171,81 @@ def command(
     pangu-draw generate "red apple" "grinning face" --num-images 4 --grid --seed 1
     """
     # The request is checked before torch and the models load: a refusal is immediate.
-    from ..files import check_outputs, read_text
-    from ..lora import LoraSpec
-    from ..render import GenerateRequest, prompt_lines
+    from ..files import check_outputs
+    from ..render import GenerateRequest
 
-    prompts = list(prompts)
-    if prompts_file is not None:
-        prompts += prompt_lines(read_text(prompts_file, "prompts file"))
-    if not prompts:
-        raise click.UsageError("give a PROMPT or --prompts-file")
-    if size is not None:
-        if width is not None or height is not None:
-            raise click.UsageError("give --size or --width/--height, not both")
-        width = height = size
     if structure is None and texture is not None:
         raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
-    from ..families.pangu import parse_style
-
-    style_list = None
-    if styles:
-        style_list = [] if styles == ("none",) else [parse_style(text) for text in styles]
+    given = locals()
+    options = {k: given[k] for k in ("negative_prompt", "t_split", "steps", "guidance_scale")}
+    options |= {k: given[k] for k in ("sampler", "seed", "num_images", "batch_size", "bridge")}
     request = GenerateRequest(
-        prompts=prompts,
-        negative_prompt=negative_prompt,
+        prompts=_prompts(prompts, prompts_file),
         structure=structure and str(structure),
         texture=texture and str(texture),
-        t_split=t_split,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        sampler=sampler,
-        seed=seed,
-        width=width,
-        height=height,
-        num_images=num_images,
-        loras=[LoraSpec.parse(text) for text in loras],
-        batch_size=batch_size,
-        styles=style_list,
-        bridge=bridge,
+        **dict(zip(("width", "height"), _size(size, width, height))),
+        loras=_loras(loras),
+        styles=_styles(styles),
         true_cfg=true_cfg,
+        **options,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
     check_outputs(paths + ([sheet] if sheet else []))
+    pictures, state = _render(request, paths, allow_pickle, dtype)
+    if not state.main:
+        return
+    if sheet is not None:
+        _write_sheet(sheet, pictures if state.count == 1 else None, paths, num_images)
+    for path in paths + ([sheet] if sheet else []):
+        click.echo(str(path))
 
+
+def _prompts(prompts: tuple[str, ...], prompts_file: Path | None) -> list[str]:
+    from ..files import read_text
+    from ..render import prompt_lines
+
+    found = list(prompts)
+    if prompts_file is not None:
+        found += prompt_lines(read_text(prompts_file, "prompts file"))
+    if not found:
+        raise click.UsageError("give a PROMPT or --prompts-file")
+    return found
+
+
+def _size(size: int | None, width: int | None, height: int | None) -> tuple:
+    if size is None:
+        return width, height
+    if width is not None or height is not None:
+        raise click.UsageError("give --size or --width/--height, not both")
+    return size, size
+
+
+def _loras(loras: tuple[str, ...]) -> list:
+    from ..lora import LoraSpec
+
+    return [LoraSpec.parse(text) for text in loras]
+
+
+def _styles(styles: tuple[str, ...]) -> list | None:
+    """``--style`` values as (name, scale) pairs; None when not given; [] for ``none``."""
+    if not styles:
+        return None
+    from ..families.pangu import parse_style
+
+    return [] if styles == ("none",) else [parse_style(text) for text in styles]
+
+
+def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None):
+    """The request's pictures, written as PNGs, in this process's share of the batches
+    (one process, or those `accelerate launch` started); the pictures and the state."""
     from ..files import write_outputs
-    from ..imageio import grid_image, stack_images
     from ..loading.models import ModelCache
     from ..render import render_generate
     from .shared import processes, quiet_libraries, step_bar
 
     quiet_libraries()
-    with processes() as state:  # one, or those `accelerate launch` started
+    with processes() as state:
         batches = state.share(request.batches())
         with step_bar(state.index) as callback:
             models = ModelCache(allow_pickle, state.device, dtype or "float32")
@@ -229,14 +253,18 @@ def command(
         mine = [paths[i] for images in batches for i in images]
         write_outputs({path: picture.writer() for path, picture in zip(mine, pictures)})
         state.wait()
-    if not state.main:
-        return
-    if sheet is not None:
-        images = [picture.image for picture in pictures] if state.count == 1 else None
-        sheet_image = grid_image(stack_images(images or read_images(paths)), num_images)
-        write_outputs({sheet: lambda f: sheet_image.save(f, format="PNG")})
-    for path in paths + ([sheet] if sheet else []):
-        click.echo(str(path))
+    return pictures, state
+
+
+def _write_sheet(sheet: Path, pictures: list | None, paths: list[Path], columns: int) -> None:
+    """The contact sheet: one row per prompt (the pictures made here, or every process's
+    PNGs read back)."""
+    from ..files import write_outputs
+    from ..imageio import grid_image, stack_images
+
+    images = [p.image for p in pictures] if pictures is not None else read_images(paths)
+    sheet_image = grid_image(stack_images(images), columns)
+    write_outputs({sheet: lambda f: sheet_image.save(f, format="PNG")})
 
 
 def read_images(paths: list[Path]) -> list:

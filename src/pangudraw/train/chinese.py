@@ -18,7 +18,9 @@ CLDR via the ``emoji`` data) with two losses and an optional third:
   keyword bags and glosses too (measured: lower on held-out names, images no better).
 
 One emoji in ten (by a hash of its file name) is held out of training, for the tests and
-the benchmark. Run: ``python scripts/train_chinese_text.py`` (resumable, CPU).
+the benchmark. (Over 500 lines: the data readers, the three losses and the trainer belong
+to this one experiment and are read together.) Run:
+``python scripts/train_chinese_text.py`` (resumable, CPU).
 """
 
 from __future__ import annotations

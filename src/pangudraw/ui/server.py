@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .app import DEFAULT_PREVIEW_EVERY, App, build
+from .app import DEFAULT_PREVIEW_EVERY, App
+from .layout import build
 from .served import Served
 
 
