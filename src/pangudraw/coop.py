@@ -118,6 +118,21 @@ class Participant:
 
 
 @dataclass
+class Start:
+    """Where the loop starts when a generation starts from a picture
+    (:mod:`pangudraw.editing`): at step ``first``, from ``init`` (the picture's clean
+    canvas latents) noised with the loop's noise, or from pure noise (``pure``: inpainting
+    at full strength); with ``mask`` ((1, 1, h, w) on the canvas latent grid, 1 repaints)
+    the known region is put back after every step, noised to the next level with the same
+    noise (the clean picture after the last)."""
+
+    first: int
+    init: torch.Tensor | None
+    pure: bool = False
+    mask: torch.Tensor | None = None
+
+
+@dataclass
 class Step:
     """What a per-step callback sees: step index, timestep, noise level, fused x0, canvas."""
 
@@ -200,6 +215,20 @@ class SchedulerGrid:
     def start(self, noise: torch.Tensor) -> torch.Tensor:
         return noise * self.scheduler.init_noise_sigma
 
+    def first_step(self, strength: float) -> int:
+        """The first step a strength runs (SD/SDXL img2img: the last ``int(N s)``)."""
+        n = len(self.timesteps)
+        return max(n - min(int(n * strength), n), 0)
+
+    def begin(self, i: int) -> None:
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(i)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """``x0`` noised to step ``i``'s level in the scheduler's own latents (its
+        ``add_noise``, called where diffusers' pipelines call it)."""
+        return self.scheduler.add_noise(x0, noise, self._t[i : i + 1])
+
     def view(self, latents: torch.Tensor, i: int) -> torch.Tensor:
         """The unit view of the canvas at step ``i`` (a VP network's input)."""
         return self.scheduler.scale_model_input(latents, self._t[i])
@@ -253,6 +282,18 @@ class FlowGrid:
     def start(self, noise: torch.Tensor) -> torch.Tensor:
         return noise
 
+    def first_step(self, strength: float) -> int:
+        """The first step a strength runs (Flux and SD3 img2img: from ``int(N - N s)``)."""
+        n = len(self.timesteps)
+        return int(max(n - min(n * strength, n), 0))
+
+    def begin(self, i: int) -> None:
+        self.scheduler.set_begin_index(i)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """``(1 - u) x0 + u noise`` at step ``i`` (the scheduler's ``scale_noise``)."""
+        return self.scheduler.scale_noise(x0, self._t[i : i + 1], noise)
+
     def view(self, latents: torch.Tensor, i: int) -> torch.Tensor:
         u = self._u[i]
         return latents / math.sqrt((1 - u) ** 2 + u**2)
@@ -279,6 +320,18 @@ def trajectory(
     return SchedulerGrid(scheduler, num_inference_steps, generator)
 
 
+def canvas_grid(
+    participants: list[Participant], scheduler, num_inference_steps: int, canvas, generator=None
+) -> Grid:
+    """``scheduler`` as the canvas's trajectory (a grid passed in is kept), run as the
+    pipeline of the first expert on the canvas runs it."""
+    if isinstance(scheduler, Grid):
+        return scheduler
+    on = [p.expert.family.own_sigmas for p in participants if p.site(canvas).same_as(canvas)]
+    latent_hw = tuple(canvas.latent_shape(1)[-2:])
+    return trajectory(scheduler, num_inference_steps, latent_hw, on[0] if on else False, generator)
+
+
 @dataclass
 class _OffCanvas:
     """An expert working off the canvas: its own latents (unit view) at its own site, its
@@ -300,6 +353,7 @@ def sample(
     noise_policy: NoisePolicy = "carry",
     bridge_every: int = 1,
     move: Callable[[torch.Tensor, Site, Site], torch.Tensor] = exact_bridge,
+    start: Start | None = None,
 ) -> torch.Tensor:
     """Run the Coop-Diffusion loop and return the clean canvas latents.
 
@@ -317,6 +371,8 @@ def sample(
             in between the canvas fuses their last bridged estimate. 1 is the exact loop.
         move: moves a clean estimate between sites (a :class:`pangudraw.bridge.BridgePolicy`
             for learned bridges; the exact bridge by default).
+        start: where a generation from a picture starts (:class:`Start`); None starts
+            from pure noise at the first step.
 
     Returns:
         (B, C, h, w) latents in the canvas space.
@@ -330,20 +386,22 @@ def sample(
         canvas = Site(space, (noise.shape[-2] * space.factor, noise.shape[-1] * space.factor))
     sites = [p.site(canvas) for p in participants]
     on_canvas = [site.same_as(canvas) for site in sites]
-    if isinstance(scheduler, Grid):
-        grid = scheduler
-    else:
-        on = [p.expert.family.own_sigmas for p, here in zip(participants, on_canvas) if here]
-        own = on[0] if on else False
-        grid = trajectory(scheduler, num_inference_steps, noise.shape[-2:], own, generator)
+    grid = canvas_grid(participants, scheduler, num_inference_steps, canvas, generator)
     sigmas = grid.sigmas
+    first = 0 if start is None else start.first
     weight_maps = _latent_masks(participants, tuple(noise.shape[-2:]))
-    check_coverage(participants, sigmas, weight_maps)
+    check_coverage(participants, sigmas[first:], weight_maps)
 
     latents = grid.start(noise)
     off: dict[int, _OffCanvas] = {}  # experts working off the canvas, by participant index
     x0 = None
-    for i, sigma in enumerate(sigmas):
+    if start is not None:  # from a picture: its latents are the first estimate
+        grid.begin(first)
+        if not start.pure:
+            latents = grid.noised(start.init, noise, first)
+        x0 = start.init
+    for i in range(first, len(sigmas)):
+        sigma = sigmas[i]
         y = grid.view(latents, i)
         # 1. The active experts.
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
@@ -375,6 +433,9 @@ def sample(
         # the noise level of their next run (a DDIM step can jump several sampler steps)
         # around the fused x0.
         latents = grid.step(latents, y, x0, i)
+        if start is not None and start.mask is not None:  # the known region, put back
+            known = start.init if i + 1 == len(sigmas) else grid.noised(start.init, noise, i + 1)
+            latents = (1 - start.mask) * known + start.mask * latents
         for k, state in off.items():
             if state.next_run != i:
                 continue
@@ -388,5 +449,6 @@ def sample(
             else:
                 state.y = renoise(target, sigma_next, generator)
         if callback is not None:
-            callback(Step(i, len(sigmas), grid.timesteps[i], sigma, x0, latents, active, canvas))
+            at = (i - first, len(sigmas) - first, grid.timesteps[i], sigma)
+            callback(Step(*at, x0, latents, active, canvas))
     return latents

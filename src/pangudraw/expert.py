@@ -62,6 +62,8 @@ class Expert:
         sample_size: native resolution in pixels, (height, width).
         dtype: the network's parameter dtype (read once: diffusers' ``.dtype`` walks
             every parameter on each call).
+        inpainting: a dedicated inpainting model (a 9-channel UNet: latents, mask and
+            masked picture), which generates only from a picture and a mask.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Expert:
     family: Family = field(repr=False)
     sample_size: tuple[int, int] = (512, 512)
     dtype: torch.dtype = torch.float32
+    inpainting: bool = False
 
     def to(self, device: str | torch.device | None, dtype: torch.dtype | None = None) -> Expert:
         """Move the network, the text encoders and the VAE to ``device`` (in place), and

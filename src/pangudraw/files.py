@@ -213,6 +213,26 @@ def write_text(path: Path, text: str) -> None:
     write_outputs({Path(path): lambda f: f.write(text.encode())})
 
 
+def keep_by_content(path: str | Path, folder: Path, what: str) -> tuple[Path, Callable | None]:
+    """Where a file someone gave is kept beside an output in ``folder``: ``inputs/`` under
+    the first 16 hex digits of its SHA-256 and its suffix; and the writer that puts it there
+    (None when it is that file already). A record that names it then reproduces from the
+    output's folder alone."""
+    import hashlib
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise UserError(f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+    name = hashlib.sha256(data).hexdigest()[:16] + Path(path).suffix.lower()
+    target = (Path(folder) / "inputs" / name).resolve()
+    if target == Path(path).resolve():
+        return target, None
+    return target, lambda f: f.write(data)
+
+
 _MAX_HEADER = 100 * 2**20  # bytes; a safetensors header is a few MB at most
 
 

@@ -33,6 +33,9 @@ GENERATION = {
     "bridge": "learned",
     "noise": "carry",
     "handoff": "sigma",
+    # starting from a picture: how much of the trajectory runs (A1111's denoising strength)
+    "strength": 0.75,
+    "inpaint_strength": 1.0,
 }
 """pangu-draw's generation defaults, wherever a model's own pipeline has none."""
 

@@ -6,15 +6,26 @@ Design: docs/design.md, section 5.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .bridge import BridgePolicy, Site, native_size
-from .coop import NoisePolicy, Participant, Step, make_scheduler, sample, trajectory
+from .coop import (
+    NoisePolicy,
+    Participant,
+    Start,
+    Step,
+    canvas_grid,
+    make_scheduler,
+    sample,
+    trajectory,
+)
+from .editing import EditSpec, prepare
 from .errors import UserError
 from .expert import Control, Expert
 from .families import Conditioning
@@ -140,10 +151,18 @@ def _run(
     noise_policy: NoisePolicy,
     bridge_every: int = 1,
     policy: BridgePolicy | None = None,
+    edit: EditSpec | None = None,
 ) -> GenerationOutput:
     policy = policy or BridgePolicy()
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    noise = randn_tensor(canvas.latent_shape(len(seeds)), generator=generators)
+    shape = canvas.latent_shape(len(seeds))
+    start = None
+    if edit is None:
+        _check_no_inpainting_model(participants)
+        noise = randn_tensor(shape, generator=generators)
+    else:
+        grid = canvas_grid(participants, scheduler, num_inference_steps, canvas, generators)
+        scheduler, (noise, start) = grid, _start(edit, participants, canvas, grid, generators)
     latents = sample(
         participants,
         scheduler,
@@ -155,9 +174,66 @@ def _run(
         noise_policy,
         bridge_every,
         policy,
+        start,
     )
     images = (canvas.space.decode(latents).float() / 2 + 0.5).clamp(0, 1)
     return GenerationOutput(images, latents, seeds, dict(policy.used))
+
+
+def _check_no_inpainting_model(participants: list[Participant]) -> None:
+    for p in participants:
+        if p.expert.inpainting:
+            raise UserError(
+                f"{p.expert.name} is an inpainting model: it repaints a picture; give an init "
+                "image and a mask (--init-image, --mask)"
+            )
+
+
+def _start(
+    spec: EditSpec, participants: list[Participant], canvas: Site, grid, generators: list
+) -> tuple[torch.Tensor, Start]:
+    """The loop's noise and start for a generation from a picture, drawn as diffusers'
+    img2img and inpaint pipelines draw them with each image's generator: the picture's
+    posterior (unless a dedicated inpainting model repaints at full strength), the noise,
+    the masked picture's posterior (inpainting)."""
+    import torch.nn.functional as F
+
+    edit = prepare(spec, canvas.size, canvas.space.factor)
+    first = grid.first_step(edit.strength)
+    steps = len(grid.sigmas)
+    if first >= steps:
+        raise UserError(
+            f"strength {edit.strength:g} runs none of the {steps} steps; raise the strength or "
+            "the steps"
+        )
+    on_canvas = [p for p in participants if p.site(canvas).same_as(canvas)]
+    model = on_canvas[0].expert if on_canvas else participants[0].expert
+    for p in participants:
+        if p.expert.inpainting and p not in on_canvas:
+            raise UserError(f"inpainting model {p.expert.name} must work on the canvas")
+        if p.expert.inpainting and edit.mask is None:
+            _check_no_inpainting_model([p])
+    full = edit.mask is not None and edit.strength == 1
+    encode = canvas.space.encode
+    init = None
+    if not (full and model.inpainting):
+        init = torch.cat([encode(edit.image, generator=g) for g in generators])
+    noise = randn_tensor(canvas.latent_shape(len(generators)), generator=generators)
+    blend = None
+    if edit.mask is not None:
+        masked = edit.image * (edit.binary < 0.5)
+        masked = torch.cat([encode(masked, generator=g) for g in generators])
+        hw = tuple(noise.shape[-2:])
+        if model.inpainting:  # the mask and the masked picture go in as channels
+            binary = F.interpolate(edit.binary, size=hw).expand(len(generators), -1, -1, -1)
+            for p in participants:
+                if p.expert.inpainting:
+                    p.cond = replace(p.cond, extra=torch.cat([binary, masked], dim=1))
+        else:  # the known region is put back after each step
+            blend = F.interpolate(
+                edit.mask, size=hw, mode="nearest" if edit.mask is edit.binary else "area"
+            )
+    return noise, Start(first, init, pure=full, mask=blend)
 
 
 @torch.inference_mode()
@@ -181,6 +257,7 @@ def generate(
     handoff: str = "sigma",
     bridge: str = DEFAULT_BRIDGE,
     true_cfg: float = 1.0,
+    edit: EditSpec | None = None,
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
 
@@ -203,12 +280,19 @@ def generate(
     step's timestep was >= ``t_split``). ``styles`` are PanGu-Draw v3 style branches.
     ``true_cfg`` > 1 is Flux's true classifier-free guidance for the Flux experts among the
     two (``guidance_scale`` stays their distilled guidance value).
+
+    ``edit`` starts from a picture (:mod:`pangudraw.editing`): image to image at its
+    strength, inpainting with its mask, outpainting when the picture is smaller than the
+    output. Without a width and height the output takes the picture's size (rounded down
+    to what the canvas model takes).
     """
     check_request(num_inference_steps, num_images, seed, width, height)
     check_finite(guidance_scale, "guidance scale")
     check_finite(true_cfg, "true CFG scale")
     check_finite(t_split, "split")
     canvas_expert = texture or structure
+    if edit is not None and width is None and height is None:
+        width, height = _picture_size(edit, canvas_expert)
     canvas = _canvas(canvas_expert, height, width, num_images)
     _check_steps(num_inference_steps, canvas_expert)
     scheduler = make_scheduler(sampler, canvas_expert.scheduler_config)
@@ -247,7 +331,27 @@ def generate(
         callback,
         noise_policy,
         policy=BridgePolicy(bridge),
+        edit=edit,
     )
+
+
+def _picture_size(edit: EditSpec, expert: Expert) -> tuple[int, int]:
+    """(width, height) of the init picture, rounded down to the model's size multiple."""
+    from .editing import picture_size
+
+    width, height = picture_size(edit.image)
+    multiple = expert.size_multiple
+    rounded = (
+        max(multiple, width // multiple * multiple),
+        max(multiple, height // multiple * multiple),
+    )
+    if rounded != (width, height):
+        warnings.warn(
+            f"the init image ({width}x{height}) is resized to {rounded[0]}x{rounded[1]}, "
+            f"the nearest size {expert.name} takes",
+            stacklevel=3,
+        )
+    return rounded
 
 
 def sigma_window(window: Window, expert: Expert) -> SigmaWindow:
@@ -321,7 +425,10 @@ def coop_generate(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )
     canvas_expert = loaded[canvas_spec.model, tuple(canvas_spec.loras)]
-    canvas = _canvas(canvas_expert, recipe.height, recipe.width, 1)
+    width, height = recipe.width, recipe.height
+    if recipe.edit is not None and width is None and height is None:
+        width, height = _picture_size(recipe.edit, canvas_expert)
+    canvas = _canvas(canvas_expert, height, width, 1)
     _check_steps(recipe.steps, canvas_expert)
     scheduler = make_scheduler(recipe.sampler, canvas_expert.scheduler_config)
     latent_hw = tuple(canvas.latent_shape(1)[-2:])
@@ -376,4 +483,5 @@ def coop_generate(
         recipe.noise,
         recipe.bridge_every,
         BridgePolicy(recipe.bridge),
+        recipe.edit,
     )

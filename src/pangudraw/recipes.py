@@ -14,6 +14,11 @@
     width = 64
     height = 64
     expert = "texture"                # whose latent space and sampler schedule (default: first)
+    init_image = "photo.png"          # optional: start from a picture (image to image)
+    strength = 0.75                   # how much of the trajectory runs (default 0.75; 1 masked)
+    mask = "repaint.png"              # optional: inpaint (white repaints, black keeps)
+    place = [16, 0]                   # optional: a smaller picture's corner (outpainting)
+    mask_blur = 0                     # optional: soften the mask's edges by this many pixels
 
     [[experts]]
     name = "texture"
@@ -44,8 +49,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .editing import EditSpec, default_strength
 from .errors import UserError
-from .files import inside, within
+from .files import inside, keep_by_content, within
 from .limits import MAX_SEED, MAX_STEPS, max_side
 from .lora import LoraSpec
 from .options import (
@@ -72,7 +78,8 @@ TOP_KEYS = {
     "bridge_every",
     "bridge",
 }
-CANVAS_KEYS = {"width", "height", "expert"}
+CANVAS_KEYS = {"width", "height", "expert", "init_image", "strength", "mask", "place"}
+CANVAS_KEYS |= {"mask_blur"}
 EXPERT_KEYS = {
     "name",
     "model",
@@ -144,6 +151,7 @@ class Recipe:
     noise: str = GENERATION["noise"]
     bridge_every: int = 1
     bridge: str = GENERATION["bridge"]
+    edit: EditSpec | None = None  # start from a picture (image to image, inpainting)
 
     def to_table(self, relative_to: Path | None = None) -> dict:
         """The recipe as a table in the recipe file's own form, JSON-able: what a PNG stores
@@ -196,6 +204,10 @@ class Recipe:
                 )
             )
         canvas = {"width": self.width, "height": self.height, "expert": self.canvas_expert}
+        if self.edit is not None:
+            e = self.edit
+            canvas |= {"init_image": where(e.image), "strength": e.strength, "mask": where(e.mask)}
+            canvas |= {"place": e.place and list(e.place), "mask_blur": e.mask_blur or None}
         return {
             "seed": self.seed,
             "steps": self.steps,
@@ -219,7 +231,6 @@ def keep_inputs(recipe: Recipe, folder: Path) -> tuple[Recipe, dict]:
     :func:`pangudraw.files.write_outputs`, beside the output itself). A PNG's recipe may
     name files in the PNG's folder, so ``--from-png`` then needs no option.
     """
-    import hashlib
     from dataclasses import replace
 
     writers: dict[Path, object] = {}
@@ -227,16 +238,9 @@ def keep_inputs(recipe: Recipe, folder: Path) -> tuple[Recipe, dict]:
     def kept(path: str | None, what: str) -> str | None:
         if path is None:
             return None
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError as exc:
-            raise UserError(f"{what} {path} does not exist") from exc
-        except OSError as exc:
-            raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from exc
-        name = hashlib.sha256(data).hexdigest()[:16] + Path(path).suffix.lower()
-        target = (Path(folder) / INPUTS / name).resolve()
-        if target != Path(path).resolve():
-            writers[target] = lambda f, data=data: f.write(data)
+        target, writer = keep_by_content(path, folder, what)
+        if writer is not None:
+            writers[target] = writer
         return str(target)
 
     experts = [
@@ -252,7 +256,12 @@ def keep_inputs(recipe: Recipe, folder: Path) -> tuple[Recipe, dict]:
         )
         for e in recipe.experts
     ]
-    return replace(recipe, experts=experts), writers
+    edit = recipe.edit and replace(
+        recipe.edit,
+        image=kept(recipe.edit.image, "init image"),
+        mask=kept(recipe.edit.mask, "mask"),
+    )
+    return replace(recipe, experts=experts, edit=edit), writers
 
 
 @dataclass(frozen=True)
@@ -350,6 +359,35 @@ def _model_default(model: str, key: str):
     from .families import model_defaults
 
     return model_defaults(model).get(key, GENERATION[key])
+
+
+def _edit(canvas: _Reader, base: Path, policy: PathPolicy) -> EditSpec | None:
+    """The canvas's picture to start from (and mask), checked; None without one."""
+    image, mask = _path(canvas, "init_image", base, policy), _path(canvas, "mask", base, policy)
+    if image is None:
+        for key in ("strength", "mask", "place", "mask_blur"):
+            if key in canvas.table:
+                canvas.fail(key, "needs an init_image to start from")
+        return None
+    size = tuple(
+        _bounded(canvas, key, None, 1, max_side(), SIDE_HINT) for key in ("width", "height")
+    )
+    try:
+        strength = canvas.get("strength", float)
+        strength = default_strength(image, mask, size) if strength is None else strength
+    except UserError as exc:
+        canvas.fail("init_image", str(exc))
+    place = canvas.get("place", list)
+    if place is not None and not (
+        len(place) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in place)
+    ):
+        canvas.fail("place", f"expected [x, y] in pixels, got {place!r}")
+    blur = _bounded(canvas, "mask_blur", 0, 0, 256)
+    spec = EditSpec(image, strength, mask, place and tuple(place), blur)
+    try:
+        return spec.check()
+    except UserError as exc:
+        canvas.fail("init_image", str(exc))
 
 
 def _choice(reader: _Reader, key: str, choices: tuple[str, ...], default: str) -> str:
@@ -466,6 +504,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
     canvas_model = next((e.model for e in experts if e.name == canvas_expert), experts[0].model)
     steps = _bounded(top, "steps", _model_default(canvas_model, "steps"), 1, MAX_STEPS)
     return Recipe(
+        edit=_edit(canvas, base, policy),
         experts=experts,
         width=_bounded(canvas, "width", None, 1, max_side(), SIDE_HINT),
         height=_bounded(canvas, "height", None, 1, max_side(), SIDE_HINT),

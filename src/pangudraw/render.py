@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .editing import EditSpec
 from .errors import UserError
 from .loading.paths import bundled, model_label
 from .lora import LoraSpec
@@ -68,6 +69,7 @@ class GenerateRequest:
     bridge: str | None = None  # exact, or learned (bundled translators where trained)
     handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
     true_cfg: float = 1.0  # Flux models' true classifier-free guidance (> 1 turns it on)
+    edit: EditSpec | None = None  # start from a picture: image to image, inpainting
 
     @property
     def count(self) -> int:
@@ -113,6 +115,8 @@ class GenerateRequest:
         if width is None and height is None and "size" in defaults:
             width, height = defaults["size"]
         check_true_cfg(self.true_cfg)
+        if self.edit is not None:
+            self.edit.check()
         check_choice(filled["bridge"], BRIDGE_MODES, "bridge")
         check_choice(filled["handoff"], HANDOFFS, "hand-off rule")
         if filled["styles"] and "size" not in defaults:
@@ -154,18 +158,24 @@ def render_generate(
     models: ModelCache,
     callback: Callable | None = None,
     batches: list[range] | None = None,
+    stored: dict[str, str] | None = None,
 ) -> list[Picture]:
     """The images of a checked request (see :meth:`GenerateRequest.check`), in prompt
     order, ``num_images`` per prompt; only those of ``batches`` (default: all of
-    :meth:`GenerateRequest.batches`)."""
+    :meth:`GenerateRequest.batches`). ``stored`` maps the pictures the request reads (init
+    image, mask) to how the record names them (their kept copies; default: as given)."""
     pictures = []
     for images in request.batches() if batches is None else batches:
-        pictures += _render_batch(request, models, callback, images)
+        pictures += _render_batch(request, models, callback, images, stored or {})
     return pictures
 
 
 def _render_batch(
-    request: GenerateRequest, models: ModelCache, callback: Callable | None, images: range
+    request: GenerateRequest,
+    models: ModelCache,
+    callback: Callable | None,
+    images: range,
+    stored: dict[str, str],
 ) -> list[Picture]:
     from .pipelines import generate
 
@@ -194,6 +204,7 @@ def _render_batch(
         handoff=r.handoff,
         bridge=r.bridge,
         true_cfg=r.true_cfg,
+        edit=r.edit,
     )
     height, width = result.images.shape[-2:]
     pictures = []
@@ -218,6 +229,15 @@ def _render_batch(
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         if r.true_cfg != 1.0:
             record["true_cfg"] = r.true_cfg
+        if r.edit is not None:
+            e = r.edit
+            record["edit"] = {
+                "init_image": stored.get(e.image, e.image),
+                "strength": e.strength,
+                "mask": e.mask and stored.get(e.mask, e.mask),
+                "place": e.place and list(e.place),
+                "mask_blur": e.mask_blur,
+            }
         settings = {
             "Steps": r.steps,
             "Sampler": r.sampler,
@@ -235,6 +255,10 @@ def _render_batch(
             settings["Styles"] = ", ".join(f"{name}:{scale:g}" for name, scale in r.styles)
         if r.loras:
             settings["LoRA"] = ", ".join(f"{Path(s.path).stem}:{s.scale:g}" for s in r.loras)
+        if r.edit is not None:
+            settings["Denoising strength"] = f"{r.edit.strength:g}"
+            if r.edit.mask_blur:
+                settings["Mask blur"] = r.edit.mask_blur
         pictures.append(_picture(image, prompt, r.negative_prompt, settings, record, models))
     return pictures
 

@@ -12,6 +12,7 @@ from ..options import (
     DEFAULT_SAMPLER,
     DEFAULT_SPLIT,
     DEFAULT_STEPS,
+    GENERATION,
     SAMPLER_NAMES,
 )
 from .shared import FiniteFloat, allow_pickle_option, dtype_option, output_option
@@ -137,6 +138,41 @@ def output_paths(output: Path, count: int) -> list[Path]:
     help="A LoRA for the model(s) (diffusers or kohya keys, .safetensors); repeatable; "
     "SCALE defaults to 1, 0 leaves the model unchanged.",
 )
+@click.option(
+    "--init-image",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Start from this picture (image to image); resized to the output size, which is "
+    "its own size by default. Smaller than the output: outpainting (see --place).",
+)
+@click.option(
+    "--strength",
+    type=FiniteFloat(),
+    default=None,
+    help="With --init-image: how much of the trajectory runs, in (0, 1]; 1 repaints "
+    f"fully [default: {GENERATION['strength']}; {GENERATION['inpaint_strength']:g} with --mask].",
+)
+@click.option(
+    "--mask",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --init-image: inpaint; white repaints, black keeps (grayscale, binarised at "
+    "half as diffusers does). A dedicated inpainting model (9-channel UNet) needs it.",
+)
+@click.option(
+    "--place",
+    metavar="X,Y",
+    default=None,
+    help="Outpainting: where the init image's top-left corner goes on the larger output, in "
+    "pixels [default: centred]; the rest is painted.",
+)
+@click.option(
+    "--mask-blur",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Soften the mask's edges by this many pixels when the known region is put back.",
+)
 @allow_pickle_option
 @dtype_option
 def command(
@@ -162,6 +198,11 @@ def command(
     loras,
     bridge,
     styles,
+    init_image,
+    strength,
+    mask,
+    place,
+    mask_blur,
     allow_pickle,
     dtype,
 ) -> None:
@@ -176,6 +217,7 @@ def command(
 
     if structure is None and texture is not None:
         raise click.UsageError("--texture needs --structure (or give neither for the zoo)")
+    width, height = _size(size, width, height)
     given = locals()
     options = {k: given[k] for k in ("negative_prompt", "t_split", "steps", "guidance_scale")}
     options |= {k: given[k] for k in ("sampler", "seed", "num_images", "batch_size", "bridge")}
@@ -183,10 +225,12 @@ def command(
         prompts=_prompts(prompts, prompts_file),
         structure=structure and str(structure),
         texture=texture and str(texture),
-        **dict(zip(("width", "height"), _size(size, width, height))),
+        width=width,
+        height=height,
         loras=_loras(loras),
         styles=_styles(styles),
         true_cfg=true_cfg,
+        edit=_edit(init_image, strength, mask, place, mask_blur, (width, height)),
         **options,
     ).check(allow_pickle)
     paths = output_paths(output, request.count)
@@ -199,6 +243,22 @@ def command(
         _write_sheet(sheet, pictures if state.count == 1 else None, paths, num_images)
     for path in paths + ([sheet] if sheet else []):
         click.echo(str(path))
+
+
+def _edit(init_image, strength, mask, place, mask_blur, size):
+    """The picture to start from, as given (checked with the request); None without one."""
+    from ..editing import EditSpec, default_strength, parse_place
+
+    if init_image is None:
+        given = {"--strength": strength, "--mask": mask, "--place": place}
+        named = [name for name, value in given.items() if value is not None]
+        if named or mask_blur:
+            raise click.UsageError(f"{(named or ['--mask-blur'])[0]} needs --init-image")
+        return None
+    where = None if place is None else parse_place(place)
+    mask = None if mask is None else str(mask)
+    default = default_strength(str(init_image), mask, size) if strength is None else strength
+    return EditSpec(str(init_image), default, mask, where, mask_blur)
 
 
 def _prompts(prompts: tuple[str, ...], prompts_file: Path | None) -> list[str]:
@@ -238,8 +298,11 @@ def _styles(styles: tuple[str, ...]) -> list | None:
 
 def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None):
     """The request's pictures, written as PNGs, in this process's share of the batches
-    (one process, or those `accelerate launch` started); the pictures and the state."""
-    from ..files import write_outputs
+    (one process, or those `accelerate launch` started), with the pictures it read kept
+    beside them (``inputs/``, by content); the pictures and the state."""
+    import os
+
+    from ..files import keep_by_content, write_outputs
     from ..loading.models import ModelCache
     from ..render import render_generate
     from .shared import processes, quiet_libraries, step_bar
@@ -247,11 +310,20 @@ def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None):
     quiet_libraries()
     with processes() as state:
         batches = state.share(request.batches())
+        folder = paths[0].parent
+        stored, inputs = {}, {}
+        edit = request.edit
+        for name, what in ((edit and edit.image, "init image"), (edit and edit.mask, "mask")):
+            if name is not None:
+                target, writer = keep_by_content(name, folder, what)
+                stored[name] = Path(os.path.relpath(target, folder.resolve())).as_posix()
+                inputs |= {target: writer} if writer is not None else {}
         with step_bar(state.index) as callback:
             models = ModelCache(allow_pickle, state.device, dtype or "float32")
-            pictures = render_generate(request, models, callback, batches)
+            pictures = render_generate(request, models, callback, batches, stored)
         mine = [paths[i] for images in batches for i in images]
-        write_outputs({path: picture.writer() for path, picture in zip(mine, pictures)})
+        inputs = inputs if state.main else {}  # one process keeps them
+        write_outputs({**inputs, **{path: p.writer() for path, p in zip(mine, pictures)}})
         state.wait()
     return pictures, state
 

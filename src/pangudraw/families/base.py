@@ -30,6 +30,8 @@ class Conditioning:
     stacked after the conditional half: ``embeds`` is then ((2 + len(styles)) B, L, D).
     ``cfg_scale``: the classifier-free scale fixed at encoding, used instead of the
     expert's guidance value (Flux's true CFG, whose guidance value is the distilled one).
+    ``extra``: (B, E, h, w) channels concatenated to the latents of every copy (a 9-channel
+    inpainting UNet's mask and masked-picture latents), or None.
     """
 
     embeds: Any  # torch.Tensor
@@ -37,6 +39,7 @@ class Conditioning:
     added: dict | None = None
     styles: tuple[float, ...] = ()
     cfg_scale: float | None = None
+    extra: Any = None
 
     @property
     def copies(self) -> int:
@@ -195,7 +198,10 @@ def unet_call(expert, z, t: float, sigma: float, cond: Conditioning, scale: floa
 
     device = device_of(expert.network)
     t = torch.tensor(t, dtype=torch.float32, device=device)
-    z_in = torch.cat([z] * cond.copies).to(device, expert.dtype)
+    z_in = torch.cat([z] * cond.copies)
+    if cond.extra is not None:  # an inpainting UNet: mask and masked picture beside
+        z_in = torch.cat([z_in, torch.cat([cond.extra] * cond.copies)], dim=1)
+    z_in = z_in.to(device, expert.dtype)
     embeds = cond.embeds.to(device, expert.dtype)
     added = {k: v.to(device) for k, v in cond.added.items()} if cond.added else cond.added
     down, mid = None, None

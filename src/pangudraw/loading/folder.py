@@ -91,14 +91,15 @@ def assemble(
     space = (
         LatentSpace(vae) if vae is not None else LatentSpace(None, index.get("pixel_unshuffle", 1))
     )
-    # A denoiser takes the latents and nothing else: an inpainting or instruct model's extra
-    # input channels (mask, source image) have nothing to come from here.
+    # A denoiser takes the latents, or (a dedicated inpainting UNet) the latents, a mask and
+    # the masked picture's latents; an instruct model's other inputs have no source here.
     takes = family.latent_channels(network)
-    if takes != space.channels:
+    inpainting = family.controlnets and takes == 2 * space.channels + 1
+    if takes != space.channels and not inpainting:
         raise UserError(
             f"{name}: the {type(network).__name__} takes {takes} latent channels where its "
-            f"latent space has {space.channels} (an inpainting or instruct model?); "
-            "pangu-draw generates from text with text-to-image models"
+            f"latent space has {space.channels} (an instruct model?); pangu-draw takes "
+            "text-to-image models and inpainting models"
         )
     # Convolutions in channels-last layout: a third faster for one image on the CPU, the
     # same in batches (BENCHMARKS.md, "Equal quality in fewer steps"); values agree with
@@ -118,4 +119,5 @@ def assemble(
         family=family,
         sample_size=family.native_size(network, space.factor),
         dtype=next(network.parameters()).dtype,
+        inpainting=inpainting,
     )
