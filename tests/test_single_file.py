@@ -252,9 +252,7 @@ def test_a_lora_applies_to_a_single_file_model_as_to_its_twin(files, tmp_path):
     assert torch.equal(image(single, lora, 0.0), image(single))
 
 
-def test_an_inpainting_single_file_loads_and_asks_for_its_picture_and_mask(
-    files, tmp_path, capsys
-):
+def test_an_inpainting_single_file_loads_and_asks_for_its_picture_and_mask(files, tmp_path, capsys):
     """Nine input channels (latents, mask, masked image): an inpainting model, which runs
     from a picture and a mask and is refused without them in one line (not a shape error
     in the middle of sampling)."""
