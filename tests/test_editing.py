@@ -128,6 +128,48 @@ def test_flux_inpainting_equals_its_pipeline(models, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def fill_model(tmp_path_factory):
+    from fixtures.tiny_models import tiny_flux
+
+    folder = tmp_path_factory.mktemp("fill") / "flux_fill"
+    tiny_flux(folder, seed=7, fill=True)
+    return folder
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_flux_fill_equals_its_pipeline(fill_model, tmp_path, strength):
+    """FLUX.1 Fill takes the masked picture's latents and the mask folded into channels;
+    at full strength it still samples the picture's posterior first, as its pipeline does."""
+    from diffusers import FluxFillPipeline
+
+    from pangudraw.families import model_defaults
+
+    expert = load_expert(fill_model)
+    assert expert.inpainting
+    assert model_defaults(fill_model) == {"steps": 50, "guidance_scale": 30.0}
+    image = picture(tmp_path / "in.png", size=(32, 32))
+    where = mask(tmp_path / "mask.png", size=(32, 32), box=(0, 8, 24, 32))
+    edit = EditSpec(str(image), strength, str(where))
+    mine = generate(
+        expert, None, PROMPT, seed=3, edit=edit, num_inference_steps=6, guidance_scale=30.0
+    ).images
+    pipe = FluxFillPipeline.from_pretrained(fill_model)
+    theirs = diffusers_image(
+        pipe,
+        image=Image.open(image),
+        mask_image=Image.open(where),
+        strength=strength,
+        num_inference_steps=6,
+        guidance_scale=30.0,
+        height=32,
+        width=32,
+    )
+    assert (mine - theirs).abs().max() <= TOL
+    with pytest.raises(UserError, match="is an inpainting model"):
+        generate(expert, None, PROMPT, seed=3, num_inference_steps=4)
+
+
+@pytest.fixture(scope="module")
 def inpainting_model(tmp_path_factory):
     from fixtures.tiny_models import tiny_sd
 

@@ -6,9 +6,10 @@ that runs, and every expert (in any latent space, at any size) takes it from the
 ones off the canvas through the bridge like any estimate. Inpainting keeps the known
 region: after each step the canvas takes the picture's latents noised to the next level
 (with the same noise) outside the mask, as diffusers' inpainting pipelines do with a
-standard model; a dedicated inpainting model (a 9-channel UNet) gets the mask and the
-masked picture's latents as extra input channels instead. Outpainting is inpainting of a
-canvas larger than the picture: the picture is placed on it and the rest is masked.
+standard model; a dedicated inpainting model (a 9-channel UNet, FLUX.1 Fill) gets the mask
+and the masked picture's latents as extra input channels instead, laid out by its family.
+Outpainting is inpainting of a canvas larger than the picture: the picture is placed on it
+and the rest is masked.
 
 What diffusers does, and so what this does (read from its img2img and inpaint pipelines):
 
@@ -22,7 +23,8 @@ What diffusers does, and so what this does (read from its img2img and inpaint pi
 - a strength s runs the last steps of N: SD/SDXL (discrete schedules) the last
   ``min(int(N s), N)``, flow models (Flux, SD3) from ``int(N - N s)`` on;
 - image to image starts from the picture noised to the first step that runs; inpainting
-  at strength 1 starts from pure noise (a 9-channel model never encodes the picture then).
+  at strength 1 starts from pure noise (a 9-channel UNet never encodes the picture then;
+  FLUX.1 Fill does, so its generator moves as its pipeline's does).
 
 Reading and checking the inputs needs no torch (the CLI refuses bad input before anything
 loads); :func:`prepare` builds the tensors.

@@ -62,8 +62,8 @@ class Expert:
         sample_size: native resolution in pixels, (height, width).
         dtype: the network's parameter dtype (read once: diffusers' ``.dtype`` walks
             every parameter on each call).
-        inpainting: a dedicated inpainting model (a 9-channel UNet: latents, mask and
-            masked picture), which generates only from a picture and a mask.
+        inpainting: a dedicated inpainting model (a 9-channel UNet, FLUX.1 Fill: latents,
+            mask and masked picture), which generates only from a picture and a mask.
     """
 
     name: str

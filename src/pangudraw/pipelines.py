@@ -216,7 +216,7 @@ def _start(
     full = edit.mask is not None and edit.strength == 1
     encode = canvas.space.encode
     init = None
-    if not (full and model.inpainting):
+    if not (full and model.inpainting) or model.family.encodes_picture_at_full_strength:
         init = torch.cat([encode(edit.image, generator=g) for g in generators])
     noise = randn_tensor(canvas.latent_shape(len(generators)), generator=generators)
     blend = None
@@ -225,10 +225,11 @@ def _start(
         masked = torch.cat([encode(masked, generator=g) for g in generators])
         hw = tuple(noise.shape[-2:])
         if model.inpainting:  # the mask and the masked picture go in as channels
-            binary = F.interpolate(edit.binary, size=hw).expand(len(generators), -1, -1, -1)
+            binary = edit.binary.expand(len(generators), -1, -1, -1)
             for p in participants:
                 if p.expert.inpainting:
-                    p.cond = replace(p.cond, extra=torch.cat([binary, masked], dim=1))
+                    extra = p.expert.family.inpaint_inputs(binary, masked)
+                    p.cond = replace(p.cond, extra=extra)
         else:  # the known region is put back after each step
             blend = F.interpolate(
                 edit.mask, size=hw, mode="nearest" if edit.mask is edit.binary else "area"

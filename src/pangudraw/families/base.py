@@ -124,6 +124,26 @@ class Family:
         """Whether its convolutions run faster in channels-last layout (UNets)."""
         return True
 
+    # A dedicated inpainting model at strength 1 starts from pure noise: SD's inpainting
+    # pipelines then never encode the picture, FluxFillPipeline samples its posterior all
+    # the same (which moves the generator).
+    encodes_picture_at_full_strength = False
+
+    def inpainting_channels(self, channels: int, factor: int) -> int | None:
+        """The channels a dedicated inpainting model of this family takes over a latent
+        space of ``channels`` channels, ``factor`` pixels a cell (the latents and
+        :meth:`inpaint_inputs`); None where the family has none."""
+        return None
+
+    def inpaint_inputs(self, mask, masked):
+        """A dedicated inpainting model's extra channels, from the binary mask (B, 1, H, W)
+        at pixel size (1 repaints) and the masked picture's latents (B, C, h, w): a
+        9-channel UNet's mask at the latent size, then the masked latents."""
+        import torch
+        import torch.nn.functional as F
+
+        return torch.cat([F.interpolate(mask, size=tuple(masked.shape[-2:])), masked], dim=1)
+
     # ------------------------------------------------------------------ running
 
     def denoise(self, expert, z, t: float, sigma: float, cond: Conditioning, scale, controls):

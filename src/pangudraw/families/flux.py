@@ -7,7 +7,8 @@ and ignores it); true classifier-free guidance against a negative prompt is
 ``FluxPipeline``'s ``true_cfg_scale``. Folders: a ``transformer`` of class
 ``FluxTransformer2DModel`` (dev when its config has ``guidance_embeds``). Single files:
 ``double_blocks`` (Black Forest Labs' names) under ``model.diffusion_model.``; dev when
-the transformer has ``guidance_in``.
+the transformer has ``guidance_in``. FLUX.1 Fill (``FluxFillPipeline``) is its inpainting
+model: the masked picture and the mask go in beside the latents.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .base import Conditioning, Family, clip_states, device_of, guide, t5_states
 DEFAULTS = {
     "dev": {"steps": 28, "guidance_scale": 3.5},
     "schnell": {"steps": 4, "guidance_scale": 3.5},
+    "fill": {"steps": 50, "guidance_scale": 30.0},  # FluxFillPipeline's
 }
 LATENT_CELLS = 128  # FluxPipeline draws 128 latent cells a side by default (1024 px)
 
@@ -69,6 +71,8 @@ class Flux(Family):
         return has(keys, FLUX_BLOCKS)
 
     def defaults(self, index, config) -> dict:
+        if index.get("_class_name") == "FluxFillPipeline":
+            return DEFAULTS["fill"]
         return DEFAULTS["dev" if config("transformer").get("guidance_embeds") else "schnell"]
 
     def text_stack(self, index, component, network, cache):
@@ -91,6 +95,23 @@ class Flux(Family):
     def feature_width(self, network) -> int:
         return network.config.num_attention_heads * network.config.attention_head_dim
 
+    encodes_picture_at_full_strength = True  # FluxFillPipeline always encodes it
+
+    def inpainting_channels(self, channels, factor):
+        """FLUX.1 Fill: the latents, the masked picture's latents and the mask folded from
+        pixels into factor x factor channels (16 + 16 + 64, packed 2x2: 384)."""
+        return 2 * channels + factor * factor
+
+    def inpaint_inputs(self, mask, masked):
+        """Fill's extra channels as ``FluxFillPipeline.prepare_mask_latents`` lays them: the
+        masked latents, then each cell's factor x factor mask pixels as channels (row-major:
+        ``pixel_unshuffle``'s order)."""
+        import torch
+        import torch.nn.functional as F
+
+        factor = mask.shape[-1] // masked.shape[-1]
+        return torch.cat([masked, F.pixel_unshuffle(mask, factor)], dim=1)
+
     def channels_last(self) -> bool:
         return False
 
@@ -102,6 +123,8 @@ class Flux(Family):
 
         network, dtype = expert.network, expert.dtype
         device = device_of(network)
+        if cond.extra is not None:  # Fill: the masked picture and the mask beside
+            z = torch.cat([z, cond.extra.to(z.device, z.dtype)], dim=1)
         batch, channels, h, w = z.shape
         packed = FluxPipeline._pack_latents(z, batch, channels, h, w).to(device, dtype)
         image_ids = _image_ids(h // 2, w // 2, device, dtype)

@@ -95,6 +95,9 @@ class SD(Family):
     def text_stack(self, index, component, network, cache):
         return SDText(component("tokenizer"), component("text_encoder"))
 
+    def inpainting_channels(self, channels, factor):
+        return 2 * channels + 1  # latents, mask, masked picture's latents (9 for SD's)
+
     def lora_text_encoders(self, text) -> dict:
         return {} if text.encoder is None else {"text_encoder": text.encoder}
 

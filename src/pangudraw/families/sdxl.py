@@ -89,6 +89,9 @@ class SDXL(Family):
             aesthetic_score=6.0 if index.get("requires_aesthetics_score") else None,
         )
 
+    def inpainting_channels(self, channels, factor):
+        return 2 * channels + 1  # latents, mask, masked picture's latents (9 for SD's)
+
     def lora_text_encoders(self, text) -> dict:
         return dict(zip(("text_encoder", "text_encoder_2"), text.encoders))
 

@@ -91,10 +91,10 @@ def assemble(
     space = (
         LatentSpace(vae) if vae is not None else LatentSpace(None, index.get("pixel_unshuffle", 1))
     )
-    # A denoiser takes the latents, or (a dedicated inpainting UNet) the latents, a mask and
+    # A denoiser takes the latents, or (a dedicated inpainting model) the latents, a mask and
     # the masked picture's latents; an instruct model's other inputs have no source here.
     takes = family.latent_channels(network)
-    inpainting = family.controlnets and takes == 2 * space.channels + 1
+    inpainting = takes == family.inpainting_channels(space.channels, space.factor)
     if takes != space.channels and not inpainting:
         raise UserError(
             f"{name}: the {type(network).__name__} takes {takes} latent channels where its "
