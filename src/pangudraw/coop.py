@@ -144,6 +144,7 @@ class Step:
     latents: torch.Tensor
     active: list[int]
     canvas: Site | None = None
+    resident: list[int] = field(default_factory=list)  # participants in working memory
 
     def preview(self) -> torch.Tensor:
         """The fused x0 decoded: (B, 3, H, W) in [0, 1] (a VAE decode: call only to show)."""
@@ -407,6 +408,7 @@ def sample(
         active = [k for k, p in enumerate(participants) if p.active(sigma)]
         for k in [k for k in off if k not in active]:
             del off[k]  # re-enters by re-sampling if it becomes active again
+        _release_idle(participants, active)
         estimates = []
         for k in active:
             p, site = participants[k], sites[k]
@@ -450,5 +452,18 @@ def sample(
                 state.y = renoise(target, sigma_next, generator)
         if callback is not None:
             at = (i - first, len(sigmas) - first, grid.timesteps[i], sigma)
-            callback(Step(*at, x0, latents, active, canvas))
+            resident = [k for k, p in enumerate(participants) if p.expert.resident]
+            callback(Step(*at, x0, latents, active, canvas, resident))
+    _release_idle(participants, [])
     return latents
+
+
+def _release_idle(participants: list[Participant], active: list[int]) -> None:
+    """Experts that no active participant uses leave working memory (with offloading:
+    :mod:`pangudraw.offload`; they come back on their next prediction), before the active
+    ones predict, so the one closing its window and the one opening theirs are never
+    both held."""
+    needed = {id(participants[k].expert) for k in active}
+    for p in participants:
+        if id(p.expert) not in needed:
+            p.expert.release()

@@ -14,6 +14,7 @@ Loading lives in :mod:`pangudraw.loading`. Design: docs/design.md, section 2.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -24,6 +25,7 @@ from .families import Conditioning, Family
 from .latents import LatentSpace
 from .limits import check_true_cfg
 from .noise import Schedule, SigmaWindow, to_x0, unit
+from .offload import Residence
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Expert:
             every parameter on each call).
         inpainting: a dedicated inpainting model (a 9-channel UNet, FLUX.1 Fill: latents,
             mask and masked picture), which generates only from a picture and a mask.
+        residence: where the network waits between its windows (``--offload window``,
+            :mod:`pangudraw.offload`); None: always in working memory.
     """
 
     name: str
@@ -77,6 +81,31 @@ class Expert:
     sample_size: tuple[int, int] = (512, 512)
     dtype: torch.dtype = torch.float32
     inpainting: bool = False
+    residence: Residence | None = field(default=None, repr=False)
+
+    @property
+    def resident(self) -> bool:
+        """Whether the network is in working memory (always, without offloading)."""
+        return self.residence is None or self.residence.attached
+
+    def attach(self) -> None:
+        """Bring a released network back into working memory (a no-op when it is)."""
+        if self.residence is not None:
+            self.residence.attach(self.network)
+
+    def release(self) -> None:
+        """Let the network leave working memory until it is needed (with offloading)."""
+        if self.residence is not None:
+            self.residence.release(self.network)
+
+    def text_modules(self) -> list[torch.nn.Module]:
+        """The text stack's networks."""
+        found = []
+        for value in vars(self.text).values():
+            for module in value if isinstance(value, list) else [value]:
+                if isinstance(module, torch.nn.Module):
+                    found.append(module)
+        return found
 
     def to(self, device: str | torch.device | None, dtype: torch.dtype | None = None) -> Expert:
         """Move the network, the text encoders and the VAE to ``device`` (in place), and
@@ -85,10 +114,8 @@ class Expert:
         own tensors on the CPU in float32; each call moves and casts its inputs to the
         network's device and dtype and its output back."""
         self.network.to(device=device, dtype=dtype)
-        for value in vars(self.text).values():
-            for module in value if isinstance(value, list) else [value]:
-                if isinstance(module, torch.nn.Module):
-                    module.to(device=device, dtype=dtype)
+        for module in self.text_modules():
+            module.to(device=device, dtype=dtype)
         if self.space.vae is not None:
             self.space.vae.to(device=device)
         self.dtype = dtype or self.dtype
@@ -120,6 +147,25 @@ class Expert:
         ``true_cfg`` > 1: true classifier-free guidance at that scale, against the
         negative prompts (empty ones when none are given), for the families that take it.
         """
+        with self._text_on_device():
+            return self._encode(prompts, negatives, guidance_scale, size, styles, true_cfg)
+
+    @contextmanager
+    def _text_on_device(self):
+        """With window offloading on a GPU the text encoders wait in host memory: they
+        move to the GPU for the call."""
+        away = self.residence is not None and self.residence.device.type != "cpu"
+        if away:
+            for module in self.text_modules():
+                module.to(self.residence.device)
+        try:
+            yield
+        finally:
+            if away:
+                for module in self.text_modules():
+                    module.to("cpu")
+
+    def _encode(self, prompts, negatives, guidance_scale, size, styles, true_cfg):
         guided, size = guidance_scale > 1.0, size or self.sample_size
         if true_cfg != 1.0:
             if not self.family.true_cfg:
@@ -172,6 +218,7 @@ class Expert:
         Returns:
             x0: (B, C, h, w), float32.
         """
+        self.attach()
         level = min(sigma, self.schedule.sigma_max)
         alpha, s = self.schedule.coefficients(level)
         z = self.schedule.input_scale(level) * y

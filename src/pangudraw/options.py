@@ -18,6 +18,7 @@ NOISE_POLICIES = ("carry", "resample")
 # benchmarks/bench_bridges.py found (BENCHMARKS.md, "Learned bridges").
 BRIDGE_MODES = ("exact", "learned")
 DTYPES = ("float32", "bfloat16", "float16")  # denoisers' and text encoders' precision
+OFFLOAD_MODES = ("none", "window", "sequential")  # experts in memory: offload.py
 HANDOFFS = ("sigma", "release")  # on the noise level, or PanGu-Draw v3's one-step lag
 ZOO_PREFIX = "zoo:"  # a bundled model by name: zoo:structure, zoo:controlnet_canny, ...
 HUB_PREFIX = "hf:"  # a Hugging Face hub model, downloaded only when a user names one

@@ -9,6 +9,7 @@
     bridge_every = 1                  # run and bridge experts off the canvas every k steps
     bridge = "exact"                  # exact | learned (bundled translators, else exact)
     guidance = 7.0                    # every expert's unless it has its own (default 7; Flux: 3.5)
+    offload = "none"                  # none | window | sequential: experts in memory (offload.py)
 
     [canvas]
     width = 64
@@ -59,6 +60,7 @@ from .options import (
     GENERATION,
     HUB_PREFIX,
     NOISE_POLICIES,
+    OFFLOAD_MODES,
     SAMPLER_NAMES,
     ZOO_PREFIX,
 )
@@ -77,6 +79,7 @@ TOP_KEYS = {
     "experts",
     "bridge_every",
     "bridge",
+    "offload",
 }
 CANVAS_KEYS = {"width", "height", "expert", "init_image", "strength", "mask", "place"}
 CANVAS_KEYS |= {"mask_blur"}
@@ -152,6 +155,7 @@ class Recipe:
     bridge_every: int = 1
     bridge: str = GENERATION["bridge"]
     edit: EditSpec | None = None  # start from a picture (image to image, inpainting)
+    offload: str = "none"  # how experts wait between their windows (the image is the same)
 
     def to_table(self, relative_to: Path | None = None) -> dict:
         """The recipe as a table in the recipe file's own form, JSON-able: what a PNG stores
@@ -515,6 +519,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         noise=_choice(top, "noise", NOISE_POLICIES, GENERATION["noise"]),
         bridge_every=_bounded(top, "bridge_every", 1, 1, MAX_STEPS),
         bridge=_choice(top, "bridge", BRIDGE_MODES, GENERATION["bridge"]),
+        offload=_choice(top, "offload", OFFLOAD_MODES, "none"),
     )
 
 

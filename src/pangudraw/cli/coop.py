@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from ..options import BRIDGE_MODES
-from .shared import allow_pickle_option, dtype_option, file_option, output_option
+from .shared import (
+    allow_pickle_option,
+    dtype_option,
+    file_option,
+    offload_option,
+    output_option,
+)
 
 
 @click.command("coop")
@@ -41,6 +47,7 @@ from .shared import allow_pickle_option, dtype_option, file_option, output_optio
 )
 @allow_pickle_option
 @dtype_option
+@offload_option
 def command(
     recipe,
     overrides,
@@ -51,6 +58,7 @@ def command(
     bridge,
     allow_pickle,
     dtype,
+    offload,
 ) -> None:
     """Generate one image from a Coop RECIPE (TOML); see pangudraw.recipes for the format.
 
@@ -88,7 +96,8 @@ def command(
     with step_bar() as callback:
         from ..loading.models import ModelCache
 
-        models = ModelCache(allow_pickle, dtype=dtype or "float32")
+        offload = offload or parsed.offload
+        models = ModelCache(allow_pickle, dtype=dtype or "float32", offload=offload)
         picture = render_coop(parsed, output.parent, models, callback, stored)
     write_outputs({**inputs, output: picture.writer()})
     click.echo(str(output))

@@ -15,7 +15,13 @@ from ..options import (
     GENERATION,
     SAMPLER_NAMES,
 )
-from .shared import FiniteFloat, allow_pickle_option, dtype_option, output_option
+from .shared import (
+    FiniteFloat,
+    allow_pickle_option,
+    dtype_option,
+    offload_option,
+    output_option,
+)
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -175,6 +181,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
 )
 @allow_pickle_option
 @dtype_option
+@offload_option
 def command(
     *,
     prompts,
@@ -205,6 +212,7 @@ def command(
     mask_blur,
     allow_pickle,
     dtype,
+    offload,
 ) -> None:
     """Generate images for each PROMPT and save them as PNGs with their parameters.
 
@@ -236,7 +244,7 @@ def command(
     paths = output_paths(output, request.count)
     sheet = output.with_name(f"{output.stem}-grid.png") if grid else None
     check_outputs(paths + ([sheet] if sheet else []))
-    pictures, state = _render(request, paths, allow_pickle, dtype)
+    pictures, state = _render(request, paths, allow_pickle, dtype, offload or "none")
     if not state.main:
         return
     if sheet is not None:
@@ -296,7 +304,7 @@ def _styles(styles: tuple[str, ...]) -> list | None:
     return [] if styles == ("none",) else [parse_style(text) for text in styles]
 
 
-def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None):
+def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None, offload: str):
     """The request's pictures, written as PNGs, in this process's share of the batches
     (one process, or those `accelerate launch` started), with the pictures it read kept
     beside them (``inputs/``, by content); the pictures and the state."""
@@ -319,7 +327,7 @@ def _render(request, paths: list[Path], allow_pickle: bool, dtype: str | None):
                 stored[name] = Path(os.path.relpath(target, folder.resolve())).as_posix()
                 inputs |= {target: writer} if writer is not None else {}
         with step_bar(state.index) as callback:
-            models = ModelCache(allow_pickle, state.device, dtype or "float32")
+            models = ModelCache(allow_pickle, state.device, dtype or "float32", offload)
             pictures = render_generate(request, models, callback, batches, stored)
         mine = [paths[i] for images in batches for i in images]
         inputs = inputs if state.main else {}  # one process keeps them

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import DTYPES
+from ..options import DTYPES, OFFLOAD_MODES
 
 
 class FiniteFloat(click.ParamType):
@@ -63,6 +63,17 @@ dtype_option = click.option(
     help="Precision of the denoisers and text encoders (the VAE stays float32); recorded in "
     "the PNG. bfloat16 halves the memory of SD3 and Flux on a GPU. [default: float32; "
     "coop --from-png: the PNG's]",
+)
+
+
+offload_option = click.option(
+    "--offload",
+    type=click.Choice(OFFLOAD_MODES),
+    default=None,
+    help="Experts in memory: window keeps each denoiser in working memory only while its "
+    "noise window is open (a pair's peak is about the larger one's); sequential moves each "
+    "layer to the GPU for its own call (for cards that cannot hold one). The image is the "
+    "same. [default: none; coop: the recipe's]",
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .shared import FOLDER, dtype_option
+from .shared import FOLDER, dtype_option, offload_option
 
 
 def check_port(host: str, port: int) -> None:
@@ -72,6 +72,7 @@ def check_port(host: str, port: int) -> None:
 )
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=10, show_default=True)
 @dtype_option
+@offload_option
 def command(
     host,
     port,
@@ -84,11 +85,17 @@ def command(
     max_images,
     max_upload_mb,
     dtype,
+    offload,
 ) -> None:
     """Open the web UI on the bundled models (and any under --models) at http://HOST:PORT."""
     from ..errors import UserError
 
     check_port(host, port)
+    if offload not in (None, "none") and concurrency > 1:
+        raise UserError(
+            f"--offload {offload} moves experts between requests' windows; serve one request "
+            "at a time with it (--concurrency 1)"
+        )
     try:
         import gradio  # noqa: F401
     except ModuleNotFoundError as exc:
@@ -103,4 +110,13 @@ def command(
     from .shared import quiet_libraries
 
     quiet_libraries()
-    serve(served, host, port, concurrency, queue_size, block=True, dtype=dtype or "float32")
+    serve(
+        served,
+        host,
+        port,
+        concurrency,
+        queue_size,
+        block=True,
+        dtype=dtype or "float32",
+        offload=offload or "none",
+    )

@@ -163,7 +163,9 @@ class Family:
 def device_of(module):
     """Where a module computes. Tensors go there for the call and come back to the CPU, so
     the sampling loop (tiny tensors) stays on the CPU while networks sit on any device."""
-    return next(module.parameters()).device
+    from ..offload import execution_device
+
+    return execution_device(module) or next(module.parameters()).device
 
 
 def clip_states(tokenizer, encoder, prompts: list[str]):

@@ -14,7 +14,8 @@ from diffusers import ControlNetModel
 from ..errors import UserError
 from ..expert import Expert
 from ..lora import LoraSpec, apply_loras
-from ..options import DTYPES, HUB_PREFIX, check_choice
+from ..offload import Residence, sequential
+from ..options import DTYPES, HUB_PREFIX, OFFLOAD_MODES, check_choice
 from .folder import load_folder
 from .paths import MODEL_SPEC_SUFFIX, SINGLE_FILE_SUFFIXES, bundled, resolve_model
 from .single import load_model_spec, load_single_file
@@ -76,11 +77,16 @@ class ModelCache:
     """
 
     def __init__(
-        self, allow_pickle: bool = False, device: str | None = None, dtype: str = "float32"
+        self,
+        allow_pickle: bool = False,
+        device: str | None = None,
+        dtype: str = "float32",
+        offload: str = "none",
     ):
         self.allow_pickle = allow_pickle
         self.device = device or default_device()  # None: where they load (the CPU)
         self.dtype = check_choice(dtype, DTYPES, "dtype")  # networks' and text encoders'
+        self.offload = check_choice(offload, OFFLOAD_MODES, "offload")  # offload.py
         self._loaded: dict[tuple, object] = {}
         self._components: dict = {}  # the same files on disk load once (no LoRA)
         self._lock = threading.Lock()
@@ -93,8 +99,22 @@ class ModelCache:
                 cache = None if loras else self._components
                 expert = load_expert(path, self.allow_pickle, cache)
                 expert = apply_loras(expert, list(loras), self.allow_pickle)
-                self._loaded[key] = expert.to(self.device, getattr(torch, self.dtype))
+                self._loaded[key] = self._place(expert.to(self.device, getattr(torch, self.dtype)))
             return self._loaded[key]
+
+    def _place(self, expert: Expert) -> Expert:
+        """Offloading (:mod:`pangudraw.offload`): a windowed expert waits released (its
+        text encoders in host memory on a GPU) until its first window opens."""
+        device = torch.device(self.device or "cpu")
+        if self.offload == "window":
+            expert.residence = Residence(device)
+            if device.type != "cpu":
+                for module in expert.text_modules():
+                    module.to("cpu")
+            expert.release()
+        elif self.offload == "sequential":
+            sequential(expert.network, device)
+        return expert
 
     def controlnet(self, model: str | Path, expert: Expert) -> ControlNetModel:
         """A ControlNet, loaded once and shared like the experts (and moved to their

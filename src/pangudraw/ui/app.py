@@ -110,10 +110,14 @@ class App:
     """The UI's state shared by all sessions: served models, loaded experts, stop flags."""
 
     def __init__(
-        self, served: Served, preview_every: int = DEFAULT_PREVIEW_EVERY, dtype: str = "float32"
+        self,
+        served: Served,
+        preview_every: int = DEFAULT_PREVIEW_EVERY,
+        dtype: str = "float32",
+        offload: str = "none",
     ):
         self.served = served
-        self.models = ModelCache(dtype=dtype)
+        self.models = ModelCache(dtype=dtype, offload=offload)
         self.preview_every = preview_every
         self._stops: dict[str, threading.Event] = {}
 

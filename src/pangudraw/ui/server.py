@@ -18,6 +18,7 @@ def serve(
     block: bool = True,
     preview_every: int | None = None,
     dtype: str = "float32",
+    offload: str = "none",
 ):
     """Launch the UI and print its URL; with ``block=False`` return the running gradio
     Blocks (``.close()`` ends it) instead of serving until interrupted."""
@@ -28,7 +29,7 @@ def serve(
     if block:  # the server's own process: requests side by side share one run's threads
         torch.set_num_threads(max(1, torch.get_num_threads() // concurrency))
     every = DEFAULT_PREVIEW_EVERY if preview_every is None else preview_every
-    app = App(served, every, dtype)
+    app = App(served, every, dtype, offload)
     blocks = build(app)
     blocks.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     blocks.launch(
