@@ -113,3 +113,23 @@ def test_models_tab_in_the_browser(page, shots):
     page.get_by_role("button", name="texture").first.click()
     page.get_by_text("pangu-draw texture generator").first.wait_for(timeout=30_000)
     shot(page, shots / "models.jpg")
+
+
+def test_edit_in_the_browser(page, shots):
+    """A result sent from Generate to Edit, a stroke drawn on it, inpainted."""
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate-gallery img").first.click()
+    page.locator("#generate-send-edit").click()
+    editor = page.locator("#edit-editor")
+    editor.locator("canvas").first.wait_for(timeout=30_000)
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + box["width"] * 0.2, y, steps=8)
+    page.mouse.up()
+    page.locator("#edit-prompt textarea").fill("grinning face")
+    page.locator("#edit-run").click()
+    page.locator("#edit-gallery img").first.wait_for(timeout=WAIT_MS)
+    page.get_by_text("1 image(s)").last.wait_for(timeout=WAIT_MS)
+    shot(page, shots / "edit.jpg")

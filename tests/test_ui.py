@@ -301,3 +301,114 @@ def test_a_chosen_model_brings_its_own_steps_and_guidance(models, tmp_path):
 
 def test_the_model_defaults_event_is_wired(client):
     assert list(client.predict("structure", "texture", api_name="/model_defaults")) == [15, 7.0]
+
+
+def edit_args(editor, prompt="grinning face", strength=1.0, margins=(0, 0, 0, 0), **changes):
+    args = {
+        "editor": editor,
+        "prompts": prompt,
+        "negative": "",
+        "structure": "structure",
+        "texture": "texture",
+        "strength": strength,
+        "blur": 0,
+        "left": margins[0],
+        "top": margins[1],
+        "right": margins[2],
+        "bottom": margins[3],
+        "steps": STEPS,
+        "guidance": 7.0,
+        "sampler": "euler",
+        "seed_mode": "fixed",
+        "seed": 9,
+        "preview": False,
+    }
+    args.update(changes)
+    return list(args.values())
+
+
+def test_the_edit_tab_inpaints_a_drawn_mask_as_the_cli_does(server, client, tmp_path):
+    """The picture is the editor's background, the mask what was drawn on its layer; both
+    are kept by content in the outputs folder and the PNG names them, so the CLI with the
+    PNG's settings makes the same image."""
+    outputs = server[1]
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[16:48, 8:40] = (255, 255, 255, 255)  # the stroke
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    heart = handle_file(str(EXAMPLES / "heart.png"))
+    editor = {"background": heart, "layers": [handle_file(str(tmp_path / "layer.png"))]}
+    editor["composite"] = heart
+    gallery, _, status = client.predict(*edit_args(editor), api_name="/edit")
+    [item] = gallery
+    png = Path(item["image"])
+    edit = read_record(png)["edit"]
+    assert edit["strength"] == 1.0 and edit["mask"].startswith("inputs/")
+    for name in (edit["init_image"], edit["mask"]):
+        assert (outputs / name).is_file()
+    with Image.open(outputs / edit["mask"]) as kept:
+        assert np.array_equal(np.asarray(kept) > 0, layer[..., 3] > 0)
+    again = tmp_path / "cli.png"
+    args = ["generate", "grinning face", "--seed", "9", "--steps", str(STEPS), "-o", str(again)]
+    args += [
+        "--init-image",
+        str(outputs / edit["init_image"]),
+        "--mask",
+        str(outputs / edit["mask"]),
+    ]
+    cli.main(args, standalone_mode=False)
+    np.testing.assert_array_equal(pixels(png), pixels(again))
+
+
+def test_the_edit_tab_runs_image_to_image_and_outpaints_by_margins(client, tmp_path):
+    small = tmp_path / "small.png"
+    Image.open(EXAMPLES / "heart.png").convert("RGB").resize((48, 40)).save(small)
+    editor = {"background": handle_file(str(small)), "layers": [], "composite": None}
+    gallery, _, _ = client.predict(*edit_args(editor, "red heart", 0.5), api_name="/edit")
+    png = Path(gallery[0]["image"])
+    assert Image.open(png).size == (48, 40) and read_record(png)["edit"]["mask"] is None
+    margins = (8, 12, 8, 12)
+    gallery, _, _ = client.predict(*edit_args(editor, margins=margins), api_name="/edit")
+    png = Path(gallery[0]["image"])
+    assert Image.open(png).size == (64, 64) and read_record(png)["edit"]["place"] == [8, 12]
+
+
+@pytest.mark.parametrize(
+    "editor, changes, message",
+    [
+        (None, {}, "upload a picture"),
+        ("heart", {"left": -4}, "less than minimum"),
+        ("heart", {"strength": 0}, "less than minimum"),
+        ("heart", {"blur": 2.5}, "whole number"),
+        ("heart+mask", {"left": 8}, "not both"),
+    ],
+)
+def test_the_edit_tab_refuses_bad_input_in_one_line(
+    server, client, tmp_path, editor, changes, message
+):
+    before = saved(server[1])
+    heart = handle_file(str(EXAMPLES / "heart.png"))
+    value = None
+    if editor:
+        layers = []
+        if editor.endswith("mask"):
+            Image.new("RGBA", (64, 64), (255, 255, 255, 255)).save(tmp_path / "l.png")
+            layers = [handle_file(str(tmp_path / "l.png"))]
+        value = {"background": heart, "layers": layers, "composite": heart}
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(*edit_args(value, **changes), api_name="/edit")
+    assert saved(server[1]) == before
+
+
+def test_any_result_can_be_sent_to_the_edit_tab():
+    from pangudraw.ui.layout import _chosen, _to_editor
+
+    class Event:
+        value = {"image": {"path": "/x/result.png"}, "caption": None}
+
+    path = _chosen(Event())
+    editor, tabs = _to_editor(path)
+    assert editor["background"] == "/x/result.png" and editor["layers"] == []
+    import gradio as gr
+
+    with pytest.raises(gr.Error):
+        _to_editor(None)

@@ -1,9 +1,11 @@
 """``pangu-draw ui``: a gradio web UI over the same calls the CLI makes.
 
-Tabs: Generate (one model or a structure + texture pair), Coop (experts from different
-latent spaces, each with its prompt, window, region mask and ControlNet, built into a
-recipe shown as TOML), PNG info (a pangu-draw PNG's parameters, sent back to Generate or
-Coop) and Models (the bundled models' cards and sample grids).
+Tabs: Generate (one model or a structure + texture pair), Edit (image to image,
+inpainting with a mask drawn on the picture, outpainting by margins: ``ui/edit.py``), Coop
+(experts from different latent spaces, each with its prompt, window, region mask and
+ControlNet, built into a recipe shown as TOML), PNG info (a pangu-draw PNG's parameters,
+sent back to Generate, Coop or Edit) and Models (the bundled models' cards and sample
+grids). Any result can be sent to Edit.
 
 A run happens in a worker thread; the event handler is a generator that reports each
 step (progress bar with ETA, a decoded preview of the fused x0 every few steps) and ends
@@ -195,46 +197,104 @@ class App:
     ):
         """Generate tab: yields (gallery, preview, status, last seed)."""
         try:
-            lines = prompt_lines(prompts or "")
-            if not lines:
-                raise UserError("type a prompt (one per line for several)")
-            if sampler not in SAMPLER_NAMES:
-                raise UserError(f"sampler {sampler!r} is not one of {', '.join(SAMPLER_NAMES)}")
-            numbers = {"steps": steps, "width": width, "height": height, "images": num_images}
-            for name, value in numbers.items():
-                if value is None or not float(value).is_integer():
-                    raise UserError(f"{name} must be a whole number, got {value!r}")
-            steps, width, height, num_images = (int(v) for v in numbers.values())
-            if seed_mode == "fixed":
-                if seed is None or not float(seed).is_integer():
-                    raise UserError("a fixed seed must be a whole number")
-                seed = int(seed)
-            else:
-                seed = last_seed if seed_mode == "reuse last" else None
-            texture_spec = None
-            if texture and texture != NONE:
-                texture_spec = self.served.model(texture, "texture model")
-            self.served.limits.check(steps, len(lines) * num_images, width, height)
-            r = GenerateRequest(
-                prompts=lines,
-                negative_prompt=negative or None,
-                structure=self.served.model(structure, "structure model"),
-                texture=texture_spec,
-                t_split=float(split),
-                steps=steps,
-                guidance_scale=float(guidance),
-                sampler=sampler,
-                seed=seed,
-                width=width,
-                height=height,
-                num_images=num_images,
-                true_cfg=float(1.0 if true_cfg is None else true_cfg),
-            ).check()
+            numbers = {"width": width, "height": height, "images": num_images}
+            width, height, num_images = (_whole(v, k) for k, v in numbers.items())
+            r = self._request(
+                prompts, negative, structure, texture, steps, guidance, sampler, seed_mode, seed,
+                last_seed, width=width, height=height, num_images=num_images,
+                t_split=float(split), true_cfg=float(1.0 if true_cfg is None else true_cfg),
+            )  # fmt: skip
         except UserError as exc:
             raise gr.Error(str(exc)) from None
+        yield from self._render(r, {}, request, progress, preview)
+
+    def edit(
+        self,
+        editor,
+        prompts: str,
+        negative: str,
+        structure: str,
+        texture: str,
+        strength: float,
+        blur: float,
+        left: float,
+        top: float,
+        right: float,
+        bottom: float,
+        steps: float,
+        guidance: float,
+        sampler: str,
+        seed_mode: str,
+        seed: float | None,
+        preview: bool,
+        last_seed: int | None,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        """Edit tab (image to image, inpainting, outpainting): yields (gallery, preview,
+        status, last seed)."""
+        from .edit import edit_spec, read_editor, stored_names
+
+        try:
+            drawn = read_editor(editor, self.served)
+            spec, width, height = edit_spec(
+                drawn, self.served, strength, blur, [left, top, right, bottom]
+            )
+            r = self._request(
+                prompts, negative, structure, texture, steps, guidance, sampler, seed_mode, seed,
+                last_seed, width=width, height=height, edit=spec,
+            )  # fmt: skip
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        yield from self._render(r, stored_names(spec, drawn), request, progress, preview)
+
+    def _request(
+        self,
+        prompts: str,
+        negative: str,
+        structure: str,
+        texture: str,
+        steps: float,
+        guidance: float,
+        sampler: str,
+        seed_mode: str,
+        seed: float | None,
+        last_seed: int | None,
+        **settings,
+    ) -> GenerateRequest:
+        """A checked request from the form's fields (the tabs' shared ones, then the rest)."""
+        lines = prompt_lines(prompts or "")
+        if not lines:
+            raise UserError("type a prompt (one per line for several)")
+        if sampler not in SAMPLER_NAMES:
+            raise UserError(f"sampler {sampler!r} is not one of {', '.join(SAMPLER_NAMES)}")
+        steps = _whole(steps, "steps")
+        if seed_mode == "fixed":
+            seed = _whole(seed, "a fixed seed")
+        else:
+            seed = last_seed if seed_mode == "reuse last" else None
+        texture_spec = None
+        if texture and texture != NONE:
+            texture_spec = self.served.model(texture, "texture model")
+        count = len(lines) * settings.get("num_images", 1)
+        self.served.limits.check(steps, count, settings["width"], settings["height"])
+        return GenerateRequest(
+            prompts=lines,
+            negative_prompt=negative or None,
+            structure=self.served.model(structure, "structure model"),
+            texture=texture_spec,
+            steps=steps,
+            guidance_scale=float(guidance),
+            sampler=sampler,
+            seed=seed,
+            **settings,
+        ).check()
+
+    def _render(self, r: GenerateRequest, stored: dict, request, progress, preview: bool):
+        """Run a request in the worker: yields (gallery, preview, status, last seed)."""
         skip = gr.skip()
         yield skip, None, f"queued seed {r.seed}", r.seed
-        work = lambda callback: render_generate(r, self.models, callback)  # noqa: E731
+        work = lambda callback: render_generate(r, self.models, callback, stored=stored)  # noqa: E731
         for first, second in self._run(work, request, progress, preview):
             if first == "done":
                 pictures = second
@@ -414,6 +474,12 @@ class App:
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"the PNG's recipe cannot be shown as TOML: {exc}") from None
         return text, gr.Tabs(selected="coop")
+
+
+def _whole(value, what: str) -> int:
+    if value is None or not float(value).is_integer():
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _working_size(text: str | None, k: int) -> list[int] | None:

@@ -23,14 +23,37 @@ def build(app: App) -> gr.Blocks:
         )
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                fields = _generate_tab(app)
+                fields, chosen, send_result = _generate_tab(app)
+            with gr.Tab("Edit", id="edit"):
+                editor, edit_chosen, send_edited = _edit_tab(app)
             with gr.Tab("Coop", id="coop"):
                 recipe = _coop_tab(app)
             with gr.Tab("PNG info", id="png-info"):
-                _png_info_tab(app, fields, recipe, tabs)
+                dropped, send_png = _png_info_tab(app, fields, recipe, tabs)
             with gr.Tab("Models", id="models"):
                 _models_tab(served)
+        # "Send to Edit" from a result of either tab or from PNG info: the picture becomes
+        # the editor's background (a mask is drawn on it there)
+        for button, source in (
+            (send_result, chosen),
+            (send_edited, edit_chosen),
+            (send_png, dropped),
+        ):
+            button.click(_to_editor, source, [editor, tabs], queue=False)
     return blocks
+
+
+def _to_editor(path: str | None):
+    if not path:
+        raise gr.Error("pick a result (click it) or drop a PNG first")
+    return {"background": path, "layers": [], "composite": path}, gr.Tabs(selected="edit")
+
+
+def _chosen(event: gr.SelectData) -> str | None:
+    """The path of the gallery item just clicked."""
+    value = event.value
+    image = value.get("image") if isinstance(value, dict) else None
+    return image.get("path") if isinstance(image, dict) else None
 
 
 def _sizes(limits) -> list[int]:
@@ -84,6 +107,9 @@ def _generate_tab(app: App) -> list:
             live = gr.Image(label="Preview", type="pil", height=192)
             status = gr.Markdown(elem_id="generate-status")
             gallery = gr.Gallery(label="Results", columns=4, height=256, elem_id="generate-gallery")
+            chosen = gr.State(None)
+            gallery.select(_chosen, None, chosen, queue=False)
+            send = gr.Button("Send to Edit (inpaint)", size="sm", elem_id="generate-send-edit")
     with gr.Accordion("History", open=False) as history_box:
         history = gr.Gallery(
             columns=8,
@@ -131,7 +157,84 @@ def _generate_tab(app: App) -> list:
         queue=False,
         api_name="model_defaults",
     )
-    return fields
+    return fields, chosen, send
+
+
+def _edit_tab(app: App):
+    """Image to image, inpainting (the mask drawn on the picture) and outpainting
+    (margins); returns the editor, the clicked result and its "Send to Edit" button."""
+    served, limits = app.served, app.served.limits
+    generators = list(served.generators)
+    last_seed = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            editor = gr.ImageEditor(
+                label="Picture: draw over what to repaint (nothing drawn: image to image)",
+                type="filepath",
+                sources=["upload", "clipboard"],
+                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                eraser=gr.Eraser(),
+                height=320,
+                elem_id="edit-editor",
+            )
+            prompts = gr.Textbox(label="Prompt", lines=2, elem_id="edit-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            with gr.Row():
+                structure = gr.Dropdown(generators, value="structure", label="Structure model")
+                texture = gr.Dropdown([NONE, *generators], value="texture", label="Texture model")
+            with gr.Row():
+                strength = gr.Slider(
+                    0.01, 1, value=GENERATION["strength"], step=0.01,
+                    label="Strength (1 repaints fully)",
+                )  # fmt: skip
+                blur = gr.Slider(0, 32, value=0, step=1, label="Mask blur (px)")
+            with gr.Row():
+                margins = [
+                    gr.Number(value=0, minimum=0, precision=0, label=f"Outpaint {side} (px)")
+                    for side in ("left", "top", "right", "bottom")
+                ]
+            with gr.Row():
+                steps = gr.Slider(
+                    1, limits.max_steps, value=GENERATION["steps"], step=1, label="Steps"
+                )
+                guidance = gr.Slider(
+                    1, 15, value=GENERATION["guidance_scale"], step=0.5, label="Guidance"
+                )
+                sampler = gr.Dropdown(
+                    list(SAMPLER_NAMES), value=GENERATION["sampler"], label="Sampler"
+                )
+            with gr.Row():
+                seed_mode = gr.Radio(list(SEED_MODES), value="random", label="Seed")
+                seed = gr.Number(value=0, precision=0, label="Fixed seed")
+                preview = gr.Checkbox(value=True, label="Live preview")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="edit-run")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2):
+            live = gr.Image(label="Preview", type="pil", height=192)
+            status = gr.Markdown(elem_id="edit-status")
+            gallery = gr.Gallery(label="Results", columns=4, height=256, elem_id="edit-gallery")
+            chosen = gr.State(None)
+            gallery.select(_chosen, None, chosen, queue=False)
+            send = gr.Button("Send to Edit (again)", size="sm", elem_id="edit-send-edit")
+    inputs = [editor, prompts, negative, structure, texture, strength, blur, *margins]
+    inputs += [steps, guidance, sampler, seed_mode, seed, preview, last_seed]
+    event = run.click(
+        app.edit,
+        inputs,
+        [gallery, live, status, last_seed],
+        api_name="edit",
+        concurrency_id="render",
+    )
+    stop.click(app.stop, None, status, cancels=[event], queue=False)
+    gr.on(
+        [structure.input, texture.input],
+        app.model_defaults,
+        [structure, texture],
+        [steps, guidance],
+        queue=False,
+    )
+    return editor, chosen, send
 
 
 def _expert_slot(k: int, generators: list[str], controlnets: list[str], sizes: list[int]):
@@ -261,8 +364,9 @@ def _coop_tab(app: App):
     return recipe
 
 
-def _png_info_tab(app: App, fields: list, recipe, tabs) -> None:
-    """Drop a PNG, see its parameters and record, send them to Generate or Coop."""
+def _png_info_tab(app: App, fields: list, recipe, tabs):
+    """Drop a PNG, see its parameters and record, send them to Generate or Coop, or the
+    picture to Edit; returns the dropped file and the "Send to Edit" button."""
     record_state = gr.State(None)
     with gr.Row():
         with gr.Column():
@@ -275,6 +379,7 @@ def _png_info_tab(app: App, fields: list, recipe, tabs) -> None:
             with gr.Row():
                 send_generate = gr.Button("Send to Generate")
                 send_coop = gr.Button("Send to Coop")
+                send_edit = gr.Button("Send to Edit")
         with gr.Column():
             parameters = gr.Textbox(label="Parameters", lines=4, elem_id="png-parameters")
             record_view = gr.JSON(label="Record")
@@ -283,6 +388,7 @@ def _png_info_tab(app: App, fields: list, recipe, tabs) -> None:
     )
     send_generate.click(app.to_generate, record_state, [*fields, tabs])
     send_coop.click(app.to_coop, record_state, [recipe, tabs])
+    return dropped, send_edit
 
 
 def _models_tab(served) -> None:

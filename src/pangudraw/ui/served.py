@@ -169,12 +169,16 @@ class Served:
             paths.append(path)
         return paths
 
+    def check_upload(self, path: str | Path, what: str) -> None:
+        """Refuse an upload over the limit (before it is decoded)."""
+        if Path(path).stat().st_size > self.limits.max_upload_mb * 2**20:
+            raise UserError(f"{what} is over the {self.limits.max_upload_mb} MB upload limit")
+
     def keep_input(self, path: str | Path, what: str) -> str:
         """An uploaded image, kept by :meth:`keep_image`; refused over the upload limit."""
         from ..imageio import opened
 
-        if Path(path).stat().st_size > self.limits.max_upload_mb * 2**20:
-            raise UserError(f"{what} is over the {self.limits.max_upload_mb} MB upload limit")
+        self.check_upload(path, what)
         with opened(path, what) as image:
             kept = image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB")
         return self.keep_image(kept)
