@@ -114,8 +114,12 @@ def test_defaults_agree_across_library_cli_ui_and_recipes(tmp_path):
     signature = inspect.signature(generate).parameters
     assert signature["num_inference_steps"].default == GENERATION["steps"]
     assert signature["guidance_scale"].default == GENERATION["guidance_scale"]
-    assert signature["sampler"].default == GENERATION["sampler"]
-    assert signature["t_split"].default == GENERATION["t_split"]
+    # None: the model's own where it has one (Wan's UniPC, Wan2.2's boundary), else these
+    assert signature["sampler"].default is None and signature["t_split"].default is None
+    from pangudraw.coop import own_sampler
+    from pangudraw.options import DEFAULT_SPLIT
+
+    assert own_sampler({}) == GENERATION["sampler"] and GENERATION["t_split"] == DEFAULT_SPLIT
     assert signature["bridge"].default == GENERATION["bridge"]
     filled = GenerateRequest(prompts=["x"], seed=0).check()
     for key in ("steps", "guidance_scale", "sampler", "t_split", "bridge", "handoff"):
@@ -138,7 +142,7 @@ def test_defaults_agree_across_library_cli_ui_and_recipes(tmp_path):
     assert f"[default: {GENERATION['steps']};" in text
     assert f"[default: {GENERATION['guidance_scale']:g};" in text
     assert f"[default: {GENERATION['t_split']}]" in text
-    assert f"[default: {GENERATION['sampler']}]" in text
+    assert f"[default: {GENERATION['sampler']};" in text
     assert f"[default: {GENERATION['bridge']}]" in text
 
 

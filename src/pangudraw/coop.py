@@ -66,6 +66,17 @@ def make_scheduler(sampler: str, training_config: dict, **overrides) -> Schedule
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     config = {k: v for k, v in training_config.items() if not k.startswith("_")}
     trained_with = training_config.get("_class_name")
+    if training_config.get("use_flow_sigmas"):  # a solver on flow sigmas (Wan's UniPC)
+        if sampler == "unipc":
+            return UniPCMultistepScheduler.from_config(config, **overrides)
+        if sampler == "euler":  # on the same shifted grid
+            steps = config.get("num_train_timesteps", 1000)
+            shift = config.get("flow_shift", 1.0)
+            return FlowMatchEulerDiscreteScheduler(steps, shift=shift, **overrides)
+        raise UserError(
+            f"sampler {sampler!r} cannot step this flow model's canvas; use unipc (its own) "
+            "or euler"
+        )
     if trained_with not in (None, "FlowMatchEulerDiscreteScheduler"):
         # What a diffusers user gets from SAMPLER.from_config(pipe.scheduler.config): the
         # keys the file leaves out at the defaults of the class it names (SD 1.5's
@@ -304,6 +315,25 @@ class FlowGrid:
         return self.scheduler.step(velocity, self._t[i], latents).prev_sample
 
 
+class FlowSolverGrid(FlowGrid):
+    """A multistep solver on flow sigmas as the folder's scheduler runs it (``WanPipeline``'s
+    UniPC): its own shifted grid from ``u`` just below 1, integer timesteps, stepped with
+    the velocity ``(z - x0) / u`` (its ``flow_prediction``)."""
+
+    def __init__(self, scheduler: UniPCMultistepScheduler, num_inference_steps: int):
+        scheduler.set_timesteps(num_inference_steps)
+        scheduler.set_begin_index(0)  # as WanPipeline sets it
+        self.scheduler = scheduler
+        self._u = [float(u) for u in scheduler.sigmas[:-1]]
+        self.timesteps = [float(t) for t in scheduler.timesteps]
+        self.sigmas = [flow_sigma(u) for u in self._u]
+        self._t = scheduler.timesteps
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        u = self._u[i]
+        return (1 - u) * x0 + u * noise
+
+
 Grid = SchedulerGrid | FlowGrid
 
 
@@ -318,7 +348,17 @@ def trajectory(
     (``own_sigmas``: its family's pipeline passes its own sigma grid, as Flux.1's does)."""
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return FlowGrid(scheduler, num_inference_steps, latent_hw, own_sigmas)
+    if scheduler.config.get("use_flow_sigmas"):
+        return FlowSolverGrid(scheduler, num_inference_steps)
     return SchedulerGrid(scheduler, num_inference_steps, generator)
+
+
+def own_sampler(training_config: dict) -> str:
+    """The sampler a model's own pipeline steps with where pangu-draw's default would not
+    (Wan's UniPC on flow sigmas), else pangu-draw's default."""
+    from .options import DEFAULT_SAMPLER
+
+    return "unipc" if training_config.get("use_flow_sigmas") else DEFAULT_SAMPLER
 
 
 def canvas_grid(
@@ -413,7 +453,9 @@ def sample(
         for k in active:
             p, site = participants[k], sites[k]
             if on_canvas[k]:
-                estimates.append(p.expert.predict(y, sigma, p.cond, p.guidance_scale, p.controls))
+                t = grid.timesteps[i] if p.expert.family.grid_timesteps else None
+                x0_k = p.expert.predict(y, sigma, p.cond, p.guidance_scale, p.controls, t)
+                estimates.append(x0_k)
                 continue
             # 2. Entry by noise re-sampling (pure noise before any estimate exists).
             if k not in off:

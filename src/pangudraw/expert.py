@@ -68,6 +68,9 @@ class Expert:
             mask and masked picture), which generates only from a picture and a mask.
         residence: where the network waits between its windows (``--offload window``,
             :mod:`pangudraw.offload`); None: always in working memory.
+        low_noise: a model that is a time-decoupled pair on its own (Wan2.2's folder):
+            the expert that takes over below ``boundary`` (a training timestep), sharing
+            this one's text stack and latent space; None for one model.
     """
 
     name: str
@@ -82,6 +85,8 @@ class Expert:
     dtype: torch.dtype = torch.float32
     inpainting: bool = False
     residence: Residence | None = field(default=None, repr=False)
+    low_noise: Expert | None = field(default=None, repr=False)
+    boundary: float | None = None
 
     @property
     def resident(self) -> bool:
@@ -114,11 +119,18 @@ class Expert:
         own tensors on the CPU in float32; each call moves and casts its inputs to the
         network's device and dtype and its output back."""
         self.network.to(device=device, dtype=dtype)
+        if dtype is not None:  # what the model keeps in float32 (Wan's norms, embedders)
+            keep = getattr(self.network, "_keep_in_fp32_modules", None) or ()
+            for name, param in self.network.named_parameters():
+                if any(k in name.split(".") for k in keep):
+                    param.data = param.data.float()
         for module in self.text_modules():
             module.to(device=device, dtype=dtype)
         if self.space.vae is not None:
             self.space.vae.to(device=device)
         self.dtype = dtype or self.dtype
+        if self.low_noise is not None:
+            self.low_noise.to(device, dtype)
         return self
 
     @property
@@ -203,6 +215,7 @@ class Expert:
         cond: Conditioning,
         guidance_scale: float = 1.0,
         controls: list[Control] = (),
+        t: float | None = None,
     ) -> torch.Tensor:
         """Denoised estimate from the unit view ``y = unit(sigma) x0 + spread(sigma) n``.
 
@@ -214,6 +227,8 @@ class Expert:
             guidance_scale: classifier-free guidance scale (guidance-distilled families:
                 the value their network takes).
             controls: ControlNets whose residuals are added (those active at ``sigma``).
+            t: the network's timestep as the sampler gives it (families with
+                ``grid_timesteps``, on the canvas); by default the schedule's for ``sigma``.
 
         Returns:
             x0: (B, C, h, w), float32.
@@ -222,6 +237,6 @@ class Expert:
         level = min(sigma, self.schedule.sigma_max)
         alpha, s = self.schedule.coefficients(level)
         z = self.schedule.input_scale(level) * y
-        t = self.schedule.sigma_to_t(level)
+        t = self.schedule.sigma_to_t(level) if t is None else t
         out = self.family.denoise(self, z, t, sigma, cond, guidance_scale, controls)
         return to_x0(out, z, alpha, s, self.prediction_type)

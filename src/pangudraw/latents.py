@@ -36,14 +36,40 @@ class LatentSpace:
 
     @property
     def channels(self) -> int:
-        return 3 * self.unshuffle**2 if self.vae is None else self.vae.config.latent_channels
+        if self.vae is None:
+            return 3 * self.unshuffle**2
+        config = self.vae.config
+        return config.z_dim if self.video else config.latent_channels
 
     @property
     def factor(self) -> int:
         """Pixels per latent cell along each side."""
         if self.vae is None:
             return self.unshuffle
+        if self.video:  # Wan's and Qwen-Image's causal video VAEs
+            return 2 ** len(self.vae.config.temperal_downsample)
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def video(self) -> bool:
+        """A video VAE (Wan, Qwen-Image): 5-d tensors, of which an image is one frame."""
+        return self.vae is not None and hasattr(self.vae.config, "temperal_downsample")
+
+    @property
+    def decoder_width(self) -> int:
+        """The decoder's widest feature width (for memory estimates); 0 for pixels."""
+        if self.vae is None:
+            return 0
+        config = self.vae.config
+        if self.video:
+            return (getattr(config, "decoder_base_dim", None) or config.base_dim) * max(
+                config.dim_mult
+            )
+        return config.block_out_channels[-1]
+
+    @property
+    def _scaling(self) -> float:
+        return getattr(self.vae.config, "scaling_factor", None) or 1.0
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -98,10 +124,13 @@ class LatentSpace:
             pixels = F.pixel_unshuffle(images, self.unshuffle) if self.unshuffle > 1 else images
             return pixels, None
         where = images.device
-        posterior = self.vae.encode(images.to(self._device, self._dtype)).latent_dist
+        images = images.to(self._device, self._dtype)
+        posterior = self.vae.encode(images[:, :, None] if self.video else images).latent_dist
         mean, std = posterior.mean.to(where), posterior.std.to(where)
+        if self.video:  # the one frame
+            mean, std = mean[:, :, 0], std[:, :, 0]
         shift, spread = self._normalisation(mean)
-        scale = self.vae.config.scaling_factor / spread
+        scale = self._scaling / spread
         return (mean - shift) * scale, std * scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -110,8 +139,10 @@ class LatentSpace:
             return F.pixel_shuffle(latents, self.unshuffle) if self.unshuffle > 1 else latents
         latents = latents.to(self._dtype)
         mean, std = self._normalisation(latents)
-        raw = latents * std / self.vae.config.scaling_factor + mean
-        return self.vae.decode(raw.to(self._device)).sample.to(latents.device)
+        raw = (latents * std / self._scaling + mean).to(self._device)
+        if self.video:
+            return self.vae.decode(raw[:, :, None]).sample[:, :, 0].to(latents.device)
+        return self.vae.decode(raw).sample.to(latents.device)
 
     def same_as(self, other: LatentSpace) -> bool:
         """True when both spaces encode every image to the same latents."""

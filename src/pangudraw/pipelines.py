@@ -22,6 +22,7 @@ from .coop import (
     Step,
     canvas_grid,
     make_scheduler,
+    own_sampler,
     sample,
     trajectory,
 )
@@ -37,7 +38,6 @@ from .noise import SigmaWindow
 from .options import (
     DEFAULT_BRIDGE,
     DEFAULT_GUIDANCE,
-    DEFAULT_SAMPLER,
     DEFAULT_SPLIT,
     DEFAULT_STEPS,
     HANDOFFS,
@@ -127,8 +127,7 @@ def _check_steps(steps: int, canvas_expert: Expert) -> None:
 
 def _check_memory(participants: list[Participant], canvas: Site, batch: int) -> None:
     """Refuse, before sampling, a request that cannot fit in this machine's memory."""
-    vae = canvas.space.vae
-    decoder = vae.config.block_out_channels[-1] if vae is not None else 0
+    decoder = canvas.space.decoder_width
     height, width = canvas.size
     worst = 0.0
     for p in participants:
@@ -249,8 +248,8 @@ def generate(
     seed: int = 0,
     width: int | None = None,
     height: int | None = None,
-    sampler: str = DEFAULT_SAMPLER,
-    t_split: float = DEFAULT_SPLIT,
+    sampler: str | None = None,
+    t_split: float | None = None,
     num_images: int = 1,
     callback: Callable[[Step], None] | None = None,
     noise_policy: NoisePolicy = "carry",
@@ -259,8 +258,16 @@ def generate(
     bridge: str = DEFAULT_BRIDGE,
     true_cfg: float = 1.0,
     edit: EditSpec | None = None,
+    guidance_scale_2: float | None = None,
 ) -> GenerationOutput:
     """Time-decoupled generation: ``structure`` for sigma >= sigma(t_split), ``texture`` below.
+
+    A model that is a pair on its own (Wan2.2's folder: ``structure.low_noise``) given
+    without a texture model is its own pair, split at its boundary unless ``t_split`` says
+    otherwise; ``t_split`` None is that boundary, else pangu-draw's default split.
+    ``guidance_scale_2`` guides the texture expert (default: ``guidance_scale``), as
+    ``WanPipeline``'s ``guidance_scale_2`` its low-noise expert. ``sampler`` None is the
+    canvas model's own (Wan's UniPC), else pangu-draw's default.
 
     With ``texture=None`` this is plain single-model sampling. The split is a timestep on
     the structure expert's training schedule and is applied on the noise level. Image
@@ -288,10 +295,17 @@ def generate(
     to what the canvas model takes).
     """
     check_request(num_inference_steps, num_images, seed, width, height)
+    if texture is None and structure.low_noise is not None:
+        texture = structure.low_noise
+        t_split = structure.boundary if t_split is None else t_split
+    t_split = DEFAULT_SPLIT if t_split is None else t_split
+    guidance_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
     check_finite(guidance_scale, "guidance scale")
+    check_finite(guidance_2, "second guidance scale")
     check_finite(true_cfg, "true CFG scale")
     check_finite(t_split, "split")
     canvas_expert = texture or structure
+    sampler = own_sampler(canvas_expert.scheduler_config) if sampler is None else sampler
     if edit is not None and width is None and height is None:
         width, height = _picture_size(edit, canvas_expert)
     canvas = _canvas(canvas_expert, height, width, num_images)
@@ -316,11 +330,12 @@ def generate(
     if true_cfg != 1.0 and not any(expert.family.true_cfg for expert, _ in roles):
         raise UserError("true CFG is for Flux models; the others guide with the guidance scale")
     participants = []
-    for expert, window in roles:
+    for k, (expert, window) in enumerate(roles):
         size = working_size(expert, canvas_expert, canvas)
         cfg = true_cfg if expert.family.true_cfg else 1.0  # the others guide with -g
-        cond = encode(expert, prompts, negatives, guidance_scale, size, tuple(styles), cfg)
-        participants.append(Participant(expert, cond, guidance_scale, 1.0, window, size))
+        guidance = guidance_2 if k else guidance_scale
+        cond = encode(expert, prompts, negatives, guidance, size, tuple(styles), cfg)
+        participants.append(Participant(expert, cond, guidance, 1.0, window, size))
     seeds = [seed + i for i in range(num_images)]
     _check_memory(participants, canvas, num_images)
     return _run(
@@ -419,13 +434,17 @@ def coop_generate(
     if models is None:
         models = ModelCache(allow_pickle)
     for spec in recipe.experts:
-        key = (spec.model, tuple(spec.loras))
+        key = (spec.model, tuple(spec.loras), spec.denoiser)
         if key not in loaded:
-            loaded[key] = models.get(spec.model, spec.loras)
+            loaded[key] = models.get(*key)
+
+    def expert_of(spec) -> Expert:
+        return loaded[spec.model, tuple(spec.loras), spec.denoiser]
+
     canvas_spec = next(
         (s for s in recipe.experts if s.name == recipe.canvas_expert), recipe.experts[0]
     )
-    canvas_expert = loaded[canvas_spec.model, tuple(canvas_spec.loras)]
+    canvas_expert = expert_of(canvas_spec)
     width, height = recipe.width, recipe.height
     if recipe.edit is not None and width is None and height is None:
         width, height = _picture_size(recipe.edit, canvas_expert)
@@ -442,7 +461,7 @@ def coop_generate(
     encode = _PromptCache()
     participants = []
     for spec in recipe.experts:
-        expert = loaded[spec.model, tuple(spec.loras)]
+        expert = expert_of(spec)
         size = spec.size or working_size(expert, canvas_expert, canvas)
         if size[0] % expert.size_multiple or size[1] % expert.size_multiple:
             raise UserError(

@@ -4,7 +4,7 @@
     negative_prompt = ""              # optional
     seed = 0
     steps = 15                        # default: the canvas model's own, else 15
-    sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc
+    sampler = "euler"                 # ddim, euler, euler_a, dpmpp_2m, unipc (default: Wan's unipc)
     noise = "carry"                   # carry | resample (experts off the canvas)
     bridge_every = 1                  # run and bridge experts off the canvas every k steps
     bridge = "exact"                  # exact | learned (bundled translators, else exact)
@@ -31,6 +31,7 @@
     size = [64, 64]                   # working size; default: native size at canvas aspect
     mask = "left.png"                 # optional grayscale, white = full weight
     loras = [{ file = "style.safetensors", scale = 0.8 }]   # optional, through diffusers
+    denoiser = "transformer_2"        # a Wan2.2 folder's low-noise expert (default: its first)
 
     [[experts.controls]]
     model = "controlnets/edges"
@@ -96,6 +97,7 @@ EXPERT_KEYS = {
     "mask",
     "controls",
     "loras",
+    "denoiser",
 }
 CONTROL_KEYS = {"model", "image", "source", "scale", "window"}
 CONTROL_KEYS |= {"control_guidance_start", "control_guidance_end"}
@@ -140,6 +142,7 @@ class ExpertSpec:
     mask: str | None = None
     controls: list[ControlSpec] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
+    denoiser: str | None = None  # a pair-in-one folder's expert (Wan2.2): transformer_2
 
 
 @dataclass
@@ -204,6 +207,7 @@ class Recipe:
                         "mask": where(e.mask),
                         "controls": controls,
                         "loras": [{"file": where(x.path), "scale": x.scale} for x in e.loras],
+                        "denoiser": e.denoiser,
                     }
                 )
             )
@@ -458,6 +462,9 @@ def _expert(r: _Reader, index: int, shared: dict, base: Path, policy: PathPolicy
         r.fail("true_cfg", f"expected a number >= 1 (1 turns it off), got {true_cfg}")
     model = _path(r, "model", base, policy, required=True)
     guidance = r.get("guidance", float, shared["guidance"])
+    denoiser = r.get("denoiser", str)
+    if denoiser not in (None, *DENOISERS):
+        r.fail("denoiser", f"expected one of {', '.join(DENOISERS)}, got {denoiser!r}")
     return ExpertSpec(
         name=r.get("name", str, f"expert{index}"),
         model=model,
@@ -471,7 +478,12 @@ def _expert(r: _Reader, index: int, shared: dict, base: Path, policy: PathPolicy
         mask=_path(r, "mask", base, policy),
         controls=controls,
         loras=loras,
+        denoiser=denoiser,
     )
+
+
+DENOISERS = ("transformer", "transformer_2")
+"""The experts of a folder that holds two (Wan2.2: high noise, low noise)."""
 
 
 def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUSTED) -> Recipe:
@@ -515,7 +527,7 @@ def parse_recipe(data: dict, source: str, base: Path, policy: PathPolicy = TRUST
         canvas_expert=canvas_expert,
         seed=_bounded(top, "seed", 0, 0, MAX_SEED),
         steps=steps,
-        sampler=_choice(top, "sampler", SAMPLER_NAMES, GENERATION["sampler"]),
+        sampler=_choice(top, "sampler", SAMPLER_NAMES, _model_default(canvas_model, "sampler")),
         noise=_choice(top, "noise", NOISE_POLICIES, GENERATION["noise"]),
         bridge_every=_bounded(top, "bridge_every", 1, 1, MAX_STEPS),
         bridge=_choice(top, "bridge", BRIDGE_MODES, GENERATION["bridge"]),

@@ -69,6 +69,7 @@ class GenerateRequest:
     bridge: str | None = None  # exact, or learned (bundled translators where trained)
     handoff: str | None = None  # "release" (PanGu-Draw v3's rule) or "sigma"
     true_cfg: float = 1.0  # Flux models' true classifier-free guidance (> 1 turns it on)
+    guidance_scale_2: float | None = None  # the texture expert's (default: guidance_scale)
     edit: EditSpec | None = None  # start from a picture: image to image, inpainting
 
     @property
@@ -205,7 +206,9 @@ def _render_batch(
         bridge=r.bridge,
         true_cfg=r.true_cfg,
         edit=r.edit,
+        guidance_scale_2=r.guidance_scale_2,
     )
+    paired = texture is not None or structure_expert.low_noise is not None
     height, width = result.images.shape[-2:]
     pictures = []
     for image, image_seed, prompt in zip(result.to_pil(), result.seeds, each):
@@ -220,7 +223,7 @@ def _render_batch(
             "height": height,
             "structure": model_label(structure),
             "texture": None if texture is None else model_label(texture),
-            "split": r.t_split if texture is not None else None,
+            "split": r.t_split if paired else None,
             "loras": [{"file": spec.path, "scale": spec.scale} for spec in r.loras],
         }
         if result.bridges:
@@ -229,6 +232,8 @@ def _render_batch(
             record |= {"styles": [list(s) for s in r.styles or []], "handoff": r.handoff}
         if r.true_cfg != 1.0:
             record["true_cfg"] = r.true_cfg
+        if r.guidance_scale_2 is not None:
+            record["guidance_scale_2"] = r.guidance_scale_2
         if r.edit is not None:
             e = r.edit
             record["edit"] = {
@@ -247,8 +252,12 @@ def _render_batch(
             "Size": f"{width}x{height}",
             "Model": structure.name,
         }
+        if r.guidance_scale_2 is not None:
+            settings["CFG scale 2"] = r.guidance_scale_2
         if texture is not None:
             settings |= {"Texture model": texture.name, "Split": f"{r.t_split:g}"}
+        elif paired:
+            settings["Split"] = f"{r.t_split:g}"
         if r.bridge != "exact" and result.bridges:
             settings["Bridge"] = r.bridge
         if r.styles:

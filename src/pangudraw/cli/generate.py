@@ -78,7 +78,16 @@ def output_paths(output: Path, count: int) -> list[Path]:
     type=FiniteFloat(),
     default=None,
     help="Classifier-free guidance scale, 1 turns guidance off [default: 7; 6 for PanGu-Draw "
-    "v3, as its release]. Flux: the distilled guidance value [default: 3.5, Flux's own].",
+    "v3, as its release; 5 for Wan]. Flux: the distilled guidance value [default: 3.5, "
+    "Flux's own].",
+)
+@click.option(
+    "--guidance-2",
+    "guidance_scale_2",
+    type=FiniteFloat(),
+    default=None,
+    help="The texture (low-noise) expert's guidance scale, as WanPipeline's guidance_scale_2 "
+    "[default: -g].",
 )
 @click.option(
     "--true-cfg",
@@ -92,7 +101,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
     "--sampler",
     type=click.Choice(SAMPLER_NAMES),
     default=None,
-    help=f"[default: {DEFAULT_SAMPLER}]",
+    help=f"[default: {DEFAULT_SAMPLER}; unipc, its own, for Wan]",
 )
 @click.option(
     "--bridge",
@@ -192,6 +201,7 @@ def command(
     t_split,
     steps,
     guidance_scale,
+    guidance_scale_2,
     true_cfg,
     sampler,
     seed,
@@ -229,6 +239,7 @@ def command(
     given = locals()
     options = {k: given[k] for k in ("negative_prompt", "t_split", "steps", "guidance_scale")}
     options |= {k: given[k] for k in ("sampler", "seed", "num_images", "batch_size", "bridge")}
+    options["guidance_scale_2"] = guidance_scale_2
     request = GenerateRequest(
         prompts=_prompts(prompts, prompts_file),
         structure=structure and str(structure),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import emoji, flux, pangu, sd, sd3, sdxl
+from . import emoji, flux, pangu, sd, sd3, sdxl, wan
 from .base import Conditioning, Family
 
 FAMILIES: tuple[Family, ...] = (
@@ -21,6 +21,7 @@ FAMILIES: tuple[Family, ...] = (
     pangu.FAMILY,  # before sdxl: an SDXL-shaped UNet with its own text stack
     flux.FAMILY,
     sd3.FAMILY,
+    wan.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,
 )
@@ -49,8 +50,13 @@ def _json(path: Path) -> dict:
 
 def folder_reader(folder: Path):
     """``(index, config)`` for a diffusers folder: its ``model_index.json`` and a reader of
-    its components' ``config.json`` (``{}`` for any that is missing or unreadable)."""
-    return _json(folder / "model_index.json"), lambda name: _json(folder / name / "config.json")
+    its components' ``config.json`` (the scheduler's ``scheduler_config.json``; ``{}`` for
+    any that is missing or unreadable)."""
+
+    def config(name: str) -> dict:
+        return _json(folder / name / f"{'scheduler_' * (name == 'scheduler')}config.json")
+
+    return _json(folder / "model_index.json"), config
 
 
 def family_of_folder(folder: str | Path) -> Family | None:

@@ -63,6 +63,8 @@ class Family:
         styles: whether it has PanGu-Draw v3's style branches.
         own_sigmas: whether its pipeline passes its own shifted sigma grid to the flow
             scheduler (Flux.1: ``linspace(1, 1/N, N)`` shifted by ``mu``).
+        grid_timesteps: whether its network takes the sampler's timesteps as they are (on
+            the canvas: Wan's integers) rather than ones recomputed from the noise level.
     """
 
     name = ""
@@ -74,6 +76,7 @@ class Family:
     distilled_guidance = False
     styles = False
     own_sigmas = False
+    grid_timesteps = False
 
     # ------------------------------------------------------------------ recognition
 

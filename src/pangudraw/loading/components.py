@@ -23,16 +23,20 @@ _TOKENIZERS = {("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenize
 _BERT_TOKENIZERS = {("transformers", "BertTokenizer"), ("transformers", "BertTokenizerFast")}
 _T5 = {("transformers", "T5EncoderModel")}
 _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
+_WAN = {("diffusers", "WanTransformer3DModel")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
     "transformer": {
         ("diffusers", "FluxTransformer2DModel"),
         ("diffusers", "SD3Transformer2DModel"),
-    },
-    "vae": {("diffusers", "AutoencoderKL")},
-    "text_encoder": _TEXT_ENCODERS,
+    }
+    | _WAN,
+    "transformer_2": _WAN,  # Wan2.2's low-noise expert
+    "vae": {("diffusers", "AutoencoderKL"), ("diffusers", "AutoencoderKLWan")},
+    "text_encoder": _TEXT_ENCODERS | {("transformers", "UMT5EncoderModel")},
     "text_encoder_2": _TEXT_ENCODERS | _T5,
-    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS,  # BERT: PanGu-Draw v3's Chinese CLIP
+    # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5
+    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS,
     "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
     "text_encoder_3": _T5,
     "tokenizer_3": _T5_TOKENIZERS,

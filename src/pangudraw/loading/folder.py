@@ -38,14 +38,18 @@ def load_folder(folder: Path, allow_pickle: bool = False, cache: dict | None = N
         )
     index = read_json(index_file, "model index")
 
+    loaded: dict = {}  # each component once, however many experts the folder holds
+
     def component(name: str):
         spec = index.get(name)
         if not spec or spec[0] is None:
             return None
-        cls = component_class(index_file, name, spec)
-        key = None if cache is None else files_key(folder / name, cls)
-        build = lambda _: from_pretrained(cls, folder / name, allow_pickle)  # noqa: E731
-        return shared(None if key is None else cache, key, build)
+        if name not in loaded:
+            cls = component_class(index_file, name, spec)
+            key = None if cache is None else files_key(folder / name, cls)
+            build = lambda _: from_pretrained(cls, folder / name, allow_pickle)  # noqa: E731
+            loaded[name] = shared(None if key is None else cache, key, build)
+        return loaded[name]
 
     denoiser = "transformer" if "transformer" in index else "unet"
     for required in (denoiser, "scheduler", "tokenizer" if "tokenizer" in index else "tokenizer_2"):
@@ -67,7 +71,22 @@ def load_folder(folder: Path, allow_pickle: bool = False, cache: dict | None = N
     family = family_of_index(index, config)
     if family is None:
         raise UserError(f"{folder}: no model family pangu-draw knows has this layout")
-    return assemble(str(folder), family, index, component, network, vae, scheduler, cache)
+    expert = assemble(str(folder), family, index, component, network, vae, scheduler, cache)
+    if index.get("transformer_2") and index["transformer_2"][0] is not None:
+        # a pair on its own (Wan2.2): the low-noise expert takes over at the boundary
+        from ..families.wan import boundary_timestep
+
+        expert.boundary = boundary_timestep(index, scheduler[0])
+        if expert.boundary is None:
+            raise UserError(
+                f"{index_file}: transformer_2 needs a boundary_ratio between 0 and 1 (where "
+                "the low-noise expert takes over)"
+            )
+        second = component("transformer_2")
+        expert.low_noise = assemble(
+            f"{folder}#transformer_2", family, index, component, second, vae, scheduler, cache
+        )
+    return expert
 
 
 def assemble(
@@ -106,7 +125,7 @@ def assemble(
     # the default layout to ~1e-6.
     if family.channels_last():
         network.to(memory_format=torch.channels_last)
-    if vae is not None:
+    if vae is not None and not space.video:  # (a video VAE's convolutions are 3-d)
         vae.to(memory_format=torch.channels_last)
     return Expert(
         name=name,

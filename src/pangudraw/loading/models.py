@@ -91,13 +91,21 @@ class ModelCache:
         self._components: dict = {}  # the same files on disk load once (no LoRA)
         self._lock = threading.Lock()
 
-    def get(self, model: str | Path, loras: list[LoraSpec] = ()) -> Expert:
+    def get(
+        self, model: str | Path, loras: list[LoraSpec] = (), denoiser: str | None = None
+    ) -> Expert:
+        """The expert of ``model`` with ``loras``; ``denoiser="transformer_2"``: a folder
+        that holds a pair (Wan2.2), its low-noise expert alone (the LoRAs go into it)."""
         path = bundled(model)
-        key = (str(path.resolve()), tuple(loras))
+        key = (str(path.resolve()), tuple(loras), denoiser)
         with self._lock:
             if key not in self._loaded:
                 cache = None if loras else self._components
                 expert = load_expert(path, self.allow_pickle, cache)
+                if denoiser == "transformer_2":
+                    if expert.low_noise is None:
+                        raise UserError(f"{model} has no transformer_2 (a second expert)")
+                    expert = expert.low_noise
                 expert = apply_loras(expert, list(loras), self.allow_pickle)
                 self._loaded[key] = self._place(expert.to(self.device, getattr(torch, self.dtype)))
             return self._loaded[key]
@@ -106,14 +114,15 @@ class ModelCache:
         """Offloading (:mod:`pangudraw.offload`): a windowed expert waits released (its
         text encoders in host memory on a GPU) until its first window opens."""
         device = torch.device(self.device or "cpu")
-        if self.offload == "window":
-            expert.residence = Residence(device)
-            if device.type != "cpu":
-                for module in expert.text_modules():
-                    module.to("cpu")
-            expert.release()
-        elif self.offload == "sequential":
-            sequential(expert.network, device)
+        for one in (expert, expert.low_noise) if expert.low_noise else (expert,):
+            if self.offload == "window":
+                one.residence = Residence(device)
+                if device.type != "cpu":
+                    for module in one.text_modules():
+                        module.to("cpu")
+                one.release()
+            elif self.offload == "sequential":
+                sequential(one.network, device)
         return expert
 
     def controlnet(self, model: str | Path, expert: Expert) -> ControlNetModel:

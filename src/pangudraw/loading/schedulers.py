@@ -59,6 +59,23 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
     if name == "FlowMatchEulerDiscreteScheduler":
         _check_flow_shift(config, path)
         return config, RectifiedFlowSchedule(steps)
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        # a multistep solver on flow sigmas (Wan's UniPC): the model predicts a velocity
+        if not (config.get("use_flow_sigmas") is True and name in FLOW_SOLVERS):
+            raise UserError(
+                f"{path}: a flow model's scheduler must be one of {', '.join(FLOW_SOLVERS)} "
+                "with use_flow_sigmas and prediction_type flow_prediction"
+            )
+        if config.get("prediction_type") != "flow_prediction":
+            raise UserError(f"{path}: use_flow_sigmas needs prediction_type flow_prediction")
+        shift = config.get("flow_shift", 1.0)
+        if isinstance(shift, bool) or not isinstance(shift, int | float) or not shift > 0:
+            raise UserError(f"{path}: flow_shift must be a positive number, got {shift!r}")
+        if not math.isfinite(shift):
+            raise UserError(f"{path}: flow_shift must be finite")
+        if config.get("use_dynamic_shifting"):
+            raise UserError(f"{path}: dynamic shifting on flow sigmas is not supported yet")
+        return config, RectifiedFlowSchedule(steps)
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise UserError(
@@ -84,6 +101,7 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
 
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+FLOW_SOLVERS = ("UniPCMultistepScheduler",)  # on use_flow_sigmas, as Wan publishes it
 _log = logging.getLogger(__name__)
 
 
