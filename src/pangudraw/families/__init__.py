@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import emoji, flux, pangu, sd, sd3, sdxl, wan
+from . import emoji, flux, pangu, sd, sd3, sdxl, wan, zimage
 from .base import Conditioning, Family
 
 FAMILIES: tuple[Family, ...] = (
@@ -22,6 +22,7 @@ FAMILIES: tuple[Family, ...] = (
     flux.FAMILY,
     sd3.FAMILY,
     wan.FAMILY,
+    zimage.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,
 )

@@ -24,19 +24,22 @@ _BERT_TOKENIZERS = {("transformers", "BertTokenizer"), ("transformers", "BertTok
 _T5 = {("transformers", "T5EncoderModel")}
 _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
 _WAN = {("diffusers", "WanTransformer3DModel")}
+_QWEN_TOKENIZERS = {("transformers", "Qwen2Tokenizer"), ("transformers", "Qwen2TokenizerFast")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
     "transformer": {
         ("diffusers", "FluxTransformer2DModel"),
         ("diffusers", "SD3Transformer2DModel"),
     }
-    | _WAN,
+    | _WAN
+    | {("diffusers", "ZImageTransformer2DModel")},
     "transformer_2": _WAN,  # Wan2.2's low-noise expert
     "vae": {("diffusers", "AutoencoderKL"), ("diffusers", "AutoencoderKLWan")},
-    "text_encoder": _TEXT_ENCODERS | {("transformers", "UMT5EncoderModel")},
+    "text_encoder": _TEXT_ENCODERS
+    | {("transformers", "UMT5EncoderModel"), ("transformers", "Qwen3Model")},
     "text_encoder_2": _TEXT_ENCODERS | _T5,
-    # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5
-    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS,
+    # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5; Qwen2: Z-Image's Qwen3
+    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS | _QWEN_TOKENIZERS,
     "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
     "text_encoder_3": _T5,
     "tokenizer_3": _T5_TOKENIZERS,

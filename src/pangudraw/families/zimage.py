@@ -1,0 +1,103 @@
+"""Z-Image (``ZImagePipeline``): a single-stream DiT on 2x2 patches of Flux's 16-channel
+VAE, flow matching on ``linspace(1, 1/N, N)`` with a static shift (3), Qwen3 text.
+
+Text: each prompt through the tokenizer's chat template (thinking on), padded to 512, the
+penultimate hidden states of its real tokens only (prompts of different lengths stay
+apart: the transformer takes lists). The transformer takes ``1 - u`` as its time and its
+output is the negative velocity.
+
+Guidance: Z-Image writes it as ``pos + s (pos - neg)``, which is classifier-free guidance
+at ``g = s + 1``; ``-g`` keeps its one meaning (1 = off), so ``ZImagePipeline``'s default
+``guidance_scale=5`` is ``-g 6`` here. Folders: a ``transformer`` of class
+``ZImageTransformer2DModel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Conditioning, Family, device_of, guide
+
+# ZImagePipeline's defaults: 50 steps at its guidance 5 (our 6), 1024 px.
+DEFAULTS = {"steps": 50, "guidance_scale": 6.0}
+SIZE = (1024, 1024)
+
+
+@dataclass
+class ZImageText:
+    """Qwen3 as ``ZImagePipeline._encode_prompt`` runs it (its own helper): a list of
+    (tokens, width) tensors, the negative prompts' first when guided."""
+
+    tokenizer: object
+    encoder: object
+    max_sequence_length: int = 512
+
+    def _embed(self, prompts: list[str]) -> list:
+        from types import SimpleNamespace
+
+        from diffusers import ZImagePipeline
+
+        device = device_of(self.encoder)
+        pipe = SimpleNamespace(tokenizer=self.tokenizer, text_encoder=self.encoder)
+        embeds = ZImagePipeline._encode_prompt(
+            pipe, list(prompts), device, max_sequence_length=self.max_sequence_length
+        )
+        return [e.cpu() for e in embeds]
+
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        import torch
+
+        with torch.no_grad():
+            embeds = self._embed(prompts)
+            if guided:
+                embeds = self._embed(negatives or [""] * len(prompts)) + embeds
+        return Conditioning(embeds, guided)
+
+
+class ZImage(Family):
+    name = "z-image"
+    label = "Z-Image"
+    network_component = "transformer"
+    lora_pipeline = "ZImagePipeline"
+    own_sigmas = True
+
+    def recognise(self, index, config) -> bool:
+        spec = index.get("transformer")
+        return isinstance(spec, list) and spec[-1:] == ["ZImageTransformer2DModel"]
+
+    def defaults(self, index, config) -> dict:
+        return dict(DEFAULTS)
+
+    def text_stack(self, index, component, network, cache):
+        return ZImageText(component("tokenizer"), component("text_encoder"))
+
+    def native_size(self, network, factor: int) -> tuple[int, int]:
+        return SIZE
+
+    def size_multiple(self, network, factor: int) -> int:
+        return factor * network.config.all_patch_size[0]
+
+    def feature_width(self, network) -> int:
+        return network.config.dim
+
+    def channels_last(self) -> bool:
+        return False
+
+    def denoise(self, expert, z, t, sigma, cond, scale, controls):
+        """The transformer on a list of one-frame latents, as ``ZImagePipeline`` calls it:
+        time ``(1000 - t) / 1000``, the output negated (a velocity)."""
+        import torch
+
+        network, dtype = expert.network, expert.dtype
+        device = device_of(network)
+        x = torch.cat([z] * cond.copies).to(device, dtype)[:, :, None]
+        time = torch.full([x.shape[0]], (1000 - t) / 1000, device=device)
+        texts = [e.to(device, dtype) for e in cond.embeds]
+        out = network(list(x.unbind(0)), time, texts, return_dict=False)[0]
+        out = -torch.stack([o.float() for o in out])[:, :, 0].to(z.device)
+        return guide(out, cond, scale) if cond.guided else out
+
+
+FAMILY = ZImage()
