@@ -135,3 +135,39 @@ def test_a_z_image_folder_without_its_text_encoder_is_refused_in_one_line(folder
         main(["generate", PROMPT, "--structure", str(bad), "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "text_encoder" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_z_image_inpainting_equals_its_pipeline(folder, tmp_path, strength):
+    from diffusers import ZImageInpaintPipeline
+
+    from pangudraw.editing import EditSpec
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC).save(tmp_path / "in.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 0:20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    edit = EditSpec(str(tmp_path / "in.png"), strength, str(tmp_path / "mask.png"))
+    ours = generate(
+        load_expert(folder),
+        None,
+        PROMPT,
+        seed=3,
+        guidance_scale=2.0,
+        num_inference_steps=6,
+        edit=edit,
+    )
+    reference = theirs(
+        ZImageInpaintPipeline,
+        folder,
+        1.0,
+        image=Image.open(tmp_path / "in.png"),
+        mask_image=Image.open(tmp_path / "mask.png"),
+        strength=strength,
+        num_inference_steps=6,
+        height=32,
+        width=32,
+    )
+    assert (ours.latents - reference).abs().max() <= TOL
