@@ -188,7 +188,7 @@ class Expert:
             check_true_cfg(true_cfg)
             cond = self.text.encode(prompts, negatives, True, size)
             return replace(cond, cfg_scale=true_cfg)
-        if self.family.distilled_guidance:
+        if self.family.guidance_distilled(self.network):
             guided = False  # the guidance value goes to the distilled embedding
         if styles:
             if not self.family.styles:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import emoji, flux, pangu, sd, sd3, sdxl, wan, zimage
+from . import emoji, flux, pangu, qwen_image, sd, sd3, sdxl, wan, zimage
 from .base import Conditioning, Family
 
 FAMILIES: tuple[Family, ...] = (
@@ -23,6 +23,7 @@ FAMILIES: tuple[Family, ...] = (
     sd3.FAMILY,
     wan.FAMILY,
     zimage.FAMILY,
+    qwen_image.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,
 )

@@ -91,6 +91,12 @@ class Family:
         family. No torch. Families published only as folders answer False."""
         return False
 
+    def guidance_distilled(self, network) -> bool:
+        """Whether ``-g`` goes to this network as a distilled guidance value instead of
+        classifier-free guidance (the family's ``distilled_guidance``, unless its models
+        differ one from another)."""
+        return self.distilled_guidance
+
     def defaults(self, index: dict, config: Callable[[str], dict]) -> dict:
         """The sampling settings this family's diffusers pipeline uses where they differ
         from pangu-draw's own (:data:`pangudraw.options.GENERATION`): steps, guidance,

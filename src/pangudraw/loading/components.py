@@ -32,11 +32,19 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("diffusers", "SD3Transformer2DModel"),
     }
     | _WAN
-    | {("diffusers", "ZImageTransformer2DModel")},
+    | {("diffusers", "ZImageTransformer2DModel"), ("diffusers", "QwenImageTransformer2DModel")},
     "transformer_2": _WAN,  # Wan2.2's low-noise expert
-    "vae": {("diffusers", "AutoencoderKL"), ("diffusers", "AutoencoderKLWan")},
+    "vae": {
+        ("diffusers", "AutoencoderKL"),
+        ("diffusers", "AutoencoderKLWan"),
+        ("diffusers", "AutoencoderKLQwenImage"),
+    },
     "text_encoder": _TEXT_ENCODERS
-    | {("transformers", "UMT5EncoderModel"), ("transformers", "Qwen3Model")},
+    | {
+        ("transformers", "UMT5EncoderModel"),
+        ("transformers", "Qwen3Model"),
+        ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+    },
     "text_encoder_2": _TEXT_ENCODERS | _T5,
     # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5; Qwen2: Z-Image's Qwen3
     "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS | _QWEN_TOKENIZERS,
