@@ -257,7 +257,8 @@ class FlowGrid:
 
     ``own_sigmas``: the sigmas FluxPipeline passes, ``linspace(1, 1/N, N)`` shifted by the
     resolution-dependent ``mu`` when the config asks for dynamic shifting; otherwise the
-    scheduler's own grid (StableDiffusion3Pipeline), shifted by its ``shift``.
+    scheduler's own grid (StableDiffusion3Pipeline), shifted by its ``shift``. ``mu``: a
+    family's own rule gave it (Flux.2's depends on the steps too).
     """
 
     def __init__(
@@ -266,11 +267,11 @@ class FlowGrid:
         num_inference_steps: int,
         latent_hw: tuple[int, int],
         own_sigmas: bool = False,
+        mu: float | None = None,
     ):
         config = scheduler.config
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)  # 2x2 patches, as both pipelines count
-        mu = None
-        if config.get("use_dynamic_shifting"):
+        if mu is None and config.get("use_dynamic_shifting"):
             from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
             mu = calculate_shift(
@@ -343,11 +344,15 @@ def trajectory(
     latent_hw: tuple[int, int],
     own_sigmas: bool = False,
     generator=None,
+    family=None,
 ) -> Grid:
     """The canvas trajectory a fresh scheduler gives, as the canvas expert's pipeline runs it
-    (``own_sigmas``: its family's pipeline passes its own sigma grid, as Flux.1's does)."""
+    (``own_sigmas``: its family's pipeline passes its own sigma grid, as Flux.1's does;
+    ``family``: the canvas expert's, whose pipeline may have its own shift rule)."""
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        return FlowGrid(scheduler, num_inference_steps, latent_hw, own_sigmas)
+        config, steps = scheduler.config, num_inference_steps
+        mu = None if family is None else family.flow_mu(config, latent_hw, steps)
+        return FlowGrid(scheduler, num_inference_steps, latent_hw, own_sigmas, mu)
     if scheduler.config.get("use_flow_sigmas"):
         return FlowSolverGrid(scheduler, num_inference_steps)
     return SchedulerGrid(scheduler, num_inference_steps, generator)
@@ -368,9 +373,11 @@ def canvas_grid(
     pipeline of the first expert on the canvas runs it."""
     if isinstance(scheduler, Grid):
         return scheduler
-    on = [p.expert.family.own_sigmas for p in participants if p.site(canvas).same_as(canvas)]
+    on = [p.expert.family for p in participants if p.site(canvas).same_as(canvas)]
     latent_hw = tuple(canvas.latent_shape(1)[-2:])
-    return trajectory(scheduler, num_inference_steps, latent_hw, on[0] if on else False, generator)
+    family = on[0] if on else None
+    own = bool(family and family.own_sigmas)
+    return trajectory(scheduler, num_inference_steps, latent_hw, own, generator, family)
 
 
 @dataclass

@@ -6,6 +6,7 @@ Design: docs/design.md, section 3.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -39,6 +40,8 @@ class LatentSpace:
         if self.vae is None:
             return 3 * self.unshuffle**2
         config = self.vae.config
+        if self.patched:
+            return config.latent_channels * math.prod(config.patch_size)
         return config.z_dim if self.video else config.latent_channels
 
     @property
@@ -48,7 +51,14 @@ class LatentSpace:
             return self.unshuffle
         if self.video:  # Wan's and Qwen-Image's causal video VAEs
             return 2 ** len(self.vae.config.temperal_downsample)
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return factor * self.vae.config.patch_size[0] if self.patched else factor
+
+    @property
+    def patched(self) -> bool:
+        """Flux.2's VAE: its latents are 2x2 patches folded into channels and normalised by
+        the VAE's batch-norm statistics (the space the transformer works in)."""
+        return self.vae is not None and hasattr(self.vae, "bn")
 
     @property
     def video(self) -> bool:
@@ -94,6 +104,12 @@ class LatentSpace:
         self, like: torch.Tensor
     ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         config = self.vae.config
+        if self.patched:
+            bn = self.vae.bn
+            mean = bn.running_mean.view(1, -1, 1, 1).to(like)
+            return mean, torch.sqrt(bn.running_var.view(1, -1, 1, 1) + config.batch_norm_eps).to(
+                like
+            )
         if getattr(config, "latents_mean", None) is not None:
             shape = (1, -1, 1, 1)
             mean = torch.tensor(config.latents_mean).view(shape).to(like)
@@ -129,6 +145,8 @@ class LatentSpace:
         mean, std = posterior.mean.to(where), posterior.std.to(where)
         if self.video:  # the one frame
             mean, std = mean[:, :, 0], std[:, :, 0]
+        if self.patched:
+            mean, std = F.pixel_unshuffle(mean, 2), F.pixel_unshuffle(std, 2)
         shift, spread = self._normalisation(mean)
         scale = self._scaling / spread
         return (mean - shift) * scale, std * scale
@@ -140,6 +158,8 @@ class LatentSpace:
         latents = latents.to(self._dtype)
         mean, std = self._normalisation(latents)
         raw = (latents * std / self._scaling + mean).to(self._device)
+        if self.patched:
+            raw = F.pixel_shuffle(raw, 2)
         if self.video:
             return self.vae.decode(raw[:, :, None]).sample[:, :, 0].to(latents.device)
         return self.vae.decode(raw).sample.to(latents.device)

@@ -323,7 +323,8 @@ def generate(
         if handoff == "release":
             latent_hw = tuple(canvas.latent_shape(1)[-2:])
             own = canvas_expert.family.own_sigmas
-            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, own)
+            family = canvas_expert.family
+            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, own, None, family)
             last_high = handoff_index(scheduler.timesteps, t_split) - 1
             sigma_split = scheduler.sigmas[last_high] if last_high >= 0 else math.inf
         roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
@@ -457,6 +458,7 @@ def coop_generate(
         recipe.steps,
         latent_hw,
         canvas_expert.family.own_sigmas,
+        family=canvas_expert.family,
     ).sigmas  # the trajectory the loop will run, for windows given in steps
     encode = _PromptCache()
     participants = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import emoji, flux, pangu, qwen_image, sd, sd3, sdxl, wan, zimage
+from . import emoji, flux, flux2, pangu, qwen_image, sd, sd3, sdxl, wan, zimage
 from .base import Conditioning, Family
 
 FAMILIES: tuple[Family, ...] = (
@@ -24,6 +24,7 @@ FAMILIES: tuple[Family, ...] = (
     wan.FAMILY,
     zimage.FAMILY,
     qwen_image.FAMILY,
+    flux2.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,
 )

@@ -91,6 +91,12 @@ class Family:
         family. No torch. Families published only as folders answer False."""
         return False
 
+    def flow_mu(self, config, latent_hw: tuple[int, int], steps: int) -> float | None:
+        """The shift ``mu`` its pipeline passes a flow scheduler for a canvas of
+        ``latent_hw`` cells in ``steps`` steps; None: the rule of Flux.1's pipeline
+        (``calculate_shift`` on 2x2 patches, when the config asks for dynamic shifting)."""
+        return None
+
     def guidance_distilled(self, network) -> bool:
         """Whether ``-g`` goes to this network as a distilled guidance value instead of
         classifier-free guidance (the family's ``distilled_guidance``, unless its models

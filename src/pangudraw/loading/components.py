@@ -32,17 +32,23 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("diffusers", "SD3Transformer2DModel"),
     }
     | _WAN
-    | {("diffusers", "ZImageTransformer2DModel"), ("diffusers", "QwenImageTransformer2DModel")},
+    | {
+        ("diffusers", "ZImageTransformer2DModel"),
+        ("diffusers", "QwenImageTransformer2DModel"),
+        ("diffusers", "Flux2Transformer2DModel"),
+    },
     "transformer_2": _WAN,  # Wan2.2's low-noise expert
     "vae": {
         ("diffusers", "AutoencoderKL"),
         ("diffusers", "AutoencoderKLWan"),
         ("diffusers", "AutoencoderKLQwenImage"),
+        ("diffusers", "AutoencoderKLFlux2"),
     },
     "text_encoder": _TEXT_ENCODERS
     | {
         ("transformers", "UMT5EncoderModel"),
         ("transformers", "Qwen3Model"),
+        ("transformers", "Qwen3ForCausalLM"),
         ("transformers", "Qwen2_5_VLForConditionalGeneration"),
     },
     "text_encoder_2": _TEXT_ENCODERS | _T5,

@@ -1,0 +1,126 @@
+"""FLUX.2 [klein]: our loop against diffusers' Flux2KleinPipeline on a tiny model (its VAE's
+patches folded into channels under batch-norm statistics, the empirical shift), a
+step-distilled folder without guidance, LoRA."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import Flux2KleinPipeline
+
+from pangudraw.families import family_of_folder, model_defaults
+from pangudraw.loading.models import load_expert
+from pangudraw.pipelines import generate
+
+PROMPT = "a red apple"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from fixtures.tiny_models import tiny_flux2_klein
+
+    root = tmp_path_factory.mktemp("flux2")
+    tiny_flux2_klein(root / "klein")
+    tiny_flux2_klein(root / "klein_distilled", seed=1, is_distilled=True)
+    return root
+
+
+def raw(expert, latents):
+    """Our canvas latents as the pipeline's ``output_type="latent"`` gives them: unfolded,
+    batch-norm statistics undone."""
+    mean, std = expert.space._normalisation(latents)
+    return F.pixel_shuffle(latents * std + mean, 2)
+
+
+def theirs(folder, g, output_type="latent", **kwargs):
+    pipe = Flux2KleinPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompt=PROMPT,
+        guidance_scale=g,
+        generator=torch.Generator().manual_seed(3),
+        output_type=output_type,
+        **kwargs,
+    ).images
+
+
+@pytest.mark.parametrize("g, size, steps", [(3.0, (32, 32), 6), (1.0, (32, 48), 4)])
+def test_one_klein_expert_equals_its_pipeline(folders, g, size, steps):
+    """The empirical mu depends on the steps too: two step counts, guided and not."""
+    folder = folders / "klein"
+    expert = load_expert(folder)
+    assert expert.family.name == "flux2" and expert.space.patched and expert.space.factor == 4
+    kwargs = {"height": size[0], "width": size[1], "num_inference_steps": steps}
+    ours = generate(expert, None, PROMPT, seed=3, guidance_scale=g, **kwargs)
+    assert (raw(expert, ours.latents) - theirs(folder, g, **kwargs)).abs().max() <= TOL
+    images = theirs(folder, g, "pt", **kwargs)
+    assert (ours.images - images).abs().max() <= TOL and ours.images.std() > 0.01
+
+
+def test_a_step_distilled_klein_takes_no_guidance_and_its_own_defaults(folders):
+    folder = folders / "klein_distilled"
+    assert family_of_folder(folder).name == "flux2"
+    assert model_defaults(folder) == {"steps": 4}
+    assert model_defaults(folders / "klein") == {"steps": 50, "guidance_scale": 4.0}
+    expert = load_expert(folder)
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 4, "seed": 3}
+    guided = generate(expert, None, PROMPT, guidance_scale=4.0, **kwargs)
+    plain = generate(expert, None, PROMPT, guidance_scale=1.0, **kwargs)
+    assert torch.equal(guided.latents, plain.latents)
+    reference = theirs(folder, 4.0, height=32, width=32, num_inference_steps=4)
+    assert (raw(expert, guided.latents) - reference).abs().max() <= TOL
+
+
+def test_a_klein_lora_equals_diffusers(folders, tmp_path):
+    from diffusers import Flux2Transformer2DModel
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from pangudraw.loading.models import ModelCache
+    from pangudraw.lora import LoraSpec
+
+    folder = folders / "klein"
+    torch.manual_seed(1)
+    network = Flux2Transformer2DModel.from_pretrained(folder / "transformer")
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
+    )
+    layers = get_peft_model_state_dict(inject_adapter_in_model(config, network))
+    Flux2KleinPipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers)
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 4}
+    expert = ModelCache().get(folder, [LoraSpec(str(lora), 0.7)])
+    ours = generate(expert, None, PROMPT, seed=3, guidance_scale=1.0, **kwargs).latents
+    pipe = Flux2KleinPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora), adapter_name="a")
+    pipe.set_adapters(["a"], [0.7])
+    reference = pipe(
+        prompt=PROMPT,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+        **kwargs,
+    ).images
+    assert (raw(expert, ours) - reference).abs().max() <= TOL
+    plain = generate(load_expert(folder), None, PROMPT, seed=3, guidance_scale=1.0, **kwargs)
+    assert (plain.latents - ours).abs().max() > 20 * TOL  # (a small random LoRA: 6.7e-3)
+
+
+def test_a_flux2_dev_folder_is_refused_at_its_text_encoder_in_one_line(folders, tmp_path, capsys):
+    from pangudraw.cli.main import main
+
+    dev = tmp_path / "dev"
+    shutil.copytree(folders / "klein", dev)
+    index = json.loads((dev / "model_index.json").read_text())
+    index["_class_name"] = "Flux2Pipeline"
+    index["text_encoder"] = ["transformers", "Mistral3ForConditionalGeneration"]
+    (dev / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(SystemExit) as exit:
+        main(["generate", PROMPT, "--structure", str(dev), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "Mistral3ForConditionalGeneration" in err
+    assert err.count("\n") == 1
