@@ -489,7 +489,7 @@ def test_broken_model_files_are_one_line_errors(models, work, capsys):
     scheduler.write_text(json.dumps(json.loads(good) | {"_class_name": "os"}))
     refuse(argv, work, capsys, r"_class_name 'os' is not a diffusers scheduler")
     scheduler.write_text(json.dumps(json.loads(good) | {"beta_end": 2.0}))
-    refuse(argv, work, capsys, r"do not give increasing, finite noise levels")
+    refuse(argv, work, capsys, r"beta_end must be between 0 and 1, got 2.0")
 
 
 def test_broken_control_json_is_a_one_line_error(zoo_png, work, capsys):

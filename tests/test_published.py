@@ -94,7 +94,9 @@ def test_what_the_loop_relies_on_is_still_checked():
     for change, message in [
         ({"_class_name": "os"}, "is not a diffusers scheduler"),
         ({"prediction_type": "noise"}, "prediction_type 'noise'"),
-        ({"beta_end": 2.0}, "increasing, finite noise levels"),
+        ({"beta_end": 2.0}, "beta_end must be between 0 and 1"),
+        ({"beta_start": "0.1"}, "beta_start must be a number"),
+        ({"trained_betas": [0.01] * 999 + [1.0]}, "increasing, finite noise levels"),
         ({"num_train_timesteps": 1.5}, "num_train_timesteps must be an integer"),
         ({"timestep_spacing": "sideways"}, "timestep_spacing 'sideways'"),
         ({"steps_offset": -1}, "steps_offset must be an integer"),

@@ -90,9 +90,15 @@ def check_scheduler_config(config: dict, path: Path | str) -> tuple[dict, Schedu
     offset = config.get("steps_offset", 0)
     if not _is_int(offset) or not 0 <= offset < steps:
         raise UserError(f"{path}: steps_offset must be an integer in [0, {steps})")
+    for key in ("beta_start", "beta_end"):
+        value = config.get(key, 0.0001 if key == "beta_start" else 0.02)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{path}: {key} must be a number, got {value!r}")
+        if not 0 < value < 1:
+            raise UserError(f"{path}: {key} must be between 0 and 1, got {value!r}")
     try:
         schedule = DiscreteVPSchedule.from_config(config)
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{path}: {str(exc).splitlines()[0]}") from exc
     sigmas = schedule.log_sigmas
     if not bool(torch.isfinite(sigmas).all()) or not bool((sigmas[1:] >= sigmas[:-1]).all()):
