@@ -124,3 +124,13 @@ def test_a_flux2_dev_folder_is_refused_at_its_text_encoder_in_one_line(folders, 
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "Mistral3ForConditionalGeneration" in err
     assert err.count("\n") == 1
+
+
+def test_bfloat16_runs_close_to_float32(folders):
+    from pangudraw.loading.models import ModelCache
+
+    kwargs = {"seed": 3, "num_inference_steps": 4, "guidance_scale": 2.0, "height": 32, "width": 32}
+    half = generate(ModelCache(dtype="bfloat16").get(folders / "klein"), None, PROMPT, **kwargs)
+    full = generate(load_expert(folders / "klein"), None, PROMPT, **kwargs)
+    assert torch.isfinite(half.images).all()
+    assert (half.images - full.images).abs().max() < 0.1

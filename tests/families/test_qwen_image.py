@@ -146,3 +146,13 @@ def test_a_qwen_image_lora_equals_diffusers(folder, tmp_path):
     assert (packed(ours) - reference).abs().max() <= TOL
     plain = generate(load_expert(folder), None, PROMPT, seed=3, guidance_scale=1.0, **kwargs)
     assert (plain.latents - ours).abs().max() > 100 * TOL
+
+
+def test_bfloat16_runs_close_to_float32(folder):
+    from pangudraw.loading.models import ModelCache
+
+    kwargs = {"seed": 3, "num_inference_steps": 4, "guidance_scale": 2.0, "height": 32, "width": 32}
+    half = generate(ModelCache(dtype="bfloat16").get(folder), None, PROMPT, **kwargs)
+    full = generate(load_expert(folder), None, PROMPT, **kwargs)
+    assert torch.isfinite(half.images).all()
+    assert (half.images - full.images).abs().max() < 0.1

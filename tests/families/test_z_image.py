@@ -171,3 +171,13 @@ def test_z_image_inpainting_equals_its_pipeline(folder, tmp_path, strength):
         width=32,
     )
     assert (ours.latents - reference).abs().max() <= TOL
+
+
+def test_bfloat16_runs_close_to_float32(folder):
+    from pangudraw.loading.models import ModelCache
+
+    kwargs = {"seed": 3, "num_inference_steps": 4, "guidance_scale": 2.0, "height": 32, "width": 32}
+    half = generate(ModelCache(dtype="bfloat16").get(folder), None, PROMPT, **kwargs)
+    full = generate(load_expert(folder), None, PROMPT, **kwargs)
+    assert torch.isfinite(half.images).all()
+    assert (half.images - full.images).abs().max() < 0.1

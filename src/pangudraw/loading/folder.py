@@ -86,6 +86,7 @@ def load_folder(folder: Path, allow_pickle: bool = False, cache: dict | None = N
         expert.low_noise = assemble(
             f"{folder}#transformer_2", family, index, component, second, vae, scheduler, cache
         )
+        expert.low_noise.text = expert.text  # one text stack: a prompt is encoded once
     return expert
 
 
