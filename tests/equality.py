@@ -27,3 +27,54 @@ def reference(pipe, sampler: str, **kwargs) -> torch.Tensor:
     return pipe(
         PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **kwargs
     ).images
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """``pangu-draw ARGV`` in this process: (exit code, what it wrote to stderr)."""
+    from pangudraw.cli.main import main
+
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exit:
+        return exit.code, capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+def transformer_lora(folder, pipeline, out, seed: int = 1):
+    """A rank-4 LoRA with random weights on the attention projections of ``folder``'s
+    transformer, saved as ``pipeline.save_lora_weights`` saves it; returns the file."""
+    import diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    index = __import__("json").loads((folder / "model_index.json").read_text())
+    cls = getattr(diffusers, index["transformer"][1])
+    torch.manual_seed(seed)
+    network = cls.from_pretrained(folder / "transformer")
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
+    )
+    layers = get_peft_model_state_dict(inject_adapter_in_model(config, network))
+    pipeline.save_lora_weights(out, transformer_lora_layers=layers)
+    return out / "pytorch_lora_weights.safetensors"
+
+
+def lora_latents(folder, pipeline, lora, scale: float, **call) -> tuple:
+    """(ours, diffusers') latents of one expert of ``folder`` with ``lora`` at ``scale``,
+    guidance off, seed 3: ours through ModelCache, theirs through ``load_lora_weights`` and
+    ``set_adapters``; and ours without the LoRA (to see that it did something)."""
+    from pangudraw.loading.models import ModelCache, load_expert
+    from pangudraw.lora import LoraSpec
+
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 4}
+    expert = ModelCache().get(folder, [LoraSpec(str(lora), scale)])
+    ours = generate(expert, None, PROMPT, seed=3, guidance_scale=1.0, **kwargs).latents
+    plain = generate(load_expert(folder), None, PROMPT, seed=3, guidance_scale=1.0, **kwargs)
+    pipe = pipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora), adapter_name="a")
+    pipe.set_adapters(["a"], [scale])
+    generator = torch.Generator().manual_seed(3)
+    out = pipe(prompt=PROMPT, generator=generator, output_type="latent", **kwargs, **call)
+    theirs = out.frames[:, :, 0] if hasattr(out, "frames") else out.images
+    return ours, theirs, plain.latents

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from equality import PROMPT, TOL
+from equality import run_cli as cli
 from pangudraw.editing import EditSpec
 from pangudraw.errors import UserError
 from pangudraw.loading.models import load_expert
@@ -260,17 +261,6 @@ def test_outpainting_places_the_picture_and_masks_the_rest(tmp_path):
 
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-def cli(argv, capsys):
-    from pangudraw.cli.main import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

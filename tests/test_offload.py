@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from equality import run_cli
 from pangudraw.expert import Expert
 from pangudraw.loading.models import ModelCache, load_expert
 from pangudraw.offload import Residence
@@ -97,16 +98,6 @@ def test_an_unknown_offload_mode_is_refused():
 
 def test_an_expert_without_offloading_is_always_resident():
     assert Expert.resident.fget(type("E", (), {"residence": None})())
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    from pangudraw.cli.main import main
-
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit:
-        return exit.code, capsys.readouterr().err
-    return 0, capsys.readouterr().err
 
 
 def test_the_cli_and_a_recipe_offload_and_write_the_same_png(tmp_path, capsys):

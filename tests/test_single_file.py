@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from equality import run_cli as cli
 from fixtures.single_file import write
 
 FAMILIES = ("sd1", "sdxl", "sdxl-refiner", "sd3", "sd3-t5", "flux", "flux-schnell")
@@ -98,16 +99,6 @@ def test_the_bundled_t5_tokenizer_gives_t5_ids():
     ids = tokenizer("a photo of a cat", padding="max_length", max_length=10).input_ids
     assert ids == [3, 9, 1202, 13, 3, 9, 1712, 1, 0, 0]
     assert len(tokenizer) == 32100 and tokenizer.convert_ids_to_tokens(32099) == "<extra_id_0>"
-
-
-def cli(argv, capsys):
-    from pangudraw.cli.main import main
-
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit:
-        return exit.code, capsys.readouterr().err
-    return 0, capsys.readouterr().err
 
 
 def test_generate_and_coop_take_single_files_and_coop_reproduces_from_the_png(files, tmp_path):

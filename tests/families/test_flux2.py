@@ -75,39 +75,13 @@ def test_a_step_distilled_klein_takes_no_guidance_and_its_own_defaults(folders):
 
 
 def test_a_klein_lora_equals_diffusers(folders, tmp_path):
-    from diffusers import Flux2Transformer2DModel
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    from pangudraw.loading.models import ModelCache
-    from pangudraw.lora import LoraSpec
+    from equality import lora_latents, transformer_lora
 
     folder = folders / "klein"
-    torch.manual_seed(1)
-    network = Flux2Transformer2DModel.from_pretrained(folder / "transformer")
-    config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
-    )
-    layers = get_peft_model_state_dict(inject_adapter_in_model(config, network))
-    Flux2KleinPipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers)
-    lora = tmp_path / "pytorch_lora_weights.safetensors"
-    kwargs = {"height": 32, "width": 32, "num_inference_steps": 4}
-    expert = ModelCache().get(folder, [LoraSpec(str(lora), 0.7)])
-    ours = generate(expert, None, PROMPT, seed=3, guidance_scale=1.0, **kwargs).latents
-    pipe = Flux2KleinPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(lora), adapter_name="a")
-    pipe.set_adapters(["a"], [0.7])
-    reference = pipe(
-        prompt=PROMPT,
-        guidance_scale=1.0,
-        generator=torch.Generator().manual_seed(3),
-        output_type="latent",
-        **kwargs,
-    ).images
-    assert (raw(expert, ours) - reference).abs().max() <= TOL
-    plain = generate(load_expert(folder), None, PROMPT, seed=3, guidance_scale=1.0, **kwargs)
-    assert (plain.latents - ours).abs().max() > 20 * TOL  # (a small random LoRA: 6.7e-3)
+    lora = transformer_lora(folder, Flux2KleinPipeline, tmp_path)
+    ours, theirs, plain = lora_latents(folder, Flux2KleinPipeline, lora, 0.7, guidance_scale=1.0)
+    assert (raw(load_expert(folder), ours) - theirs).abs().max() <= TOL
+    assert (plain - ours).abs().max() > 20 * TOL  # (a small random LoRA: 6.7e-3)
 
 
 def test_a_flux2_dev_folder_is_refused_at_its_text_encoder_in_one_line(folders, tmp_path, capsys):

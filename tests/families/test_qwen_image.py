@@ -118,34 +118,12 @@ def test_qwen_image_to_image_and_inpainting_equal_their_pipelines(folder, tmp_pa
 
 
 def test_a_qwen_image_lora_equals_diffusers(folder, tmp_path):
-    from diffusers import QwenImageTransformer2DModel
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
+    from equality import lora_latents, transformer_lora
 
-    from pangudraw.loading.models import ModelCache
-    from pangudraw.lora import LoraSpec
-
-    torch.manual_seed(1)
-    network = QwenImageTransformer2DModel.from_pretrained(folder / "transformer")
-    config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
-    )
-    layers = get_peft_model_state_dict(inject_adapter_in_model(config, network))
-    QwenImagePipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers)
-    lora = tmp_path / "pytorch_lora_weights.safetensors"
-    kwargs = {"height": 32, "width": 32, "num_inference_steps": 4}
-    expert = ModelCache().get(folder, [LoraSpec(str(lora), 0.7)])
-    ours = generate(expert, None, PROMPT, seed=3, guidance_scale=1.0, **kwargs).latents
-    pipe = QwenImagePipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(lora), adapter_name="a")
-    pipe.set_adapters(["a"], [0.7])
-    reference = pipe(
-        PROMPT, generator=torch.Generator().manual_seed(3), output_type="latent", **kwargs
-    ).images
-    assert (packed(ours) - reference).abs().max() <= TOL
-    plain = generate(load_expert(folder), None, PROMPT, seed=3, guidance_scale=1.0, **kwargs)
-    assert (plain.latents - ours).abs().max() > 100 * TOL
+    lora = transformer_lora(folder, QwenImagePipeline, tmp_path)
+    ours, theirs, plain = lora_latents(folder, QwenImagePipeline, lora, 0.7)
+    assert (packed(ours) - theirs).abs().max() <= TOL
+    assert (plain - ours).abs().max() > 20 * TOL
 
 
 def test_bfloat16_runs_close_to_float32(folder):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
+from equality import run_cli as cli
 from pangudraw.families import family_of_folder, model_defaults
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
@@ -89,16 +90,6 @@ def test_recognition_and_the_pipeline_defaults(wan):
     defaults = model_defaults(wan / "wan22")
     assert defaults == {"steps": 50, "guidance_scale": 5.0, "sampler": "unipc", "t_split": 875.0}
     assert "t_split" not in model_defaults(wan / "wan21")
-
-
-def cli(argv, capsys):
-    from pangudraw.cli.main import main
-
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit:
-        return exit.code, capsys.readouterr().err
-    return 0, capsys.readouterr().err
 
 
 def test_the_cli_runs_the_pair_with_a_second_guidance_scale(wan, tmp_path, capsys):
@@ -186,24 +177,6 @@ def test_either_wan_expert_works_alone_in_a_recipe_and_lays_out_for_sdxl(wan, mo
     assert torch.isfinite(out.images).all() and out.images.std() > 0.01
 
 
-def wan_lora(model_folder, out, seed=0):
-    """A rank-4 LoRA with random weights on the high-noise transformer's attention, saved as
-    diffusers' WanPipeline.save_lora_weights saves it."""
-    from diffusers import WanTransformer3DModel
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    network = WanTransformer3DModel.from_pretrained(model_folder / "transformer")
-    config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
-    )
-    network = inject_adapter_in_model(config, network)
-    layers = get_peft_model_state_dict(network)
-    WanPipeline.save_lora_weights(out, transformer_lora_layers=layers)
-    return out / "pytorch_lora_weights.safetensors"
-
-
 def to_comfyui(diffusers_file, out):
     """The same LoRA under the original Wan names ComfyUI files use."""
     from safetensors.torch import load_file, save_file
@@ -226,7 +199,9 @@ def test_a_wan_lora_equals_diffusers_and_its_comfyui_names_load_the_same(wan, tm
     from pangudraw.lora import LoraSpec
 
     folder = wan / "wan22"
-    lora = wan_lora(folder, tmp_path / "lora")
+    from equality import transformer_lora
+
+    lora = transformer_lora(folder, WanPipeline, tmp_path / "lora", seed=0)
     kwargs = {"seed": 3, "num_inference_steps": 4, "guidance_scale": 2.0, **SIZE}
     expert = ModelCache().get(folder, [LoraSpec(str(lora), 0.8)])
     ours = generate(expert, None, PROMPT, **kwargs).latents

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UserError
+
 
 @dataclass
 class Conditioning:
@@ -175,6 +177,18 @@ class Family:
 # ---------------------------------------------------------------------- shared pieces
 
 
+def expect(module, classes: tuple[str, ...], role: str, family: str):
+    """``module`` when it is one of ``classes`` (a folder may name any allowed class for a
+    component; a family takes only its own), else a one-line refusal."""
+    name = type(module).__name__
+    if module is None or name not in classes:
+        raise UserError(
+            f"{family} takes {' or '.join(classes)} as its {role}, the folder has "
+            f"{'none' if module is None else name}"
+        )
+    return module
+
+
 def device_of(module):
     """Where a module computes. Tensors go there for the call and come back to the CPU, so
     the sampling loop (tiny tensors) stays on the CPU while networks sit on any device."""
@@ -199,8 +213,6 @@ def t5_states(tokenizer, encoder, prompts: list[str], limit: int):
     """T5's last hidden state for prompts padded to ``limit`` tokens; a longer prompt is
     refused (the pipelines would cut it silently)."""
     import torch
-
-    from ..errors import UserError
 
     ids = tokenizer(prompts, padding="max_length", max_length=limit).input_ids
     for prompt, row in zip(prompts, ids):

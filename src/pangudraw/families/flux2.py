@@ -18,13 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Conditioning, Family, device_of
+from ..errors import UserError
+from .base import Conditioning, Family, device_of, expect
 
 # Flux2KleinPipeline's defaults: 50 steps at guidance 4; step-distilled models run in 4
 # steps without guidance (their model cards).
 DEFAULTS = {"base": {"steps": 50, "guidance_scale": 4.0}, "distilled": {"steps": 4}}
 SIZE = (1024, 1024)
 LAYERS = (9, 18, 27)
+
+TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+ENCODERS = ("Qwen3ForCausalLM",)
 
 
 @dataclass
@@ -84,7 +88,11 @@ class Flux2(Family):
 
     def text_stack(self, index, component, network, cache):
         distilled = index.get("is_distilled") is True
-        return Flux2Text(component("tokenizer"), component("text_encoder"), distilled)
+        encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
+        tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"{self.label}'s tokenizer needs its chat template; this one has none")
+        return Flux2Text(tokenizer, encoder, distilled)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Conditioning, Family, device_of
+from .base import Conditioning, Family, device_of, expect
 
 # QwenImagePipeline's defaults: 50 steps; its model card's true_cfg_scale 4 at 1328 px,
 # the pipeline's 1024 px.
 DEFAULTS = {"steps": 50, "guidance_scale": 4.0}
 SIZE = (1024, 1024)
 MAX_SEQUENCE_LENGTH = 512  # QwenImagePipeline.__call__'s
+
+TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+ENCODERS = ("Qwen2_5_VLForConditionalGeneration",)
 
 
 @dataclass
@@ -97,7 +100,9 @@ class QwenImage(Family):
         return bool(network.config.guidance_embeds)
 
     def text_stack(self, index, component, network, cache):
-        return QwenText(component("tokenizer"), component("text_encoder"))
+        encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
+        tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
+        return QwenText(tokenizer, encoder)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Conditioning, Family, device_of, guide
+from .base import Conditioning, Family, device_of, expect, guide
 
 # WanPipeline's defaults (T2V at 480x832): 50 UniPC steps, guidance 5; prompts of up to
 # 512 tokens (__call__'s max_sequence_length).
 DEFAULTS = {"steps": 50, "guidance_scale": 5.0, "sampler": "unipc"}
 SIZE = (480, 832)
 MAX_SEQUENCE_LENGTH = 512
+
+TOKENIZERS = ("T5Tokenizer", "T5TokenizerFast")
+ENCODERS = ("UMT5EncoderModel", "T5EncoderModel")
 
 
 @dataclass
@@ -84,7 +87,9 @@ class Wan(Family):
         return found
 
     def text_stack(self, index, component, network, cache):
-        return WanText(component("tokenizer"), component("text_encoder"))
+        encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
+        tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
+        return WanText(tokenizer, encoder)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE

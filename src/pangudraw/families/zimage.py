@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Conditioning, Family, device_of, guide
+from ..errors import UserError
+from .base import Conditioning, Family, device_of, expect, guide
 
 # ZImagePipeline's defaults: 50 steps at its guidance 5 (our 6), 1024 px.
 DEFAULTS = {"steps": 50, "guidance_scale": 6.0}
 SIZE = (1024, 1024)
+
+TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+ENCODERS = ("Qwen3Model",)
 
 
 @dataclass
@@ -71,7 +75,11 @@ class ZImage(Family):
         return dict(DEFAULTS)
 
     def text_stack(self, index, component, network, cache):
-        return ZImageText(component("tokenizer"), component("text_encoder"))
+        encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
+        tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"{self.label}'s tokenizer needs its chat template; this one has none")
+        return ZImageText(tokenizer, encoder)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE
