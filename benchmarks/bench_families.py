@@ -58,6 +58,8 @@ FAMILIES = {
         {"true_cfg_scale": G, "negative_prompt": ""},
     ),
     "flux2": (tiny.tiny_flux2_klein, "Flux2KleinPipeline", {"guidance_scale": G}),
+    # its -g is its guider's CFG scale (set on the guider below)
+    "hunyuan-image": (tiny.tiny_hunyuan_image, "HunyuanImagePipeline", {}),
 }
 
 
@@ -79,7 +81,12 @@ def main() -> None:
         )
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "families.json").write_text(json.dumps(rows, indent=2) + "\n")
+    path = RESULTS / "families.json"
+    if args.only and path.is_file():  # the families not measured now keep their rows
+        done = {r["family"] for r in rows}
+        kept = [r for r in json.loads(path.read_text()) if r["family"] not in done]
+        rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
+    path.write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, RESULTS / "families.png")
 
 
@@ -91,6 +98,8 @@ def measure(name: str, folder: Path, runs: int, steps: int, size: int) -> dict:
     cls = getattr(diffusers, pipeline)
     pipe = cls.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "guider", None) is not None:
+        pipe.guider = pipe.guider.new(guidance_scale=G)
     expert = load_expert(folder)
 
     def ours() -> torch.Tensor:

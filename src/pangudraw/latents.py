@@ -51,6 +51,9 @@ class LatentSpace:
             return self.unshuffle
         if self.video:  # Wan's and Qwen-Image's causal video VAEs
             return 2 ** len(self.vae.config.temperal_downsample)
+        ratio = getattr(self.vae.config, "spatial_compression_ratio", None)
+        if ratio:  # HunyuanImage's: 32x
+            return ratio
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return factor * self.vae.config.patch_size[0] if self.patched else factor
 

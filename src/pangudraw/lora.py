@@ -63,6 +63,11 @@ def _pipeline_class(expert: Expert):
     """The diffusers pipeline class whose LoRA loader knows this expert's family."""
     import diffusers
 
+    if expert.family.lora_pipeline is None:
+        raise UserError(
+            f"diffusers has no LoRA loader for {expert.family.label}; pangu-draw reads LoRAs "
+            "through diffusers' loaders"
+        )
     return getattr(diffusers, expert.family.lora_pipeline)
 
 

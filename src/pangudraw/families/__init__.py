@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import emoji, flux, flux2, pangu, qwen_image, sd, sd3, sdxl, wan, zimage
+from . import emoji, flux, flux2, hunyuan_image, pangu, qwen_image, sd, sd3, sdxl, wan, zimage
 from .base import Conditioning, Family
 
 FAMILIES: tuple[Family, ...] = (
@@ -25,6 +25,7 @@ FAMILIES: tuple[Family, ...] = (
     zimage.FAMILY,
     qwen_image.FAMILY,
     flux2.FAMILY,
+    hunyuan_image.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,
 )
@@ -57,7 +58,8 @@ def folder_reader(folder: Path):
     any that is missing or unreadable)."""
 
     def config(name: str) -> dict:
-        return _json(folder / name / f"{'scheduler_' * (name == 'scheduler')}config.json")
+        prefix = {"scheduler": "scheduler_", "guider": "guider_", "ocr_guider": "guider_"}
+        return _json(folder / name / f"{prefix.get(name, '')}config.json")
 
     return _json(folder / "model_index.json"), config
 

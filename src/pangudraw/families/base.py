@@ -57,7 +57,8 @@ class Family:
         label: how messages name it.
         network_component: the folder component holding the denoiser ("unet" or
             "transformer"); also the prefix of its LoRA keys.
-        lora_pipeline: the diffusers pipeline class whose LoRA loader reads its files.
+        lora_pipeline: the diffusers pipeline class whose LoRA loader reads its files
+            (None: diffusers has none for the family).
         controlnets: whether diffusers ControlNets steer it.
         true_cfg: whether it takes true classifier-free guidance (Flux.1).
         distilled_guidance: whether ``-g`` is a distilled guidance value fed to the

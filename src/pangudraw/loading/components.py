@@ -25,6 +25,7 @@ _T5 = {("transformers", "T5EncoderModel")}
 _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Tokenizer")}
 _WAN = {("diffusers", "WanTransformer3DModel")}
 _QWEN_TOKENIZERS = {("transformers", "Qwen2Tokenizer"), ("transformers", "Qwen2TokenizerFast")}
+_GUIDERS = {("diffusers", "AdaptiveProjectedMixGuidance")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
     "transformer": {
@@ -36,6 +37,7 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("diffusers", "ZImageTransformer2DModel"),
         ("diffusers", "QwenImageTransformer2DModel"),
         ("diffusers", "Flux2Transformer2DModel"),
+        ("diffusers", "HunyuanImageTransformer2DModel"),
     },
     "transformer_2": _WAN,  # Wan2.2's low-noise expert
     "vae": {
@@ -43,6 +45,7 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("diffusers", "AutoencoderKLWan"),
         ("diffusers", "AutoencoderKLQwenImage"),
         ("diffusers", "AutoencoderKLFlux2"),
+        ("diffusers", "AutoencoderKLHunyuanImage"),
     },
     "text_encoder": _TEXT_ENCODERS
     | {
@@ -54,7 +57,10 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "text_encoder_2": _TEXT_ENCODERS | _T5,
     # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5; Qwen2: Z-Image's Qwen3
     "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS | _QWEN_TOKENIZERS,
-    "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS,
+    "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS | {("transformers", "ByT5Tokenizer")},
+    # HunyuanImage's guiders: configuration only, no weights
+    "guider": _GUIDERS,
+    "ocr_guider": _GUIDERS,
     "text_encoder_3": _T5,
     "tokenizer_3": _T5_TOKENIZERS,
 }
@@ -105,6 +111,10 @@ def from_pretrained(cls: type, folder: Path, allow_pickle: bool):
     """A diffusers or transformers component saved in ``folder``."""
     # None: safetensors when present, pickle allowed as a fallback. Weights stored in
     # float16 (the zoo's) are computed in float32 here.
+    if "Guidance" in cls.__name__:  # a guider: its settings only
+        from ..files import read_json
+
+        return cls.from_config(read_json(folder / cls.config_name, f"{folder.name} config"))
     kwargs = {}
     if "Tokenizer" not in cls.__name__:
         kwargs = {"use_safetensors": None if allow_pickle else True, "torch_dtype": torch.float32}

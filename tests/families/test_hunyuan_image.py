@@ -1,0 +1,180 @@
+"""HunyuanImage 2.1: our loop against diffusers' HunyuanImagePipeline on a tiny model, with
+its guider (classifier-free guidance, then adaptive projected guidance with momentum), its
+OCR guider for quoted text, and ``-g`` as the guider's classifier-free scale."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import HunyuanImagePipeline
+from PIL import Image
+
+from equality import run_cli as cli
+from pangudraw.families import family_of_folder, model_defaults
+from pangudraw.loading.models import load_expert
+from pangudraw.pipelines import generate
+
+PROMPT = "a red apple"
+QUOTE = 'a sign that says "hi"'
+TOL = 1e-4
+OCR = {"guidance_scale": 2.0, "adaptive_projected_guidance_scale": 4.0}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from fixtures.tiny_models import tiny_hunyuan_image
+
+    path = tmp_path_factory.mktemp("hunyuan") / "hunyuan_image"
+    tiny_hunyuan_image(path)
+    return path
+
+
+def theirs(folder, g, prompt=PROMPT, output_type="latent", **kwargs):
+    pipe = HunyuanImagePipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    if pipe.guider is not None:
+        pipe.guider = pipe.guider.new(guidance_scale=g)
+    return pipe(
+        prompt,
+        generator=torch.Generator().manual_seed(3),
+        output_type=output_type,
+        **kwargs,
+    ).images
+
+
+@pytest.mark.parametrize(
+    "g, prompt, size", [(3.5, QUOTE, (32, 32)), (5.0, PROMPT, (32, 48)), (1.0, PROMPT, (48, 32))]
+)
+def test_one_hunyuan_image_expert_equals_its_pipeline(folder, g, prompt, size):
+    """``-g g`` is the guider's CFG scale (its APG after the start step as the folder has
+    it); 1 turns guidance off. Five steps reach the tiny guider's APG phase (after step 2)."""
+    expert = load_expert(folder)
+    assert expert.family.name == "hunyuan-image" and expert.space.factor == 4
+    kwargs = {"height": size[0], "width": size[1], "num_inference_steps": 5}
+    ours = generate(expert, None, prompt, seed=3, guidance_scale=g, **kwargs)
+    assert (ours.latents - theirs(folder, g, prompt, **kwargs)).abs().max() <= TOL
+    images = theirs(folder, g, prompt, output_type="pt", **kwargs)
+    assert (ours.images - images).abs().max() <= TOL and ours.images.std() > 0.01
+
+
+def test_the_guider_is_not_plain_guidance(folder):
+    """APG and its momentum change the picture: plain CFG at the same scale differs."""
+    expert = load_expert(folder)
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 5, "seed": 3}
+    guided = generate(expert, None, PROMPT, guidance_scale=3.5, **kwargs).latents
+    expert.text.guider = None  # classic guidance
+    plain = generate(expert, None, PROMPT, guidance_scale=3.5, **kwargs).latents
+    assert (guided - plain).abs().max() > 10 * TOL
+
+
+def test_quoted_text_is_steered_by_the_ocr_guider(folder, tmp_path):
+    """A prompt that quotes text takes the folder's OCR guider, as the pipeline does."""
+    from fixtures.tiny_models import HUNYUAN_GUIDER, tiny_hunyuan_image
+
+    ocr = tmp_path / "ocr"
+    tiny_hunyuan_image(ocr, ocr_guider={**HUNYUAN_GUIDER, **OCR})
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 5}
+    ours = generate(load_expert(ocr), None, QUOTE, seed=3, guidance_scale=2.0, **kwargs).latents
+    pipe = HunyuanImagePipeline.from_pretrained(ocr)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(
+        QUOTE, generator=torch.Generator().manual_seed(3), output_type="latent", **kwargs
+    ).images
+    assert (ours - reference).abs().max() <= TOL
+    plain = generate(load_expert(folder), None, QUOTE, seed=3, guidance_scale=2.0, **kwargs)
+    assert (ours - plain.latents).abs().max() > 10 * TOL  # the other guider
+
+
+def test_recognition_and_the_pipeline_defaults(folder):
+    assert family_of_folder(folder).name == "hunyuan-image"
+    assert model_defaults(folder) == {"steps": 50, "guidance_scale": 3.5}
+    assert load_expert(folder).sample_size == (256, 256)  # 64 cells x the VAE's 4
+
+
+def test_the_cli_draws_what_the_library_draws(folder, tmp_path, capsys):
+    from pangudraw.imageio import read_record
+
+    out = tmp_path / "h.png"
+    args = ["generate", QUOTE, "--structure", folder, "--steps", "3", "--size", "32"]
+    code, err = cli([*args, "--seed", "3", "-o", out], capsys)
+    assert code == 0, err
+    record = read_record(out)
+    assert record["guidance_scale"] == 3.5 and record["steps"] == 3
+    again = generate(
+        load_expert(folder),
+        None,
+        QUOTE,
+        seed=3,
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        guidance_scale=3.5,
+    ).to_pil()[0]
+    with Image.open(out) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(again))
+
+
+def _broken(folder, tmp_path, edit):
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    edit(bad)
+    return bad
+
+
+def _guider(value):
+    def edit(bad):
+        path = bad / "guider" / "guider_config.json"
+        config = json.loads(path.read_text())
+        config.update(value)
+        path.write_text(json.dumps(config))
+
+    return edit
+
+
+def _meanflow(bad):
+    path = bad / "transformer" / "config.json"
+    config = json.loads(path.read_text())
+    config["use_meanflow"] = True
+    path.write_text(json.dumps(config))
+
+
+def _index(component, spec):
+    def edit(bad):
+        index = json.loads((bad / "model_index.json").read_text())
+        index[component] = spec
+        (bad / "model_index.json").write_text(json.dumps(index))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_guider({"adaptive_projected_guidance_scale": "ten"}), "must be a finite number"),
+        (_guider({"stop": 0.5}), "starts or stops part-way"),
+        (_meanflow, "MeanFlow"),
+        (_index("text_encoder_2", ["transformers", "CLIPTextModel"]), "text_encoder_2"),
+        (_index("guider", ["diffusers", "ClassifierFreeGuidance"]), "guider"),
+    ],
+)
+def test_a_bad_folder_is_refused_in_one_line(folder, tmp_path, capsys, edit, message):
+    bad = _broken(folder, tmp_path, edit)
+    code, err = cli(["generate", PROMPT, "--structure", bad, "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_lora_and_a_long_quote_are_refused_in_one_line(folder, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "lora.safetensors"
+    save_file({"transformer.x.lora_A.weight": torch.ones(4, 8)}, lora)
+    out = tmp_path / "x.png"
+    code, err = cli(["generate", PROMPT, "--structure", folder, "--lora", lora, "-o", out], capsys)
+    assert code == 2 and "no LoRA loader for HunyuanImage" in err and err.count("\n") == 1
+    long = f'a sign that says "{"x" * 200}"'
+    code, err = cli(["generate", long, "--structure", folder, "-o", out], capsys)
+    assert code == 2 and "quote less" in err and err.count("\n") == 1
+    assert not out.exists()
