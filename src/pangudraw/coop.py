@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -197,6 +197,18 @@ def check_coverage(
             raise UserError(
                 f"at sigma={sigma:.4g} the active experts' {what} zero; "
                 "give an active expert a positive weight or a mask that covers the canvas"
+            )
+
+
+def check_every_expert_runs(participants: list[Participant], sigmas: list[float]) -> None:
+    """Reject an expert whose window holds none of the steps (a split below the last
+    step's noise level): it would silently do nothing."""
+    for p in participants:
+        if not any(p.active(s) for s in sigmas):
+            raise UserError(
+                f"{p.expert.name} gets none of the {len(sigmas)} steps (its window "
+                f"{p.window.lo:.4g} <= sigma < {p.window.hi:.4g}, the last step at sigma "
+                f"{sigmas[-1]:.4g}); move the split or the window, or take more steps"
             )
 
 
@@ -439,6 +451,8 @@ def sample(
     first = 0 if start is None else start.first
     weight_maps = _latent_masks(participants, tuple(noise.shape[-2:]))
     check_coverage(participants, sigmas[first:], weight_maps)
+    if first == 0:  # (from a picture, a structure expert may have nothing left to do)
+        check_every_expert_runs(participants, sigmas)
 
     latents = grid.start(noise)
     off: dict[int, _OffCanvas] = {}  # experts working off the canvas, by participant index
@@ -459,6 +473,8 @@ def sample(
         estimates = []
         for k in active:
             p, site = participants[k], sites[k]
+            if p.expert.family.picture_condition is not None and p.cond.extra is None:
+                p.cond = _picture_so_far(p, x0, noise, on_canvas[k])
             if on_canvas[k]:
                 t = grid.timesteps[i] if p.expert.family.grid_timesteps else None
                 x0_k = p.expert.predict(y, sigma, p.cond, p.guidance_scale, p.controls, t)
@@ -505,6 +521,19 @@ def sample(
             callback(Step(*at, x0, latents, active, canvas, resident))
     _release_idle(participants, [])
     return latents
+
+
+def _picture_so_far(p: Participant, x0: torch.Tensor | None, noise, on_canvas: bool):
+    """A model that draws beside a picture (HunyuanImage's refiner) taking over the canvas:
+    its picture is the canvas's estimate so far, noised to the level its pipeline gives a
+    picture, with the loop's own noise."""
+    if x0 is None or not on_canvas:
+        raise UserError(
+            f"{p.expert.name} refines a picture: it takes over the canvas from a model that "
+            "draws (as the texture model of a pair), or refines a picture you give"
+        )
+    level = p.expert.family.picture_condition
+    return replace(p.cond, extra=level * noise + (1 - level) * x0)
 
 
 def _release_idle(participants: list[Participant], active: list[int]) -> None:

@@ -42,6 +42,8 @@ class LatentSpace:
         config = self.vae.config
         if self.patched:
             return config.latent_channels * math.prod(config.patch_size)
+        if self.doubled:
+            return 2 * config.latent_channels
         return config.z_dim if self.video else config.latent_channels
 
     @property
@@ -62,6 +64,14 @@ class LatentSpace:
         """Flux.2's VAE: its latents are 2x2 patches folded into channels and normalised by
         the VAE's batch-norm statistics (the space the transformer works in)."""
         return self.vae is not None and hasattr(self.vae, "bn")
+
+    @property
+    def doubled(self) -> bool:
+        """HunyuanImage's refiner VAE: a causal video VAE whose one latent frame its
+        pipeline repeats and folds into channels (``[frame, frame]``, twice the channels);
+        decoding reads the second copy, as the pipeline's ``_restore_image_tokens_order``."""
+        refiner = "AutoencoderKLHunyuanImageRefiner"
+        return self.vae is not None and type(self.vae).__name__ == refiner
 
     @property
     def video(self) -> bool:
@@ -130,6 +140,9 @@ class LatentSpace:
         mean, std = self.encode_posterior(images)
         if generator is None or std is None:
             return mean
+        if self.doubled:  # one draw for the frame, repeated as the frame is
+            draw = torch.randn(mean[:, : mean.shape[1] // 2].shape, generator=generator)
+            return mean + std * torch.cat([draw, draw], dim=1).to(mean)
         return mean + std * torch.randn(mean.shape, generator=generator).to(mean)
 
     def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,10 +157,13 @@ class LatentSpace:
             return pixels, None
         where = images.device
         images = images.to(self._device, self._dtype)
-        posterior = self.vae.encode(images[:, :, None] if self.video else images).latent_dist
+        frames = self.video or self.doubled
+        posterior = self.vae.encode(images[:, :, None] if frames else images).latent_dist
         mean, std = posterior.mean.to(where), posterior.std.to(where)
-        if self.video:  # the one frame
+        if frames:  # the one frame
             mean, std = mean[:, :, 0], std[:, :, 0]
+        if self.doubled:
+            mean, std = torch.cat([mean, mean], dim=1), torch.cat([std, std], dim=1)
         if self.patched:
             mean, std = F.pixel_unshuffle(mean, 2), F.pixel_unshuffle(std, 2)
         shift, spread = self._normalisation(mean)
@@ -163,7 +179,9 @@ class LatentSpace:
         raw = (latents * std / self._scaling + mean).to(self._device)
         if self.patched:
             raw = F.pixel_shuffle(raw, 2)
-        if self.video:
+        if self.doubled:
+            raw = raw[:, raw.shape[1] // 2 :]
+        if self.video or self.doubled:
             return self.vae.decode(raw[:, :, None]).sample[:, :, 0].to(latents.device)
         return self.vae.decode(raw).sample.to(latents.device)
 

@@ -181,6 +181,11 @@ def _run(
 
 def _check_no_inpainting_model(participants: list[Participant]) -> None:
     for p in participants:
+        if p.expert.family.picture_condition is not None and p.active(math.inf):
+            raise UserError(
+                f"{p.expert.name} refines a picture: give one (--init-image), or let it take "
+                "over from a model that draws (as the texture model of a pair)"
+            )
         if p.expert.inpainting:
             raise UserError(
                 f"{p.expert.name} is an inpainting model: it repaints a picture; give an init "
@@ -198,6 +203,9 @@ def _start(
     import torch.nn.functional as F
 
     edit = prepare(spec, canvas.size, canvas.space.factor)
+    conditioned = [p for p in participants if p.expert.family.picture_condition is not None]
+    if conditioned:
+        return _picture_start(edit, conditioned, canvas, generators)
     first = grid.first_step(edit.strength)
     steps = len(grid.sigmas)
     if first >= steps:
@@ -234,6 +242,24 @@ def _start(
                 edit.mask, size=hw, mode="nearest" if edit.mask is edit.binary else "area"
             )
     return noise, Start(first, init, pure=full, mask=blend)
+
+
+def _picture_start(edit, conditioned: list[Participant], canvas: Site, generators: list):
+    """A model that draws beside a picture's latents (HunyuanImage's refiner), as its
+    pipeline draws: the picture's posterior, the noise it starts from, the noise that
+    takes the picture to its condition level; every step runs (no strength)."""
+    if edit.mask is not None:
+        raise UserError(f"{conditioned[0].expert.name} refines a whole picture; it takes no mask")
+    if any(not p.site(canvas).same_as(canvas) for p in conditioned):
+        raise UserError(f"{conditioned[0].expert.name} must work on the canvas")
+    init = torch.cat([canvas.space.encode(edit.image, generator=g) for g in generators])
+    shape = canvas.latent_shape(len(generators))
+    noise = randn_tensor(shape, generator=generators)
+    level = conditioned[0].expert.family.picture_condition
+    picture = level * randn_tensor(shape, generator=generators) + (1 - level) * init
+    for p in conditioned:
+        p.cond = replace(p.cond, extra=picture)
+    return noise, Start(0, init, pure=True)
 
 
 @torch.inference_mode()

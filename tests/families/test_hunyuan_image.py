@@ -4,6 +4,7 @@ OCR guider for quoted text, and ``-g`` as the guider's classifier-free scale."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,121 @@ def test_a_lora_and_a_long_quote_are_refused_in_one_line(folder, tmp_path, capsy
     code, err = cli(["generate", long, "--structure", folder, "-o", out], capsys)
     assert code == 2 and "quote less" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the refiner
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "hunyuan_refiner.toml"
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    from fixtures.tiny_models import tiny_hunyuan_refiner
+
+    path = tmp_path_factory.mktemp("hunyuan") / "refiner"
+    tiny_hunyuan_refiner(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("picture") / "in.png"
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((48, 32), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+@pytest.mark.parametrize("g", [3.25, 6.0])
+def test_the_refiner_on_a_picture_equals_its_pipeline(refiner, picture, g):
+    """The picture's latents (its space: one frame, doubled into channels) noised to 0.25
+    beside its own, drawn from noise in 4 steps; -g is its distilled guidance value."""
+    from diffusers import HunyuanImageRefinerPipeline
+
+    from pangudraw.editing import EditSpec
+
+    expert = load_expert(refiner)
+    assert expert.family.name == "hunyuan-image-refiner" and expert.space.doubled
+    edit = EditSpec(str(picture), 1.0)
+    ours = generate(
+        expert, None, PROMPT, seed=3, guidance_scale=g, num_inference_steps=4, edit=edit
+    )
+    pipe = HunyuanImageRefinerPipeline.from_pretrained(refiner)
+    pipe.set_progress_bar_config(disable=True)
+    with Image.open(picture) as image:
+        kwargs = {"image": image.convert("RGB"), "height": 32, "width": 48}
+        for output, mine in (("latent", ours.latents[:, :, None]), ("pt", ours.images)):
+            theirs = pipe(
+                PROMPT,
+                num_inference_steps=4,
+                distilled_guidance_scale=g,
+                generator=torch.Generator().manual_seed(3),
+                output_type=output,
+                **kwargs,
+            ).images
+            assert (mine - theirs).abs().max() <= TOL
+    assert ours.images.std() > 0.01
+
+
+def test_the_refiner_is_recognised_with_its_pipeline_defaults(refiner):
+    assert family_of_folder(refiner).name == "hunyuan-image-refiner"
+    assert model_defaults(refiner) == {"steps": 4, "guidance_scale": 3.25}
+    expert = load_expert(refiner)
+    assert expert.space.channels == 8 and expert.sample_size == (256, 256)
+
+
+def test_the_refiner_needs_a_picture_and_takes_no_mask(refiner, picture, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    code, err = cli(["generate", PROMPT, "--structure", refiner, "-o", out], capsys)
+    assert code == 2 and "refines a picture" in err and err.count("\n") == 1, err
+    args = ["generate", PROMPT, "--structure", refiner, "--init-image", picture]
+    code, err = cli([*args, "--mask", picture, "-o", out], capsys)
+    assert code == 2 and "takes no mask" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_the_base_and_its_refiner_in_one_loop(folder, refiner, tmp_path):
+    """examples/hunyuan_refiner.toml on tiny models: the base draws in its space, the
+    refiner takes over the canvas in its own, beside the base's picture so far noised to
+    0.25 with the loop's noise."""
+    from pangudraw.pipelines import coop_generate
+    from pangudraw.recipes import parse_recipe
+    from pangudraw.tomlconf import read_toml
+
+    table = read_toml(EXAMPLE, "recipe")
+    models = {"draw": folder, "refine": refiner}
+    for expert in table["experts"]:
+        expert["model"] = str(models[expert["name"]])
+    table["experts"][0]["size"] = [32, 32]
+    table["canvas"] |= {"width": 32, "height": 32}
+    table["steps"] = 8
+    recipe = parse_recipe(table, str(EXAMPLE), tmp_path)
+    steps, seen = [], {}
+    out = coop_generate(recipe, callback=steps.append)
+    assert [s.active for s in steps] == [[0]] * 7 + [[1]]  # the refiner has the last step
+    handover = steps[6].x0  # the canvas's estimate where the refiner takes over
+
+    # what the refiner sees beside its latents: that estimate noised to 0.25
+    from pangudraw.families import hunyuan_image
+
+    original = hunyuan_image.HunyuanImageRefiner.denoise
+
+    def spy(self, expert, z, t, sigma, cond, scale, controls):
+        seen.setdefault("picture", cond.extra)
+        return original(self, expert, z, t, sigma, cond, scale, controls)
+
+    hunyuan_image.HunyuanImageRefiner.denoise = spy
+    try:
+        again = coop_generate(parse_recipe(table, str(EXAMPLE), tmp_path))
+    finally:
+        hunyuan_image.HunyuanImageRefiner.denoise = original
+    assert torch.equal(again.images, out.images)  # reproducible
+    noise = (seen["picture"] - 0.75 * handover) / 0.25
+    assert abs(float(noise.std()) - 1) < 0.3 and torch.isfinite(out.images).all()
+    assert out.images.std() > 0.01
+
+
+def test_a_split_that_leaves_the_refiner_no_step_is_refused(folder, refiner, tmp_path, capsys):
+    args = ["generate", PROMPT, "--structure", folder, "--texture", refiner, "--split", "100"]
+    code, err = cli([*args, "--steps", "4", "--size", "32", "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and "gets none of the 4 steps" in err and err.count("\n") == 1, err

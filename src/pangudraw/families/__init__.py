@@ -25,6 +25,7 @@ FAMILIES: tuple[Family, ...] = (
     zimage.FAMILY,
     qwen_image.FAMILY,
     flux2.FAMILY,
+    hunyuan_image.REFINER,  # before the base: the same transformer, its own VAE
     hunyuan_image.FAMILY,
     sdxl.FAMILY,
     sd.FAMILY,

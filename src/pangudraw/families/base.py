@@ -68,6 +68,9 @@ class Family:
             scheduler (Flux.1: ``linspace(1, 1/N, N)`` shifted by ``mu``).
         grid_timesteps: whether its network takes the sampler's timesteps as they are (on
             the canvas: Wan's integers) rather than ones recomputed from the noise level.
+        picture_condition: for a model that draws from noise beside a picture's latents
+            (HunyuanImage's refiner), the flow noise level its pipeline gives the picture;
+            None for the others.
     """
 
     name = ""
@@ -80,6 +83,7 @@ class Family:
     styles = False
     own_sigmas = False
     grid_timesteps = False
+    picture_condition: float | None = None
 
     # ------------------------------------------------------------------ recognition
 

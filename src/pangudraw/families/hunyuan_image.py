@@ -18,6 +18,9 @@ quotes text. ``-g g`` is the guider's classifier-free scale (the folder's 3.5 by
 settings. A guidance-distilled transformer (``guidance_embeds``) takes ``-g`` as its value
 instead. Folders: a ``transformer`` of class ``HunyuanImageTransformer2DModel``; the
 MeanFlow-distilled one (``use_meanflow``) is refused.
+
+Its refiner (:class:`HunyuanImageRefiner`, below) is a second family: the same transformer
+in another latent space, drawing beside a picture.
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ class HunyuanImage(Family):
         return SAMPLE_SIZE * factor, SAMPLE_SIZE * factor
 
     def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size[0]
+        return factor * network.config.patch_size[-1]
 
     def feature_width(self, network) -> int:
         return network.config.num_attention_heads * network.config.attention_head_dim
@@ -268,4 +271,145 @@ def _guided(cond: Conditioning, run: int, positive, negative, scale: float):
     return guider.forward(positive, negative).pred
 
 
+# ------------------------------------------------------------------------- the refiner
+
+REFINER_DEFAULTS = {"steps": 4, "guidance_scale": 3.25}  # HunyuanImageRefinerPipeline's
+REFINER_TOKENS = 256
+REFINER_DROP = 36
+PICTURE_NOISE = 0.25  # the noise level the refiner's pipeline gives its picture
+_REFINER_TEMPLATE = (  # HunyuanImageRefinerPipeline's prompt_template_encode
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the "
+    "color, shape, size, texture, quantity, text, spatial relationships of the objects and "
+    "background:<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+
+
+@dataclass
+class RefinerText:
+    """Qwen2.5-VL in the refiner's own template, as
+    ``HunyuanImageRefinerPipeline.encode_prompt`` runs it. Its guider, where its folder has
+    one, guides at its own scale (``-g`` is the refiner's distilled guidance value)."""
+
+    tokenizer: object
+    encoder: object
+    guider: object | None
+
+    def _embed(self, prompts: list[str]) -> dict:
+        import functools
+        from types import SimpleNamespace
+
+        from diffusers import HunyuanImageRefinerPipeline
+
+        device = device_of(self.encoder)
+        pipe = SimpleNamespace(
+            tokenizer=self.tokenizer,
+            text_encoder=self.encoder,
+            tokenizer_max_length=REFINER_TOKENS,
+            prompt_template_encode=_REFINER_TEMPLATE,
+            prompt_template_encode_start_idx=REFINER_DROP,
+            _execution_device=device,
+        )
+        name = "_get_qwen_prompt_embeds"
+        setattr(pipe, name, functools.partial(getattr(HunyuanImageRefinerPipeline, name), pipe))
+        embeds, mask = HunyuanImageRefinerPipeline.encode_prompt(
+            pipe, list(prompts), device, batch_size=len(prompts)
+        )
+        return {"embeds": embeds.cpu(), "mask": mask.cpu()}
+
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        import torch
+
+        for prompt in prompts:
+            tokens = len(self.tokenizer(_REFINER_TEMPLATE.format(prompt)).input_ids)
+            if tokens - REFINER_DROP > REFINER_TOKENS:
+                raise UserError(
+                    f"prompt {prompt[:40]!r}... is {tokens - REFINER_DROP} tokens; the "
+                    f"HunyuanImage refiner takes at most {REFINER_TOKENS}: shorten it"
+                )
+        guided = self.guider is not None  # its guider decides, not -g (distilled)
+        with torch.no_grad():
+            positive = self._embed(prompts)
+            added = {"positive": positive, "guider": self.guider, "runs": {}}
+            if guided:
+                added["negative"] = self._embed(negatives or [""] * len(prompts))
+        return Conditioning(positive["embeds"], guided, added)
+
+
+class HunyuanImageRefiner(HunyuanImage):
+    """HunyuanImage 2.1's refiner (``HunyuanImageRefinerPipeline``): the same MMDiT, guidance
+    distilled, in its own latent space (a causal video VAE at 16x whose frame is doubled
+    into 64 channels: :attr:`pangudraw.latents.LatentSpace.doubled`), drawing from noise
+    with a picture's latents beside its own as extra channels.
+
+    Given a picture (``--init-image``), it refines it as its pipeline does: the picture's
+    latents noised to 0.25 are its condition and it draws all its steps from noise (4 by
+    default; the strength does not apply). As the texture expert of a pair (or in a
+    recipe) it takes over the canvas at the split, and its picture is the canvas's estimate
+    there, noised to 0.25 with the loop's noise: the base's picture so far, through the
+    bridge, instead of its decoded and re-encoded PNG. ``-g`` is its distilled guidance
+    value (3.25 by default)."""
+
+    name = "hunyuan-image-refiner"
+    label = "HunyuanImage refiner"
+    picture_condition = PICTURE_NOISE
+
+    def recognise(self, index, config) -> bool:
+        spec, vae = index.get("transformer"), index.get("vae")
+        return (
+            isinstance(spec, list)
+            and spec[-1:] == ["HunyuanImageTransformer2DModel"]
+            and isinstance(vae, list)
+            and vae[-1:] == ["AutoencoderKLHunyuanImageRefiner"]
+        )
+
+    def defaults(self, index, config) -> dict:
+        return dict(REFINER_DEFAULTS)
+
+    def text_stack(self, index, component, network, cache):
+        if not network.config.guidance_embeds:
+            raise UserError(f"{self.label}: its transformer must be guidance-distilled")
+        encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
+        tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
+        guider = component("guider") if index.get("guider") else None
+        if guider is not None:
+            expect(guider, GUIDERS, "guider", self.label)
+            _guider_values(guider, f"{self.label} guider")
+        return RefinerText(tokenizer, encoder, guider)
+
+    def latent_channels(self, network) -> int:
+        return network.config.in_channels // 2  # its latents, then the picture's
+
+    def denoise(self, expert, z, t, sigma, cond, scale, controls):
+        """The transformer on its latents beside the picture's (one frame), at the
+        scheduler's timestep with the distilled guidance ``scale``; the folder's guider, if
+        any, combines the conditional and negative passes at its own scale."""
+        import torch
+
+        network, dtype = expert.network, expert.dtype
+        device = device_of(network)
+        x = torch.cat([z, cond.extra], dim=1)[:, :, None].to(device, dtype)
+        time = torch.full([z.shape[0]], t, device=device).to(dtype)
+        guidance = torch.full([z.shape[0]], scale * 1000.0, device=device).to(dtype)
+
+        def call(inputs):
+            return network(
+                hidden_states=x,
+                timestep=time,
+                encoder_hidden_states=inputs["embeds"].to(device, dtype),
+                encoder_attention_mask=inputs["mask"].to(device),
+                guidance=guidance,
+                return_dict=False,
+            )[0]
+
+        out = call(cond.added["positive"])
+        if cond.guided:
+            negative = call(cond.added["negative"])
+            guider_scale = cond.added["guider"].config.guidance_scale
+            out = _guided(cond, id(network), out, negative, guider_scale)
+        return out[:, :, 0].float().to(z.device)
+
+
 FAMILY = HunyuanImage()
+REFINER = HunyuanImageRefiner()

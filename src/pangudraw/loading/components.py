@@ -46,6 +46,7 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("diffusers", "AutoencoderKLQwenImage"),
         ("diffusers", "AutoencoderKLFlux2"),
         ("diffusers", "AutoencoderKLHunyuanImage"),
+        ("diffusers", "AutoencoderKLHunyuanImageRefiner"),
     },
     "text_encoder": _TEXT_ENCODERS
     | {

@@ -126,7 +126,7 @@ def assemble(
     # the default layout to ~1e-6.
     if family.channels_last():
         network.to(memory_format=torch.channels_last)
-    if vae is not None and not space.video:  # (a video VAE's convolutions are 3-d)
+    if vae is not None and not (space.video or space.doubled):  # (a video VAE: 3-d convs)
         vae.to(memory_format=torch.channels_last)
     return Expert(
         name=name,
