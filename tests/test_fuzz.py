@@ -92,6 +92,10 @@ def _tensors() -> dict:
         "model.diffusion_model.input_blocks.0.0.weight": torch.randn(4, 4, 3, 3),
         "lora_unet_down_blocks_0.lora_down.weight": torch.randn(2, 8),
         "first_stage_model.decoder.conv_in.bias": torch.randn(4).half(),
+        # ComfyUI's scaled fp8: a float8 weight, its scale, the marker
+        "text_encoders.t5xxl.transformer.shared.weight": torch.randn(4, 4).to(torch.float8_e4m3fn),
+        "text_encoders.t5xxl.transformer.shared.scale_weight": torch.tensor(0.5),
+        "scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn),
     }
 
 

@@ -459,3 +459,65 @@ def test_single_files_with_every_sampler_equal_diffusers_from_single_file(files,
         ).images  # fmt: skip
         difference = ((ours * 255).round() - (theirs * 255).round()).abs().max()
         assert difference <= 1, f"{family} {sampler}: {difference}"
+
+
+def _scaled_fp8(tensors: dict, per_row: bool) -> tuple[dict, dict]:
+    """``tensors`` as ComfyUI's scaled fp8 files hold them (each matrix in float8 with
+    its scale, the marker), and the values those files stand for."""
+    fp8, stands_for = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in tensors.items():
+        if value.dim() != 2 or not key.endswith(".weight"):
+            fp8[key] = stands_for[key] = value
+            continue
+        top = value.float().abs().amax(dim=1 if per_row else None).clamp(min=1e-8)
+        scale = top / 448  # float8_e4m3fn's largest value
+        shaped = scale.reshape(-1, 1) if per_row else scale
+        quantised = (value.float() / shaped).to(torch.float8_e4m3fn)
+        fp8[key], fp8[key[: -len("weight")] + "scale_weight"] = quantised, scale
+        fp8[key[: -len("weight")] + "scale_input"] = torch.ones(())
+        stands_for[key] = quantised.float() * shaped
+    return fp8, stands_for
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_a_scaled_fp8_text_encoder_loads_as_the_values_it_stands_for(files, tmp_path, per_row):
+    """ComfyUI's ``t5xxl_fp8_e4m3fn_scaled.safetensors`` kind of file in a Flux spec: its
+    weights are the float8 values times their scales, not the raw float8 values."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pangudraw.loading.models import load_expert
+
+    parts = tmp_path / "flux-parts"
+    shutil.copytree(files / "flux-parts", parts)
+    shutil.copy(files / "flux-spec.toml", tmp_path / "flux-spec.toml")
+    t5 = load_file(parts / "t5xxl.safetensors")
+    fp8, stands_for = _scaled_fp8(t5, per_row)
+    save_file(fp8, parts / "t5xxl.safetensors")
+    scaled = load_expert(tmp_path / "flux-spec.toml")
+    save_file(stands_for, parts / "t5xxl.safetensors")
+    plain = load_expert(tmp_path / "flux-spec.toml")
+    a, b = _modules(scaled), _modules(plain)
+    for name in a:
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    # and the scales matter: the raw float8 values are far from the weights
+    t5_key = next(k for k in fp8 if k.endswith("q.weight"))
+    assert (fp8[t5_key].float() - stands_for[t5_key]).abs().max() > 1e-3
+
+
+def test_a_bad_scale_is_one_line(files, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    parts = tmp_path / "flux-parts"
+    shutil.copytree(files / "flux-parts", parts)
+    shutil.copy(files / "flux-spec.toml", tmp_path / "flux-spec.toml")
+    t5 = load_file(parts / "t5xxl.safetensors")
+    key = next(k for k in t5 if k.endswith("q.weight"))
+    t5[key[: -len("weight")] + "scale_weight"] = torch.ones(3)
+    save_file(t5, parts / "t5xxl.safetensors")
+    code, err = cli(["generate", "x", "--structure", tmp_path / "flux-spec.toml"], capsys)
+    assert code == 2 and "a scale is one number or one per row" in err and err.count("\n") == 1

@@ -91,7 +91,9 @@ def read_lora(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]
             raise UserError(f"cannot read LoRA {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(state, dict) or not state:
         raise UserError(f"LoRA {path} holds no tensors")
-    if not all(isinstance(v, torch.Tensor) and torch.isfinite(v).all() for v in state.values()):
+    if not all(
+        isinstance(v, torch.Tensor) and torch.isfinite(v.float()).all() for v in state.values()
+    ):
         raise UserError(f"LoRA {path} holds a value that is not a finite tensor")
     return state
 

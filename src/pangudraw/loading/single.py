@@ -117,14 +117,51 @@ def read_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
         ):
             raise UserError(f"{path} does not hold a state dict of tensors")
-        return {k: _float32(v) for k, v in loaded.items()}
+        return dequantised({k: _float32(v) for k, v in loaded.items()}, path)
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, "pt") as handle:
-            return {k: _float32(handle.get_tensor(k)) for k in handle.keys()}  # noqa: SIM118
+            tensors = {k: _float32(handle.get_tensor(k)) for k in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+    return dequantised(tensors, path)
+
+
+def dequantised(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Weights of ComfyUI's "scaled" fp8 files (``*_fp8_scaled.safetensors``, e.g.
+    ``t5xxl_fp8_e4m3fn_scaled``), dequantised: each float8 ``X.weight`` (already float32
+    here) times its ``X.scale_weight`` (one number, or one per output row), as ComfyUI's
+    own loader computes it; the ``scaled_fp8`` marker and the activation scales
+    (``X.scale_input``, for fp8 matrix products) go. Plain fp8 files need nothing more.
+    Formats that need more than a scale per tensor are refused in one line."""
+    if any(k.endswith(".comfy_quant") for k in tensors):
+        raise UserError(
+            f"{path}: ComfyUI's mixed quantisation (comfy_quant) is not supported; use the "
+            "file's bf16, fp16 or fp8_scaled release"
+        )
+    tensors.pop("scaled_fp8", None)
+    for key in [k for k in tensors if k.endswith(".scale_input")]:
+        del tensors[key]
+    for key in [k for k in tensors if k.endswith(".scale_weight")]:
+        scale = tensors.pop(key)
+        target = key[: -len("scale_weight")] + "weight"
+        weight = tensors.get(target)
+        if weight is None or not weight.is_floating_point() or not scale.is_floating_point():
+            raise UserError(f"{path}: {key} scales no floating-point weight {target}")
+        if scale.numel() == 1:
+            scale = scale.reshape(())
+        elif weight.dim() > 0 and scale.numel() == weight.shape[0]:
+            scale = scale.reshape(-1, *[1] * (weight.dim() - 1))
+        else:
+            raise UserError(
+                f"{path}: {key} has {scale.numel()} values for a weight of shape "
+                f"{tuple(weight.shape)}; a scale is one number or one per row"
+            )
+        if not torch.isfinite(scale).all():
+            raise UserError(f"{path}: {key} holds a value that is not finite")
+        tensors[target] = weight * scale
+    return tensors
 
 
 def family_of(tensors: dict) -> str:
