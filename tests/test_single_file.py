@@ -521,3 +521,67 @@ def test_a_bad_scale_is_one_line(files, tmp_path, capsys):
     save_file(t5, parts / "t5xxl.safetensors")
     code, err = cli(["generate", "x", "--structure", tmp_path / "flux-spec.toml"], capsys)
     assert code == 2 and "a scale is one number or one per row" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def z_split(tmp_path_factory):
+    from fixtures.single_file import write_z_image_split
+
+    folder = tmp_path_factory.mktemp("z-split")
+    return write_z_image_split(folder)
+
+
+def test_z_image_from_comfyui_split_files_equals_its_folder(z_split, tmp_path, capsys):
+    """ComfyUI's three files and a tokenizer folder, named by a model spec: the same
+    networks as the diffusers folder, the same image."""
+    from pangudraw.loading.models import load_expert
+    from pangudraw.pipelines import generate
+
+    spec, folder = load_expert(z_split), load_expert(z_split.parent / "z-image")
+    assert spec.family.name == "z-image"
+    a, b = _modules(spec), _modules(folder)
+    assert a.keys() == b.keys()
+    for name in a:
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    kwargs = {"seed": 3, "num_inference_steps": 3, "guidance_scale": 2.0, "height": 32, "width": 32}
+    ours = generate(spec, None, "a red apple", **kwargs).images
+    theirs = generate(folder, None, "a red apple", **kwargs).images
+    assert (ours - theirs).abs().max() <= 1e-6 and ours.std() > 0.01
+    out = tmp_path / "z.png"
+    code, err = cli(["generate", "x", "--structure", z_split, "--steps", "2", "--size", "32",
+                     "-o", out], capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def _spec_with(spec, tmp_path, **changes):
+    import tomllib
+
+    table = tomllib.loads(spec.read_text())["model"] | changes
+    table = {k: v for k, v in table.items() if v is not None}
+    path = spec.parent / f"{tmp_path.name}.toml"
+    path.write_text("[model]\n" + "".join(f'{k} = "{v}"\n' for k, v in table.items()))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tokenizer": "nowhere"}, "is not a folder"),
+        ({"tokenizer": None}, "tokenizer"),
+        ({"text_encoder": "split/ae.safetensors"}, "Qwen3"),
+        ({"vae": "split/qwen_3_4b.safetensors"}, "VAE"),
+    ],
+)
+def test_bad_split_file_specs_are_one_line(z_split, tmp_path, capsys, changes, message):
+    path = _spec_with(z_split, tmp_path, **changes)
+    code, err = cli(["generate", "x", "--structure", path, "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_an_older_spec_naming_a_text_encoder_is_one_line(files, tmp_path, capsys):
+    spec = tmp_path / "flux.toml"
+    text = (files / "flux-spec.toml").read_text().replace("flux-parts/", f"{files}/flux-parts/")
+    spec.write_text(text + 'text_encoder = "x.safetensors"\n')
+    code, err = cli(["generate", "x", "--structure", spec, "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and "text_encoder" in err and err.count("\n") == 1, err

@@ -98,6 +98,12 @@ class Family:
         family. No torch. Families published only as folders answer False."""
         return False
 
+    def recognise_component(self, keys: list[str]) -> bool:
+        """Whether a model spec's denoiser file (its tensor names) is this family's
+        diffusion model as ComfyUI publishes it apart (:mod:`pangudraw.split_files`); such
+        a family builds its expert with ``from_components``. No torch."""
+        return False
+
     def flow_mu(self, config, latent_hw: tuple[int, int], steps: int) -> float | None:
         """The shift ``mu`` its pipeline passes a flow scheduler for a canvas of
         ``latent_hw`` cells in ``steps`` steps; None: the rule of Flux.1's pipeline

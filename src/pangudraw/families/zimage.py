@@ -23,6 +23,14 @@ from .base import Conditioning, Family, device_of, expect, guide
 DEFAULTS = {"steps": 50, "guidance_scale": 6.0}
 SIZE = (1024, 1024)
 
+# Z-Image-Turbo's scheduler, for a model spec that names none.
+TURBO_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": False,
+}
+
 TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
 ENCODERS = ("Qwen3Model",)
 
@@ -73,6 +81,34 @@ class ZImage(Family):
 
     def defaults(self, index, config) -> dict:
         return dict(DEFAULTS)
+
+    def recognise_component(self, keys: list[str]) -> bool:
+        names = {k.removeprefix("model.diffusion_model.").split(".", 1)[0] for k in keys}
+        return {"cap_embedder", "context_refiner", "noise_refiner"} <= names
+
+    def from_components(self, spec, tensors: dict, tokenizer: str, what: str):
+        """ComfyUI's split files: ``z_image_turbo_bf16.safetensors`` (the S3-DiT),
+        ``qwen_3_4b.safetensors`` (Qwen3 with or without its LM head), Flux's
+        ``ae.safetensors``; the tokenizer from a folder; the scheduler Z-Image-Turbo's
+        (a flow shift of 3) unless the spec names one."""
+        from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
+
+        from .. import original, split_files
+
+        vae = original.convert_vae(tensors["vae"], 0.3611, "Flux's VAE", shift_factor=0.1159)
+        channels = vae.config.latent_channels
+        network = split_files.convert_z_image_transformer(tensors["denoiser"], channels, what)
+        encoder = split_files.convert_qwen3(tensors["text_encoder"], "the Qwen3 text encoder")
+        if encoder.config.hidden_size != network.config.cap_feat_dim:
+            raise UserError(
+                f"{what} takes {network.config.cap_feat_dim}-wide text; the text encoder "
+                f"gives {encoder.config.hidden_size}"
+            )
+        tokens = split_files.tokenizer_folder(
+            spec, tokenizer, (Qwen2TokenizerFast, Qwen2Tokenizer), "Qwen2"
+        )
+        components = {"text_encoder": encoder, "tokenizer": tokens}
+        return network, vae, components, {}, dict(TURBO_SCHEDULER)
 
     def text_stack(self, index, component, network, cache):
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)

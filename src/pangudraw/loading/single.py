@@ -235,7 +235,14 @@ def load_model_spec(path: str | Path, allow_pickle: bool = False):
             f"{path} is not a model spec: expected one [model] table naming the files "
             "(denoiser, vae, clip_l, clip_g, t5xxl)"
         )
-    reader = TableReader(str(path), table["model"], "model", set(ROLES))
+    reader = TableReader(str(path), table["model"], "model", set(ROLES) | set(SPLIT_ROLES))
+    denoiser = reader.get("denoiser", str, required=True)
+    family = _split_family(path.parent / denoiser)
+    if family is not None:
+        return _split_expert(path, reader, family, allow_pickle)
+    for role in SPLIT_ROLES:
+        if role not in ROLES and reader.get(role, str) is not None:
+            reader.fail(role, "is for the diffusion models ComfyUI publishes apart (Z-Image)")
     names = {role: reader.get(role, str, required=role == "denoiser") for role in ROLES}
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
@@ -254,6 +261,49 @@ def load_model_spec(path: str | Path, allow_pickle: bool = False):
             origin[key] = file
         tensors |= part
     return _expert(path, tensors)
+
+
+# A split-file spec's roles (the 2026 families: :mod:`pangudraw.split_files`).
+SPLIT_ROLES = ("denoiser", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _split_family(denoiser: Path):
+    """The family whose ComfyUI diffusion-model file ``denoiser`` is, from its header."""
+    from ..families import FAMILIES
+    from ..files import safetensors_keys
+
+    keys = safetensors_keys(denoiser) if denoiser.suffix.lower() == ".safetensors" else None
+    return next((f for f in FAMILIES if keys and f.recognise_component(keys)), None)
+
+
+def _split_expert(path: Path, reader, family, allow_pickle: bool):
+    """An expert of ``family`` from its split files: each file named in the spec, the
+    tokenizer a folder, the scheduler a config file or the family's published one."""
+    from ..files import read_json
+    from .folder import assemble
+    from .schedulers import check_scheduler_config
+
+    tensors = {}
+    for role in ("denoiser", "vae", "text_encoder"):
+        name = reader.get(role, str, required=True)
+        file = path.parent / name
+        if file.suffix.lower() not in (".safetensors", ".ckpt"):
+            reader.fail(role, f"expected a .safetensors file, got {name!r}")
+        part = read_tensors(file, allow_pickle)
+        tensors[role] = {VAE + k: v for k, v in part.items()} if role == "vae" else part
+    tokenizer = reader.get("tokenizer", str, required=True)
+    what = f"{path.name}'s diffusion model"
+    network, vae, components, index, scheduler = family.from_components(
+        path, tensors, tokenizer, what
+    )
+    named = reader.get("scheduler", str)
+    if named is not None:
+        scheduler = read_json(path.parent / named, "scheduler config")
+    for module in (network, vae, *components.values()):
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    checked = check_scheduler_config(dict(scheduler), f"{path.name}'s scheduler")
+    return assemble(str(path), family, index, components.get, network, vae, checked)
 
 
 def _expert(path: Path, tensors: dict):

@@ -1,0 +1,122 @@
+"""Component files of the 2026 families, as ComfyUI publishes them: the diffusion model, the
+text encoder and the VAE each in its own ``.safetensors`` (``split_files/`` in ComfyUI's
+repositories), named by a model spec.
+
+As for the original layouts (:mod:`.original`), each configuration is read from the tensor
+shapes, the keys are mapped by diffusers' own single-file conversion where it has one, and
+the result is loaded strictly into a model built on the meta device: a missing or extra
+key or a wrong shape is a one-line error. What the shapes cannot say (a text model's rotary
+base, a norm's epsilon) is the published model's value, written here. Tokenizers come from
+a folder the spec names (the diffusers folder's ``tokenizer/``, or any copy of it): their
+vocabularies are not in any package this project may depend on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .original import indices, load_strict, numel, shape
+
+# Qwen3-4B's published values that no tensor holds (its config.json).
+QWEN3_FIXED = {"rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 40960}
+
+
+def _strip(source: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in source.items()}
+
+
+def convert_qwen3(source: dict, what: str):
+    """A Qwen3 text model (``transformers.Qwen3Model``) from its Hugging Face weights, with
+    or without the causal LM's ``model.`` level and ``lm_head`` (dropped: the pipelines
+    read hidden states)."""
+    from transformers import Qwen3Config, Qwen3Model
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    layout = "a Qwen3 text model"
+    sd = _strip({k: v for k, v in source.items() if not k.startswith("lm_head.")}, "model.")
+    vocab, hidden = shape(sd, "embed_tokens.weight", what, layout)
+    layers = indices(sd, "layers.")
+    if not layers or layers != list(range(len(layers))):
+        raise UserError(f"{what} has no numbered layers.N: it is not {layout}")
+    head_dim = shape(sd, "layers.0.self_attn.q_norm.weight", what, layout)[0]
+    queries = shape(sd, "layers.0.self_attn.q_proj.weight", what, layout)[0]
+    keys = shape(sd, "layers.0.self_attn.k_proj.weight", what, layout)[0]
+    if queries % head_dim or keys % head_dim:
+        raise UserError(f"{what}: projections of {queries} and {keys} rows do not split into heads")
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=shape(sd, "layers.0.mlp.gate_proj.weight", what, layout)[0],
+        num_hidden_layers=len(layers),
+        num_attention_heads=queries // head_dim,
+        num_key_value_heads=keys // head_dim,
+        head_dim=head_dim,
+        attention_bias="layers.0.self_attn.q_proj.bias" in sd,
+        **QWEN3_FIXED,
+    )
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    model.rotary_emb = Qwen3RotaryEmbedding(config)  # computed, not stored
+    return load_strict(model, sd, what, layout)
+
+
+def tokenizer_folder(spec: Path, name: str, classes: tuple[type, ...], what: str):
+    """A tokenizer saved in folder ``name`` (relative to the spec): tokenizer files only,
+    read by the first of ``classes`` whose files are there."""
+    folder = spec.parent / name
+    if not folder.is_dir():
+        raise UserError(f"{spec}: tokenizer {name!r} is not a folder (give the model's tokenizer/)")
+    for cls in classes:
+        try:
+            return cls.from_pretrained(folder)
+        except (OSError, ValueError, TypeError):
+            continue
+    raise UserError(f"{spec}: {folder} holds no {what} tokenizer")
+
+
+def convert_z_image_transformer(source: dict, in_channels: int, what: str):
+    """Z-Image's S3-DiT from its original layout (``x_embedder``, fused ``qkv``,
+    ``cap_embedder``, ``noise_refiner``, ``context_refiner``), by diffusers' conversion."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.loaders.single_file_utils import (
+        convert_z_image_transformer_checkpoint_to_diffusers,
+    )
+
+    layout = "a Z-Image diffusion model"
+    plain = _strip(source, "model.diffusion_model.")
+    patch_in = shape(plain, "x_embedder.weight", what, layout)
+    dim, flat = patch_in[0], patch_in[1]
+    patch = round((flat / in_channels) ** 0.5)
+    if patch * patch * in_channels != flat:
+        raise UserError(f"{what}: patches of {flat} values do not fit {in_channels} channels")
+    head_dim = shape(plain, "layers.0.attention.q_norm.weight", what, layout)[0]
+    fused = shape(plain, "layers.0.attention.qkv.weight", what, layout)[0]
+    heads = dim // head_dim
+    kv_heads = (fused // head_dim - heads) // 2
+    config = {
+        "all_patch_size": (patch,),
+        "all_f_patch_size": (1,),
+        "in_channels": in_channels,
+        "dim": dim,
+        "n_layers": len(indices(plain, "layers.")),
+        "n_refiner_layers": len(indices(plain, "noise_refiner.")),
+        "n_heads": heads,
+        "n_kv_heads": kv_heads,
+        "cap_feat_dim": shape(plain, "cap_embedder.1.weight", what, layout)[1],
+    }
+    if heads * head_dim != dim or kv_heads < 1 or head_dim != 128:
+        raise UserError(
+            f"{what}: heads of {head_dim} values in a width of {dim} are not Z-Image's "
+            "(its rotary axes are laid out for heads of 128)"
+        )
+    converted = convert_z_image_transformer_checkpoint_to_diffusers(dict(plain))
+    if numel(converted.values()) + numel(
+        v for k, v in plain.items() if k == "norm_final.weight"
+    ) != numel(plain.values()):
+        raise UserError(f"{what}: some values were not mapped (not {layout})")
+    with torch.device("meta"):
+        model = ZImageTransformer2DModel(**config)
+    return load_strict(model, converted, what, layout)
