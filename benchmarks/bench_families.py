@@ -13,6 +13,13 @@ script in scripts/device/ runs real sizes from local paths).
 Writes benchmarks/results/families.json and families.png.
 
     .venv/bin/python benchmarks/bench_families.py [--runs 7] [--steps 8] [--only wan qwen-image]
+
+At real sizes, on a GPU, from model folders you have (nothing is downloaded; each family
+named by ``--model`` is measured from its folder instead of the tiny model, at ``--size``,
+and the peak GPU memory of each side is reported; results go to families-gpu.json)::
+
+    python benchmarks/bench_families.py --device cuda --dtype bfloat16 --size 1024 \
+        --steps 20 --runs 3 --model sdxl=/models/sdxl-base --model z-image=/models/Z-Image
 """
 
 from __future__ import annotations
@@ -69,44 +76,70 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--only", nargs="*", choices=list(FAMILIES), default=None)
+    parser.add_argument("--model", action="append", default=[], metavar="FAMILY=FOLDER")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     quiet_libraries()
     work = Path(tempfile.mkdtemp())
+    real = dict(item.split("=", 1) for item in args.model)
+    if set(real) - set(FAMILIES):
+        parser.error(f"--model takes one of {', '.join(FAMILIES)}")
     rows = []
-    for name in args.only or FAMILIES:
-        row = measure(name, work / name, args.runs, args.steps, args.size)
+    for name in real or args.only or FAMILIES:
+        folder = Path(real[name]) if name in real else work / name
+        place = (args.device, getattr(torch, args.dtype))
+        row = measure(name, folder, args.runs, args.steps, args.size, name not in real, place)
         print(
             f"{name:>11}: ours/diffusers {row['ratio_ours_over_diffusers']:.3f}, "
             f"max |diff| {row['max_abs_image_difference']:.1e}, load {row['load_ratio']:.2f}x"
         )
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "families.json"
+    path = RESULTS / ("families-gpu.json" if real else "families.json")
     if args.only and path.is_file():  # the families not measured now keep their rows
         done = {r["family"] for r in rows}
         kept = [r for r in json.loads(path.read_text()) if r["family"] not in done]
         rows = sorted(kept + rows, key=lambda r: list(FAMILIES).index(r["family"]))
     path.write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, RESULTS / "families.png")
+    plot(rows, path.with_suffix(".png"))
 
 
-def measure(name: str, folder: Path, runs: int, steps: int, size: int) -> dict:
+def measure(
+    name: str, folder: Path, runs: int, steps: int, size: int, tiny_model: bool = True,
+    place: tuple = ("cpu", torch.float32),
+) -> dict:  # fmt: skip
     import diffusers
 
     build, pipeline, call = FAMILIES[name]
-    build(folder)
+    if tiny_model:
+        build(folder)
+    device, dtype = place
     cls = getattr(diffusers, pipeline)
-    pipe = cls.from_pretrained(folder)
+    pipe = cls.from_pretrained(folder, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "guider", None) is not None:
         pipe.guider = pipe.guider.new(guidance_scale=G)
-    expert = load_expert(folder)
+    expert = load_expert(folder).to(device, dtype)
+    peaks = {}
+
+    def peak(side: str, fn):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        if device.startswith("cuda"):
+            peaks[side] = max(peaks.get(side, 0), torch.cuda.max_memory_allocated())
+        return out
 
     def ours() -> torch.Tensor:
         kwargs = {"num_inference_steps": steps, "guidance_scale": G, "height": size, "width": size}
-        return generate(expert, None, PROMPT, seed=0, **kwargs).images
+        return peak("ours", lambda: generate(expert, None, PROMPT, seed=0, **kwargs).images)
 
     def theirs() -> torch.Tensor:
+        return peak("diffusers", _theirs)
+
+    def _theirs() -> torch.Tensor:
         out = pipe(
             prompt=PROMPT,
             num_inference_steps=steps,
@@ -116,7 +149,7 @@ def measure(name: str, folder: Path, runs: int, steps: int, size: int) -> dict:
             output_type="pt",
             **call,
         )
-        return _images(out)
+        return _images(out).float().cpu()
 
     loads = {"ours": [], "diffusers": []}
     for _ in range(3):
@@ -137,6 +170,9 @@ def measure(name: str, folder: Path, runs: int, steps: int, size: int) -> dict:
         **compare(ours, theirs, runs),
         "load_median_s": medians,
         "load_ratio": medians["ours"] / medians["diffusers"],
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_gpu_bytes": peaks or None,
     }
 
 
