@@ -297,3 +297,17 @@ def test_a_split_that_leaves_the_refiner_no_step_is_refused(folder, refiner, tmp
     args = ["generate", PROMPT, "--structure", folder, "--texture", refiner, "--split", "100"]
     code, err = cli([*args, "--steps", "4", "--size", "32", "-o", tmp_path / "x.png"], capsys)
     assert code == 2 and "gets none of the 4 steps" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("which", ["base", "refiner"])
+def test_bfloat16_runs_close_to_float32(folder, refiner, picture, which):
+    from pangudraw.editing import EditSpec
+    from pangudraw.loading.models import ModelCache
+
+    model = folder if which == "base" else refiner
+    kwargs = {"seed": 3, "num_inference_steps": 4, "height": 32, "width": 48}
+    kwargs |= {"guidance_scale": 3.5} if which == "base" else {"edit": EditSpec(str(picture), 1.0)}
+    half = generate(ModelCache(dtype="bfloat16").get(model), None, PROMPT, **kwargs)
+    full = generate(load_expert(model), None, PROMPT, **kwargs)
+    assert torch.isfinite(half.images).all()
+    assert (half.images - full.images).abs().max() < 0.1
