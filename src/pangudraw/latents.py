@@ -80,7 +80,11 @@ class LatentSpace:
 
     @property
     def decoder_width(self) -> int:
-        """The decoder's widest feature width (for memory estimates); 0 for pixels."""
+        """How many channels the decoder's feature maps have at full resolution (for memory
+        estimates: the largest maps it holds); 0 for pixels. A 2-d decoder's last
+        upsampling brings its second-narrowest level's width to full size (SD's and SDXL's
+        256, HunyuanImage's 256 where its widest level is 1024 at 1/32); a video VAE: its
+        widest, at most."""
         if self.vae is None:
             return 0
         config = self.vae.config
@@ -88,7 +92,8 @@ class LatentSpace:
             return (getattr(config, "decoder_base_dim", None) or config.base_dim) * max(
                 config.dim_mult
             )
-        return config.block_out_channels[-1]
+        widths = config.block_out_channels
+        return widths[1] if len(widths) > 1 else widths[0]
 
     @property
     def _scaling(self) -> float:

@@ -311,3 +311,25 @@ def test_bfloat16_runs_close_to_float32(folder, refiner, picture, which):
     full = generate(load_expert(model), None, PROMPT, **kwargs)
     assert torch.isfinite(half.images).all()
     assert (half.images - full.images).abs().max() < 0.1
+
+
+def test_a_2048_px_request_is_estimated_at_the_decoder_s_full_size_width():
+    """A VAE of HunyuanImage's kind (64 channels at 1/32; here 1024 wide at the bottom and
+    256 at full size after its last upsampling): the memory estimate counts the full-size
+    maps (counting the widest level asked 103 GB to decode one 2048 px image, and refused
+    it on most machines)."""
+    from diffusers import AutoencoderKLHunyuanImage
+
+    from pangudraw.latents import LatentSpace
+    from pangudraw.limits import network_estimate
+
+    with torch.device("meta"):
+        vae = AutoencoderKLHunyuanImage(
+            in_channels=3, out_channels=3, latent_channels=64,
+            block_out_channels=(128, 256, 512, 512, 1024, 1024), layers_per_block=2,
+            spatial_compression_ratio=32, sample_size=384, scaling_factor=1.0,
+        )  # fmt: skip
+    space = LatentSpace(vae)
+    assert space.factor == 32 and space.channels == 64 and space.decoder_width == 256
+    estimate = network_estimate(1, 64 * 64, 28 * 128, True, 2048 * 2048, space.decoder_width)
+    assert 20e9 < estimate < 40e9
