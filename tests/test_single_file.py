@@ -585,3 +585,65 @@ def test_an_older_spec_naming_a_text_encoder_is_one_line(files, tmp_path, capsys
     spec.write_text(text + 'text_encoder = "x.safetensors"\n')
     code, err = cli(["generate", "x", "--structure", spec, "-o", tmp_path / "x.png"], capsys)
     assert code == 2 and "text_encoder" in err and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def wan_split(tmp_path_factory):
+    from fixtures.single_file import write_wan_split
+
+    return write_wan_split(tmp_path_factory.mktemp("wan-split"))
+
+
+def test_wan22_from_comfyui_split_files_equals_its_folder(wan_split, tmp_path, capsys):
+    """Wan2.2's high- and low-noise models, UMT5 and Wan 2.1's VAE as ComfyUI publishes
+    them, with the boundary, tokenizer folder and scheduler named by the spec: the same
+    pair as the diffusers folder, the same image, the folder's defaults."""
+    from pangudraw.families import model_defaults
+    from pangudraw.imageio import read_record
+    from pangudraw.loading.models import load_expert
+    from pangudraw.pipelines import generate
+
+    spec, folder = load_expert(wan_split), load_expert(wan_split.parent / "wan")
+    assert spec.family.name == "wan" and spec.boundary == folder.boundary == 875.0
+    pairs = [(spec, folder), (spec.low_noise, folder.low_noise)]
+    for ours, theirs in pairs:
+        a, b = _modules(ours), _modules(theirs)
+        assert a.keys() == b.keys()
+        for name in a:
+            sa, sb = a[name].state_dict(), b[name].state_dict()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    kwargs = {"seed": 3, "num_inference_steps": 4, "guidance_scale": 3.0, "height": 32, "width": 32}
+    ours = generate(spec, None, "a red apple", **kwargs).images
+    assert torch.equal(ours, generate(folder, None, "a red apple", **kwargs).images)
+    assert model_defaults(wan_split) == model_defaults(wan_split.parent / "wan")
+    out = tmp_path / "wan.png"
+    code, err = cli(["generate", "x", "--structure", wan_split, "--steps", "4", "--size", "32",
+                     "-o", out], capsys)  # fmt: skip
+    assert code == 0, err
+    record = read_record(out)
+    assert record["split"] == 875.0 and record["sampler"] == "unipc"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"boundary_ratio": None}, "boundary_ratio"),
+        ({"denoiser_2": None}, "denoiser_2 takes over"),
+        ({"scheduler": None}, "scheduler"),
+        ({"vae": "split/umt5_xxl.safetensors"}, "Wan 2.1's VAE"),
+        ({"denoiser_2": "split/umt5_xxl.safetensors"}, "Wan"),
+    ],
+)
+def test_bad_wan_split_specs_are_one_line(wan_split, tmp_path, capsys, changes, message):
+    import tomllib
+
+    table = tomllib.loads(wan_split.read_text())["model"] | changes
+    lines = [
+        f"{k} = {v}\n" if isinstance(v, float) else f'{k} = "{v}"\n'
+        for k, v in table.items()
+        if v is not None
+    ]
+    path = wan_split.parent / f"{tmp_path.name}.toml"
+    path.write_text("[model]\n" + "".join(lines))
+    code, err = cli(["generate", "x", "--structure", path, "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err

@@ -120,3 +120,85 @@ def convert_z_image_transformer(source: dict, in_channels: int, what: str):
     with torch.device("meta"):
         model = ZImageTransformer2DModel(**config)
     return load_strict(model, converted, what, layout)
+
+
+WAN_HEAD = 128  # every Wan transformer's attention head width (1.3B, 5B, 14B)
+
+
+def convert_wan_transformer(source: dict, what: str):
+    """A Wan 2.1 / 2.2 text-to-video transformer from its original layout (``blocks.N``
+    with ``self_attn``, ``cross_attn``, ``ffn``, ``modulation``; ``head.head``), by
+    diffusers' conversion; image-to-video and VACE files are refused."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    layout = "a Wan text-to-video diffusion model"
+    plain = _strip(source, "model.diffusion_model.")
+    if any(k.startswith(("img_emb.", "vace_", "motion_encoder.", "face_")) for k in plain):
+        raise UserError(
+            f"{what}: an image-to-video or VACE Wan model; pangu-draw takes text to video"
+        )
+    dim, channels, *patch = shape(plain, "patch_embedding.weight", what, layout)
+    if dim % WAN_HEAD or len(patch) != 3:
+        raise UserError(f"{what}: a width of {dim} is not a Wan transformer's (heads of 128)")
+    out = shape(plain, "head.head.weight", what, layout)[0]
+    cells = patch[0] * patch[1] * patch[2]
+    config = {
+        "patch_size": tuple(patch),
+        "num_attention_heads": dim // WAN_HEAD,
+        "attention_head_dim": WAN_HEAD,
+        "in_channels": channels,
+        "out_channels": out // cells,
+        "text_dim": shape(plain, "text_embedding.0.weight", what, layout)[1],
+        "freq_dim": shape(plain, "time_embedding.0.weight", what, layout)[1],
+        "ffn_dim": shape(plain, "blocks.0.ffn.0.weight", what, layout)[0],
+        "num_layers": len(indices(plain, "blocks.")),
+        "cross_attn_norm": "blocks.0.norm3.weight" in plain,
+    }
+    converted = convert_wan_transformer_to_diffusers(dict(plain))
+    if numel(converted.values()) != numel(plain.values()):
+        raise UserError(f"{what}: some values were not mapped (not {layout})")
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**config)
+    model.rope = WanRotaryPosEmbed(WAN_HEAD, config["patch_size"], 1024)  # computed
+    return load_strict(model, converted, what, layout)
+
+
+def convert_umt5(source: dict, what: str):
+    """UMT5's encoder (Wan's text encoder, ``umt5_xxl``) in Hugging Face's layout: every
+    layer has its own relative position table."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .original import t5_config
+
+    layout = "a UMT5 encoder"
+    state = _strip(source, "text_encoders.umt5xxl.transformer.")
+    config = UMT5Config(**t5_config(state, what, layout))
+    shared = state["shared.weight"]
+    if not torch.equal(state.setdefault("encoder.embed_tokens.weight", shared), shared):
+        raise UserError(f"{what}: shared.weight and encoder.embed_tokens.weight differ")
+    state["encoder.embed_tokens.weight"] = shared
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    return load_strict(model, state, what, layout)
+
+
+def convert_wan_vae(source: dict, what: str):
+    """Wan 2.1's video VAE (``wan_2.1_vae.safetensors``; Qwen-Image's is the same) from
+    its original layout by diffusers' conversion, which knows its one block layout (four
+    levels of two residual blocks); its published latent statistics."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    layout = "Wan 2.1's VAE"
+    base = shape(source, "encoder.conv1.weight", what, layout)[0]
+    z_dim = shape(source, "conv2.weight", what, layout)[0]
+    if z_dim != 16:
+        raise UserError(f"{what}: {z_dim} latent channels; Wan 2.1's VAE has 16")
+    converted = convert_wan_vae_to_diffusers(dict(source))
+    if numel(converted.values()) != numel(source.values()):
+        raise UserError(f"{what}: some values were not mapped (not {layout})")
+    with torch.device("meta"):
+        model = AutoencoderKLWan(base_dim=base, z_dim=z_dim)
+    return load_strict(model, converted, what, layout)

@@ -94,16 +94,37 @@ def model_defaults(model: str | Path) -> dict:
         index, config = folder_reader(path)
         family = family_of_index(index, config) if index else None
         return family.defaults(index, config) if family else {}
+    from ..files import safetensors_keys
+
     if path.suffix.lower() == ".toml":
         denoiser = spec_denoiser(path)
         if denoiser is None or denoiser.lower().endswith(".toml"):
             return {}  # (a spec naming a spec is refused when it loads)
+        keys = (
+            safetensors_keys(path.parent / denoiser) if denoiser.endswith(".safetensors") else None
+        )
+        family = next((f for f in FAMILIES if keys and f.recognise_component(keys)), None)
+        if family is not None:  # split files: the spec stands for the folder's index
+            return family.defaults(*_spec_reader(path))
         return model_defaults(path.parent / denoiser)
-    from ..files import safetensors_keys
-
     keys = safetensors_keys(path) if path.suffix.lower() == ".safetensors" else None
     variant = flux.file_variant(keys) if keys else None
     return flux.DEFAULTS[variant] if variant else {}
+
+
+def _spec_reader(path: Path):
+    """``(index, config)`` as a folder would give them, for a split-file model spec: its
+    pair and boundary, and the scheduler config it names."""
+    from ..tomlconf import read_toml
+
+    model = read_toml(path, "model spec").get("model", {})
+    index = {}
+    if isinstance(model.get("denoiser_2"), str):
+        index["transformer_2"] = ["diffusers", "split"]
+        index["boundary_ratio"] = model.get("boundary_ratio")
+    scheduler = model.get("scheduler")
+    scheduler = _json(path.parent / scheduler) if isinstance(scheduler, str) else {}
+    return index, lambda name: scheduler if name == "scheduler" else {}
 
 
 def spec_denoiser(path: Path) -> str | None:

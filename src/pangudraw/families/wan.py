@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
 from .base import Conditioning, Family, device_of, expect, guide
 
 # WanPipeline's defaults (T2V at 480x832): 50 UniPC steps, guidance 5; prompts of up to
@@ -85,6 +86,41 @@ class Wan(Family):
         if boundary is not None:
             found["t_split"] = boundary
         return found
+
+    def recognise_component(self, keys: list[str]) -> bool:
+        names = {k.removeprefix("model.diffusion_model.").split(".", 1)[0] for k in keys}
+        return {"patch_embedding", "text_embedding", "time_projection", "blocks"} <= names
+
+    def from_components(self, spec, tensors: dict, tokenizer: str, what: str):
+        """ComfyUI's split files: the diffusion model(s) in Wan's own names (Wan2.2's
+        high-noise one, and its low-noise one as ``denoiser_2``), ``umt5_xxl`` (UMT5 in
+        Hugging Face's names), ``wan_2.1_vae``; the tokenizer from a folder. The scheduler
+        must be named (Wan's flow shift differs between releases)."""
+        from transformers import T5Tokenizer, T5TokenizerFast
+
+        from .. import split_files
+        from ..layouts import VAE
+
+        vae_part = {k.removeprefix(VAE): v for k, v in tensors["vae"].items()}
+        vae = split_files.convert_wan_vae(vae_part, "the Wan VAE")
+        network = split_files.convert_wan_transformer(tensors["denoiser"], what)
+        components = {}
+        if "denoiser_2" in tensors:
+            second = split_files.convert_wan_transformer(tensors["denoiser_2"], f"{what} 2")
+            if dict(second.config) != dict(network.config):
+                raise UserError(f"{what}: the two diffusion models are not one architecture")
+            components["transformer_2"] = second
+        encoder = split_files.convert_umt5(tensors["text_encoder"], "the UMT5 text encoder")
+        if encoder.config.d_model != network.config.text_dim:
+            raise UserError(
+                f"{what} takes {network.config.text_dim}-wide text; the text encoder gives "
+                f"{encoder.config.d_model}"
+            )
+        components["text_encoder"] = encoder
+        components["tokenizer"] = split_files.tokenizer_folder(
+            spec, tokenizer, (T5TokenizerFast, T5Tokenizer), "UMT5"
+        )
+        return network, vae, components, {}, None
 
     def text_stack(self, index, component, network, cache):
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)

@@ -73,21 +73,27 @@ def load_folder(folder: Path, allow_pickle: bool = False, cache: dict | None = N
         raise UserError(f"{folder}: no model family pangu-draw knows has this layout")
     expert = assemble(str(folder), family, index, component, network, vae, scheduler, cache)
     if index.get("transformer_2") and index["transformer_2"][0] is not None:
-        # a pair on its own (Wan2.2): the low-noise expert takes over at the boundary
-        from ..families.wan import boundary_timestep
-
-        expert.boundary = boundary_timestep(index, scheduler[0])
-        if expert.boundary is None:
-            raise UserError(
-                f"{index_file}: transformer_2 needs a boundary_ratio between 0 and 1 (where "
-                "the low-noise expert takes over)"
-            )
         second = component("transformer_2")
-        expert.low_noise = assemble(
-            f"{folder}#transformer_2", family, index, component, second, vae, scheduler, cache
-        )
-        expert.low_noise.text = expert.text  # one text stack: a prompt is encoded once
+        pair_up(expert, index_file, index, component, second, scheduler, cache)
     return expert
+
+
+def pair_up(expert: Expert, where, index: dict, component, second, scheduler, cache=None):
+    """A pair on its own (Wan2.2): ``second`` (the low-noise expert) takes over from
+    ``expert`` at the boundary ``index`` gives (its ``boundary_ratio``)."""
+    from ..families.wan import boundary_timestep
+
+    expert.boundary = boundary_timestep(index, scheduler[0])
+    if expert.boundary is None:
+        raise UserError(
+            f"{where}: transformer_2 needs a boundary_ratio between 0 and 1 (where the "
+            "low-noise expert takes over)"
+        )
+    expert.low_noise = assemble(
+        f"{expert.name}#transformer_2", expert.family, index, component, second,
+        expert.space.vae, scheduler, cache,
+    )  # fmt: skip
+    expert.low_noise.text = expert.text  # one text stack: a prompt is encoded once
 
 
 def assemble(

@@ -241,8 +241,8 @@ def load_model_spec(path: str | Path, allow_pickle: bool = False):
     if family is not None:
         return _split_expert(path, reader, family, allow_pickle)
     for role in SPLIT_ROLES:
-        if role not in ROLES and reader.get(role, str) is not None:
-            reader.fail(role, "is for the diffusion models ComfyUI publishes apart (Z-Image)")
+        if role not in ROLES and role in table["model"]:
+            reader.fail(role, "is for the diffusion models ComfyUI publishes apart (Z-Image, Wan)")
     names = {role: reader.get(role, str, required=role == "denoiser") for role in ROLES}
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
@@ -263,8 +263,11 @@ def load_model_spec(path: str | Path, allow_pickle: bool = False):
     return _expert(path, tensors)
 
 
-# A split-file spec's roles (the 2026 families: :mod:`pangudraw.split_files`).
-SPLIT_ROLES = ("denoiser", "vae", "text_encoder", "tokenizer", "scheduler")
+# A split-file spec's roles (the 2026 families: :mod:`pangudraw.split_files`): Wan2.2's
+# pair names its low-noise model too, and where it takes over.
+SPLIT_ROLES = (
+    "denoiser", "denoiser_2", "boundary_ratio", "vae", "text_encoder", "tokenizer", "scheduler",
+)  # fmt: skip
 
 
 def _split_family(denoiser: Path):
@@ -284,26 +287,37 @@ def _split_expert(path: Path, reader, family, allow_pickle: bool):
     from .schedulers import check_scheduler_config
 
     tensors = {}
-    for role in ("denoiser", "vae", "text_encoder"):
+    second = reader.get("denoiser_2", str) is not None
+    for role in ("denoiser", "vae", "text_encoder") + (("denoiser_2",) if second else ()):
         name = reader.get(role, str, required=True)
         file = path.parent / name
         if file.suffix.lower() not in (".safetensors", ".ckpt"):
             reader.fail(role, f"expected a .safetensors file, got {name!r}")
         part = read_tensors(file, allow_pickle)
         tensors[role] = {VAE + k: v for k, v in part.items()} if role == "vae" else part
+    ratio = reader.get("boundary_ratio", float, required=second)
+    if ratio is not None and not second:
+        reader.fail("boundary_ratio", "is where a denoiser_2 takes over; name one")
     tokenizer = reader.get("tokenizer", str, required=True)
     what = f"{path.name}'s diffusion model"
     network, vae, components, index, scheduler = family.from_components(
         path, tensors, tokenizer, what
     )
-    named = reader.get("scheduler", str)
+    named = reader.get("scheduler", str, required=scheduler is None)
     if named is not None:
         scheduler = read_json(path.parent / named, "scheduler config")
     for module in (network, vae, *components.values()):
         if isinstance(module, torch.nn.Module):
             module.eval()
     checked = check_scheduler_config(dict(scheduler), f"{path.name}'s scheduler")
-    return assemble(str(path), family, index, components.get, network, vae, checked)
+    expert = assemble(str(path), family, index, components.get, network, vae, checked)
+    if second:
+        from .folder import pair_up
+
+        index = {**index, "transformer_2": ["diffusers", "split"], "boundary_ratio": ratio}
+        low = components["transformer_2"]
+        pair_up(expert, path, index, components.get, low.eval(), checked)
+    return expert
 
 
 def _expert(path: Path, tensors: dict):
