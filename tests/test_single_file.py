@@ -647,3 +647,40 @@ def test_bad_wan_split_specs_are_one_line(wan_split, tmp_path, capsys, changes, 
     path.write_text("[model]\n" + "".join(lines))
     code, err = cli(["generate", "x", "--structure", path, "-o", tmp_path / "x.png"], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def qwen_split(tmp_path_factory):
+    from fixtures.single_file import write_qwen_image_split
+
+    return write_qwen_image_split(tmp_path_factory.mktemp("qwen-split"))
+
+
+def test_qwen_image_from_comfyui_split_files_equals_its_folder(qwen_split, tmp_path, capsys):
+    """The MMDiT, Qwen2.5-VL in its release's names and the VAE in Wan's, named by a spec
+    with the tokenizer folder and scheduler: the folder's networks and image."""
+    from pangudraw.loading.models import load_expert
+    from pangudraw.pipelines import generate
+
+    spec, folder = load_expert(qwen_split), load_expert(qwen_split.parent / "qwen-image")
+    assert spec.family.name == "qwen-image" and spec.space.video
+    a, b = _modules(spec), _modules(folder)
+    assert a.keys() == b.keys()
+    for name in a:
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    kwargs = {"seed": 3, "num_inference_steps": 3, "guidance_scale": 3.0, "height": 32, "width": 32}
+    ours = generate(spec, None, "a red apple", **kwargs).images
+    assert torch.equal(ours, generate(folder, None, "a red apple", **kwargs).images)
+    assert ours.std() > 0.01
+    code, err = cli(["generate", "x", "--structure", qwen_split, "--steps", "2", "--size", "32",
+                     "-o", tmp_path / "q.png"], capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_a_qwen_image_spec_with_another_text_encoder_is_one_line(qwen_split, tmp_path, capsys):
+    text = qwen_split.read_text().replace("qwen_2.5_vl_7b", "qwen_image_vae")
+    path = qwen_split.parent / f"{tmp_path.name}.toml"
+    path.write_text(text)
+    code, err = cli(["generate", "x", "--structure", path, "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and "Qwen2.5-VL" in err and err.count("\n") == 1, err

@@ -202,3 +202,105 @@ def convert_wan_vae(source: dict, what: str):
     with torch.device("meta"):
         model = AutoencoderKLWan(base_dim=base, z_dim=z_dim)
     return load_strict(model, converted, what, layout)
+
+
+# Qwen2.5-VL-7B's published values that no tensor holds (its config.json): the text model's
+# rotary base and multimodal sections, the vision tower's heads.
+QWEN25_VL_FIXED = {"rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24], "vision_heads": 16}
+
+
+def convert_qwen25_vl(source: dict, what: str):
+    """Qwen2.5-VL (Qwen-Image's text encoder, ``qwen_2.5_vl_7b``) from its Hugging Face
+    weights, in the names its release uses (``model.layers``, ``visual``) or the ones
+    transformers 5 writes (``model.language_model``, ``model.visual``). The pipelines use
+    its text model; the vision tower loads too, as the class holds it."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VLRotaryEmbedding,
+        Qwen2_5_VLVisionRotaryEmbedding,
+    )
+
+    layout = "a Qwen2.5-VL model"
+    sd = {}
+    for key, value in source.items():
+        if key.startswith("visual."):
+            key = "model." + key
+        elif key.startswith("model.") and not key.startswith(
+            ("model.language_model.", "model.visual.")
+        ):
+            key = "model.language_model." + key[len("model.") :]
+        sd[key] = value
+    text, vision = "model.language_model.", "model.visual."
+    vocab, hidden = shape(sd, text + "embed_tokens.weight", what, layout)
+    queries = shape(sd, text + "layers.0.self_attn.q_proj.weight", what, layout)[0]
+    keys = shape(sd, text + "layers.0.self_attn.k_proj.weight", what, layout)[0]
+    head_dim = 2 * sum(QWEN25_VL_FIXED["mrope_section"])
+    if queries % head_dim or keys % head_dim:
+        raise UserError(f"{what}: heads of {head_dim} do not divide {queries} and {keys} rows")
+    v_hidden = shape(sd, vision + "patch_embed.proj.weight", what, layout)[0]
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": shape(sd, text + "layers.0.mlp.gate_proj.weight", what, layout)[0],
+            "num_hidden_layers": len(indices(sd, text + "layers.")),
+            "num_attention_heads": queries // head_dim,
+            "num_key_value_heads": keys // head_dim,
+            "rope_theta": QWEN25_VL_FIXED["rope_theta"],
+            "rope_scaling": {"type": "mrope", "mrope_section": QWEN25_VL_FIXED["mrope_section"]},
+        },
+        vision_config={
+            "depth": len(indices(sd, vision + "blocks.")),
+            "hidden_size": v_hidden,
+            "intermediate_size": shape(sd, vision + "blocks.0.mlp.gate_proj.weight", what, layout)[
+                0
+            ],
+            "num_heads": QWEN25_VL_FIXED["vision_heads"],
+            "out_hidden_size": shape(sd, vision + "merger.mlp.2.weight", what, layout)[0],
+        },
+        vocab_size=vocab,
+    )
+    sd.setdefault("lm_head.weight", sd[text + "embed_tokens.weight"])
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.model.language_model.rotary_emb = Qwen2_5_VLRotaryEmbedding(config.text_config)
+    model.model.visual.rotary_pos_emb = Qwen2_5_VLVisionRotaryEmbedding(config.vision_config)
+    return load_strict(model, sd, what, layout)
+
+
+def convert_qwen_image_transformer(source: dict, what: str):
+    """Qwen-Image's MMDiT (``qwen_image_*.safetensors``): ComfyUI's files hold diffusers'
+    own names, as diffusers' single-file loader takes them."""
+    from diffusers import QwenImageTransformer2DModel
+    from diffusers.models.transformers.transformer_qwenimage import QwenEmbedRope
+
+    layout = "a Qwen-Image diffusion model"
+    plain = _strip(source, "model.diffusion_model.")
+    inner, packed = shape(plain, "img_in.weight", what, layout)
+    if inner % 128:
+        raise UserError(f"{what}: a width of {inner} is not Qwen-Image's (heads of 128)")
+    config = {
+        "patch_size": 2,
+        "in_channels": packed,
+        "out_channels": shape(plain, "proj_out.weight", what, layout)[0] // 4,
+        "num_layers": len(indices(plain, "transformer_blocks.")),
+        "attention_head_dim": 128,
+        "num_attention_heads": inner // 128,
+        "joint_attention_dim": shape(plain, "txt_in.weight", what, layout)[1],
+        "guidance_embeds": any(k.startswith("time_text_embed.guidance_embedder.") for k in plain),
+    }
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel(**config)
+    model.pos_embed = QwenEmbedRope(theta=10000, axes_dim=[16, 56, 56], scale_rope=True)
+    return load_strict(model, plain, what, layout)
+
+
+def convert_qwen_image_vae(source: dict, what: str):
+    """Qwen-Image's VAE (``qwen_image_vae.safetensors``): Wan 2.1's architecture and latent
+    statistics in Wan's own names, as ``AutoencoderKLQwenImage``."""
+    from diffusers import AutoencoderKLQwenImage
+
+    wan = convert_wan_vae(source, what)
+    with torch.device("meta"):
+        model = AutoencoderKLQwenImage(base_dim=wan.config.base_dim, z_dim=wan.config.z_dim)
+    return load_strict(model, wan.state_dict(), what, "Qwen-Image's VAE")

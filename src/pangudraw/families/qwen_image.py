@@ -96,6 +96,34 @@ class QwenImage(Family):
     def defaults(self, index, config) -> dict:
         return dict(DEFAULTS)
 
+    def recognise_component(self, keys: list[str]) -> bool:
+        names = {k.removeprefix("model.diffusion_model.").split(".", 1)[0] for k in keys}
+        return {"img_in", "txt_in", "transformer_blocks", "time_text_embed"} <= names
+
+    def from_components(self, spec, tensors: dict, tokenizer: str, what: str):
+        """ComfyUI's split files: ``qwen_image_*.safetensors`` (diffusers' own names),
+        ``qwen_2.5_vl_7b`` (Hugging Face's names), ``qwen_image_vae`` (Wan 2.1's VAE in
+        Wan's names); the tokenizer from a folder; the scheduler must be named."""
+        from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
+
+        from .. import split_files
+        from ..errors import UserError
+        from ..layouts import VAE
+
+        vae_part = {k.removeprefix(VAE): v for k, v in tensors["vae"].items()}
+        vae = split_files.convert_qwen_image_vae(vae_part, "the Qwen-Image VAE")
+        network = split_files.convert_qwen_image_transformer(tensors["denoiser"], what)
+        encoder = split_files.convert_qwen25_vl(tensors["text_encoder"], "the Qwen2.5-VL encoder")
+        if encoder.config.text_config.hidden_size != network.config.joint_attention_dim:
+            raise UserError(
+                f"{what} takes {network.config.joint_attention_dim}-wide text; the text "
+                f"encoder gives {encoder.config.text_config.hidden_size}"
+            )
+        tokens = split_files.tokenizer_folder(
+            spec, tokenizer, (Qwen2TokenizerFast, Qwen2Tokenizer), "Qwen2"
+        )
+        return network, vae, {"text_encoder": encoder, "tokenizer": tokens}, {}, None
+
     def guidance_distilled(self, network) -> bool:
         return bool(network.config.guidance_embeds)
 
