@@ -252,6 +252,35 @@ def safetensors_keys(path: Path) -> list[str] | None:
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
+def safetensors_numel(path: Path) -> int | None:
+    """How many values a ``.safetensors`` file's header says it holds (None if it is not
+    one, or a shape is not a list of whole numbers)."""
+    import math
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    if not isinstance(header, dict):
+        return None
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            return None
+        total += math.prod(shape)
+    return total
+
+
 def sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, as hex."""
     import hashlib

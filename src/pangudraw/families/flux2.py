@@ -9,9 +9,14 @@ states of layers 9, 18 and 27 side by side per token, all 512 positions kept.
 
 Guidance: classifier-free guidance against the empty prompt (``-n`` replaces it), 1 = off,
 as the pipeline's ``guidance_scale``; a step-distilled model (``is_distilled`` in its
-folder) takes none, as its pipeline ignores it. FLUX.2 [dev] (a Mistral text encoder,
-guidance-distilled) is not supported yet: its folder is refused at its text encoder.
-Folders: a ``transformer`` of class ``Flux2Transformer2DModel``.
+folder) takes none, as its pipeline ignores it.
+
+FLUX.2 [dev] (``Flux2Pipeline``): the same transformer and latent space, guidance-distilled
+(``-g`` is the value its network takes, 4 by default, 50 steps), Mistral Small 3's hidden
+states 10, 20 and 30 after the pipeline's system message. Its folder names a
+``PixtralProcessor`` as its tokenizer; the text side of that folder (its tokenizer and chat
+template) is what the text takes, so no image library is needed. Folders: a
+``transformer`` of class ``Flux2Transformer2DModel``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,17 @@ LAYERS = (9, 18, 27)
 
 TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
 ENCODERS = ("Qwen3ForCausalLM",)
+# FLUX.2 [dev]: Mistral Small 3's multimodal model, layers 10, 20 and 30, the text side of
+# its PixtralProcessor; guidance-distilled, 50 steps at 4 (Flux2Pipeline's defaults).
+DEV_ENCODERS = ("Mistral3ForConditionalGeneration",)
+DEV_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast", "LlamaTokenizerFast")
+DEV_LAYERS = (10, 20, 30)
+DEV_DEFAULTS = {"steps": 50, "guidance_scale": 4.0}
+
+
+def _is_dev(index: dict) -> bool:
+    spec = index.get("text_encoder")
+    return isinstance(spec, list) and spec[-1:] == list(DEV_ENCODERS)
 
 
 @dataclass
@@ -67,6 +83,37 @@ class Flux2Text:
         return Conditioning(embeds, guided, added)
 
 
+@dataclass
+class Flux2DevText:
+    """Mistral Small 3 as ``Flux2Pipeline.encode_prompt`` runs it (its own helper): each
+    prompt after the pipeline's system message through the chat template, padded to 512,
+    the hidden states of layers 10, 20 and 30 side by side. Guidance-distilled: no negative
+    prompt."""
+
+    tokenizer: object
+    encoder: object
+    max_sequence_length: int = 512
+
+    def encode(
+        self, prompts: list[str], negatives: list[str] | None, guided: bool, size: tuple[int, int]
+    ) -> Conditioning:
+        import torch
+        from diffusers import Flux2Pipeline
+        from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+
+        with torch.no_grad():
+            embeds = Flux2Pipeline._get_mistral_3_small_prompt_embeds(
+                self.encoder,
+                self.tokenizer,
+                list(prompts),
+                device=device_of(self.encoder),
+                max_sequence_length=self.max_sequence_length,
+                system_message=SYSTEM_MESSAGE,
+                hidden_states_layers=DEV_LAYERS,
+            )
+        return Conditioning(embeds.cpu(), False)
+
+
 class Flux2(Family):
     name = "flux2"
     label = "FLUX.2"
@@ -79,7 +126,12 @@ class Flux2(Family):
         return isinstance(spec, list) and spec[-1:] == ["Flux2Transformer2DModel"]
 
     def defaults(self, index, config) -> dict:
+        if _is_dev(index):
+            return dict(DEV_DEFAULTS)
         return dict(DEFAULTS["distilled" if index.get("is_distilled") else "base"])
+
+    def guidance_distilled(self, network) -> bool:
+        return bool(network.config.guidance_embeds)
 
     def flow_mu(self, config, latent_hw, steps):
         from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
@@ -87,6 +139,14 @@ class Flux2(Family):
         return compute_empirical_mu(image_seq_len=latent_hw[0] * latent_hw[1], num_steps=steps)
 
     def text_stack(self, index, component, network, cache):
+        if _is_dev(index):
+            encoder = expect(component("text_encoder"), DEV_ENCODERS, "text_encoder", self.label)
+            tokenizer = expect(component("tokenizer"), DEV_TOKENIZERS, "tokenizer", self.label)
+            if not getattr(tokenizer, "chat_template", None):
+                raise UserError(f"{self.label}'s tokenizer needs its chat template; it has none")
+            if not network.config.guidance_embeds:
+                raise UserError(f"{self.label} [dev]'s transformer must take a guidance value")
+            return Flux2DevText(tokenizer, encoder)
         distilled = index.get("is_distilled") is True
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
         tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
@@ -119,13 +179,16 @@ class Flux2(Family):
         tokens = Pipe._pack_latents(z).to(device, dtype)
         image_ids = Pipe._prepare_latent_ids(z).to(device)
         time = torch.full([batch], t, dtype=dtype, device=device) / 1000
+        guidance = None
+        if network.config.guidance_embeds:  # [dev]: -g is its distilled value
+            guidance = torch.full([batch], scale, dtype=torch.float32, device=device)
 
         def call(embeds):
             embeds = embeds.to(device, dtype)
             return network(
                 hidden_states=tokens,
                 timestep=time,
-                guidance=None,
+                guidance=guidance,
                 encoder_hidden_states=embeds,
                 txt_ids=Pipe._prepare_text_ids(embeds).to(device),
                 img_ids=image_ids,

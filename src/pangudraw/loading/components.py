@@ -26,6 +26,10 @@ _T5_TOKENIZERS = {("transformers", "T5TokenizerFast"), ("transformers", "T5Token
 _WAN = {("diffusers", "WanTransformer3DModel")}
 _QWEN_TOKENIZERS = {("transformers", "Qwen2Tokenizer"), ("transformers", "Qwen2TokenizerFast")}
 _GUIDERS = {("diffusers", "AdaptiveProjectedMixGuidance")}
+# FLUX.2 [dev] names Mistral's PixtralProcessor as its tokenizer; its text side (the
+# tokenizer and chat template in that folder) is what the pipeline uses, and loading it
+# needs no image library.
+_PROCESSORS = {("transformers", "PixtralProcessor")}
 COMPONENTS: dict[str, set[tuple[str, str]]] = {
     "unet": {("diffusers", "UNet2DConditionModel")},
     "transformer": {
@@ -54,10 +58,11 @@ COMPONENTS: dict[str, set[tuple[str, str]]] = {
         ("transformers", "Qwen3Model"),
         ("transformers", "Qwen3ForCausalLM"),
         ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+        ("transformers", "Mistral3ForConditionalGeneration"),
     },
     "text_encoder_2": _TEXT_ENCODERS | _T5,
     # BERT: PanGu-Draw v3's Chinese CLIP; T5: Wan's UMT5; Qwen2: Z-Image's Qwen3
-    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS | _QWEN_TOKENIZERS,
+    "tokenizer": _TOKENIZERS | _BERT_TOKENIZERS | _T5_TOKENIZERS | _QWEN_TOKENIZERS | _PROCESSORS,
     "tokenizer_2": _TOKENIZERS | _T5_TOKENIZERS | {("transformers", "ByT5Tokenizer")},
     # HunyuanImage's guiders: configuration only, no weights
     "guider": _GUIDERS,
@@ -82,6 +87,10 @@ def component_class(index_file: Path, name: str, spec) -> type:
         known = ", ".join(sorted(".".join(a) for a in allowed)) or "nothing"
         raise UserError(f"{index_file}: {name} is {shown}; pangu-draw loads only {known} there")
     library, class_name = entry
+    if entry in _PROCESSORS:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
     return getattr(importlib.import_module(library), class_name)
 
 
@@ -125,10 +134,39 @@ def from_pretrained(cls: type, folder: Path, allow_pickle: bool):
                 f"{folder} has no safetensors weights; pickle checkpoints are refused "
                 "unless you pass --allow-pickle"
             )
+    if kwargs and not allow_pickle:
+        _check_config_fits_weights(cls, folder)
     try:
         return cls.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_config_fits_weights(cls: type, folder: Path) -> None:
+    """Refuse a component whose ``config.json`` describes more parameters than its weights
+    hold (a config of another model, or a hostile one): the loader would fill the rest
+    with fresh random values, and a config of a 24B-parameter model beside a small file
+    allocates all 24B. Counted on the meta device, before anything is allocated."""
+    from ..files import safetensors_numel
+
+    held = [safetensors_numel(f) for f in folder.glob("*.safetensors")]
+    if not held or None in held:
+        return  # (an unreadable file is the loader's to refuse)
+    try:
+        with torch.device("meta"):
+            if hasattr(cls, "config_class"):  # transformers
+                config = cls.config_class.from_pretrained(folder)
+                model = cls._from_config(config)
+            else:  # diffusers
+                model = cls.from_config(cls.load_config(folder))
+    except Exception as exc:  # a config its class cannot build from: someone else's data
+        raise UserError(f"cannot load {folder}: {str(exc).splitlines()[0][:200]}") from exc
+    wanted = sum(p.numel() for p in model.parameters())
+    if wanted > 1.01 * sum(held) + 1024:
+        raise UserError(
+            f"{folder}: its config describes a {cls.__name__} of {wanted:,} values and its "
+            f"weights hold {sum(held):,}: the config is not these weights'"
+        )
 
 
 def shared(cache: dict | None, key, build: Callable):
