@@ -4,8 +4,8 @@ never another exception, a hang (10 s alarm per input) or a runaway allocation (
 process's peak memory may not grow by a GiB over a test).
 
 The mutations start from valid files (safetensors single files and LoRAs, MindSpore
-checkpoints, pangu-draw PNGs, Coop recipes, model specs) and overwrite, cut and insert
-bytes; the safetensors headers and scheduler configs are also rebuilt with hostile values
+checkpoints, pangu-draw PNGs, Coop recipes, model specs, tokenizer folders) and overwrite,
+cut and insert bytes; the safetensors headers and scheduler configs are also rebuilt with hostile values
 (huge shapes and offsets, wrong types).
 """
 
@@ -336,3 +336,41 @@ def test_hostile_scheduler_configs(memory, name, changes):
     config = SCHEDULER | changes | {"_class_name": name}
     with guarded():
         check_scheduler_config(config, "scheduler_config.json")
+
+
+# ---------------------------------------------------------------- tokenizer folders
+
+
+def _tokenizer_files() -> dict[str, bytes]:
+    from fixtures.tiny_models import qwen_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "tok"
+        qwen_tokenizer(Path(tmp) / "src").save_pretrained(folder)
+        return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+TOKENIZER = _tokenizer_files()
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(sorted(TOKENIZER)),
+    data=st.one_of(*(mutations(TOKENIZER[n]) for n in sorted(TOKENIZER))),
+)
+def test_mutated_tokenizer_folders(tmp_path, memory, name, data):
+    """A split-file spec's tokenizer folder (the files transformers reads): one of its
+    files mutated (the others left whole)."""
+    from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
+
+    from pangudraw.split_files import tokenizer_folder
+
+    folder = tmp_path / "tok"
+    folder.mkdir(exist_ok=True)
+    for file, content in TOKENIZER.items():
+        (folder / file).write_bytes(data if file == name else content)
+    with guarded():
+        tokenizer = tokenizer_folder(
+            tmp_path / "spec.toml", "tok", (Qwen2TokenizerFast, Qwen2Tokenizer), "Qwen2"
+        )
+        tokenizer(["a red apple"])
