@@ -200,6 +200,19 @@ def expect(module, classes: tuple[str, ...], role: str, family: str):
     return module
 
 
+def chat_template(tokenizer, label: str):
+    """``tokenizer`` when its chat template renders; a one-line refusal when it has none or
+    one that fails (a folder's template is someone else's text, run by jinja)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{label}'s tokenizer needs its chat template; this one has none")
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    except Exception as exc:  # noqa: BLE001 (jinja's errors, from the folder's text)
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{label}'s chat template does not work: {detail}") from exc
+    return tokenizer
+
+
 def device_of(module):
     """Where a module computes. Tensors go there for the call and come back to the CPU, so
     the sampling loop (tiny tensors) stays on the CPU while networks sit on any device."""

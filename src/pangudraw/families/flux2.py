@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .base import Conditioning, Family, device_of, expect
+from .base import Conditioning, Family, chat_template, device_of, expect
 
 # Flux2KleinPipeline's defaults: 50 steps at guidance 4; step-distilled models run in 4
 # steps without guidance (their model cards).
@@ -142,16 +142,14 @@ class Flux2(Family):
         if _is_dev(index):
             encoder = expect(component("text_encoder"), DEV_ENCODERS, "text_encoder", self.label)
             tokenizer = expect(component("tokenizer"), DEV_TOKENIZERS, "tokenizer", self.label)
-            if not getattr(tokenizer, "chat_template", None):
-                raise UserError(f"{self.label}'s tokenizer needs its chat template; it has none")
+            chat_template(tokenizer, self.label)
             if not network.config.guidance_embeds:
                 raise UserError(f"{self.label} [dev]'s transformer must take a guidance value")
             return Flux2DevText(tokenizer, encoder)
         distilled = index.get("is_distilled") is True
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
         tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"{self.label}'s tokenizer needs its chat template; this one has none")
+        chat_template(tokenizer, self.label)
         return Flux2Text(tokenizer, encoder, distilled)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .base import Conditioning, Family, device_of, expect, guide
+from .base import Conditioning, Family, chat_template, device_of, expect, guide
 
 # ZImagePipeline's defaults: 50 steps at its guidance 5 (our 6), 1024 px.
 DEFAULTS = {"steps": 50, "guidance_scale": 6.0}
@@ -113,8 +113,7 @@ class ZImage(Family):
     def text_stack(self, index, component, network, cache):
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
         tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"{self.label}'s tokenizer needs its chat template; this one has none")
+        chat_template(tokenizer, self.label)
         return ZImageText(tokenizer, encoder)
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
