@@ -5,8 +5,8 @@ process's peak memory may not grow by a GiB over a test).
 
 The mutations start from valid files (safetensors single files and LoRAs, MindSpore
 checkpoints, pangu-draw PNGs, Coop recipes, model specs, tokenizer folders) and overwrite,
-cut and insert bytes; the safetensors headers and scheduler configs are also rebuilt with hostile values
-(huge shapes and offsets, wrong types).
+cut and insert bytes; the safetensors headers and scheduler configs are also rebuilt with
+hostile values (huge shapes and offsets, wrong types).
 """
 
 from __future__ import annotations

@@ -475,6 +475,8 @@ def sample(
             p, site = participants[k], sites[k]
             if p.expert.family.picture_condition is not None and p.cond.extra is None:
                 p.cond = _picture_so_far(p, x0, noise, on_canvas[k])
+            step = 1 if on_canvas[k] else bridge_every  # where this expert's step ends
+            p.expert.next_sigma = sigmas[i + step] if i + step < len(sigmas) else 0.0
             if on_canvas[k]:
                 t = grid.timesteps[i] if p.expert.family.grid_timesteps else None
                 x0_k = p.expert.predict(y, sigma, p.cond, p.guidance_scale, p.controls, t)

@@ -71,6 +71,8 @@ class Expert:
         low_noise: a model that is a time-decoupled pair on its own (Wan2.2's folder):
             the expert that takes over below ``boundary`` (a training timestep), sharing
             this one's text stack and latent space; None for one model.
+        next_sigma: the noise level this expert's next step lands on, set by the loop
+            before each prediction (MeanFlow models take the step's end as an input).
     """
 
     name: str
@@ -87,6 +89,7 @@ class Expert:
     residence: Residence | None = field(default=None, repr=False)
     low_noise: Expert | None = field(default=None, repr=False)
     boundary: float | None = None
+    next_sigma: float | None = field(default=None, repr=False)
 
     @property
     def resident(self) -> bool:

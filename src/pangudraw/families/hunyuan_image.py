@@ -17,7 +17,9 @@ quotes text. ``-g g`` is the guider's classifier-free scale (the folder's 3.5 by
 1 = off (no negative pass, as the pipeline skips it); the APG phase keeps the folder's own
 settings. A guidance-distilled transformer (``guidance_embeds``) takes ``-g`` as its value
 instead. Folders: a ``transformer`` of class ``HunyuanImageTransformer2DModel``; the
-MeanFlow-distilled one (``use_meanflow``) is refused.
+distilled one (HunyuanImage-2.1-Distilled: ``guidance_embeds`` and ``use_meanflow``) takes
+``-g`` as its distilled value (3.25 by default) and each step's end timestep beside its
+start, as a MeanFlow model does.
 
 Its refiner (:class:`HunyuanImageRefiner`, below) is a second family: the same transformer
 in another latent space, drawing beside a picture.
@@ -34,6 +36,7 @@ from .base import Conditioning, Family, device_of, expect
 # HunyuanImagePipeline's defaults: 50 steps, 2048 px (its default_sample_size 64 x 32);
 # guidance is the folder's guider's (3.5 in the published folder).
 DEFAULTS = {"steps": 50}
+DISTILLED_GUIDANCE = 3.25
 SAMPLE_SIZE = 64  # latent cells a side by default
 MAX_TOKENS = 1000  # the pipeline's tokenizer_max_length (after the template's 34)
 DROP = 34
@@ -175,6 +178,8 @@ class HunyuanImage(Family):
     def defaults(self, index, config) -> dict:
         defaults = dict(DEFAULTS)
         scale = config("guider").get("guidance_scale")
+        if config("transformer").get("guidance_embeds") is True:
+            scale = DISTILLED_GUIDANCE  # the pipeline's distilled_guidance_scale
         if _number(scale) and scale >= 1:
             defaults["guidance_scale"] = float(scale)
         return defaults
@@ -183,11 +188,6 @@ class HunyuanImage(Family):
         return bool(network.config.guidance_embeds)
 
     def text_stack(self, index, component, network, cache):
-        if network.config.use_meanflow:
-            raise UserError(
-                "the MeanFlow-distilled HunyuanImage (use_meanflow) is not supported yet; "
-                "use the undistilled folder"
-            )
         encoder = expect(component("text_encoder"), ENCODERS, "text_encoder", self.label)
         tokenizer = expect(component("tokenizer"), TOKENIZERS, "tokenizer", self.label)
         glyph_encoder = expect(
@@ -226,14 +226,19 @@ class HunyuanImage(Family):
         device = device_of(network)
         x = z.to(device, dtype)
         time = torch.full([z.shape[0]], t, device=device).to(dtype)
-        guidance = None
+        guidance = end = None
         if network.config.guidance_embeds:
             guidance = torch.full([z.shape[0]], scale * 1000.0, device=device).to(dtype)
+        if network.config.use_meanflow:  # the step's end: the next timestep, 0 at the last
+            nxt = expert.next_sigma or 0.0
+            at = expert.schedule.sigma_to_t(nxt) if nxt > 0 else 0.0
+            end = torch.full([z.shape[0]], at, device=device).to(dtype)
 
         def call(inputs):
             return network(
                 hidden_states=x,
                 timestep=time,
+                timestep_r=end,
                 encoder_hidden_states=inputs["embeds"].to(device, dtype),
                 encoder_attention_mask=inputs["mask"].to(device),
                 encoder_hidden_states_2=inputs["glyphs"].to(device, dtype),
