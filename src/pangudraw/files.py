@@ -236,9 +236,8 @@ def keep_by_content(path: str | Path, folder: Path, what: str) -> tuple[Path, Ca
 _MAX_HEADER = 100 * 2**20  # bytes; a safetensors header is a few MB at most
 
 
-def safetensors_keys(path: Path) -> list[str] | None:
-    """The tensor names in a ``.safetensors`` file's header, read without torch; None if it
-    is not one."""
+def _safetensors_header(path: Path) -> dict | None:
+    """A ``.safetensors`` file's JSON header, read without torch; None if it is not one."""
     import struct
 
     try:
@@ -249,24 +248,23 @@ def safetensors_keys(path: Path) -> list[str] | None:
             header = json.loads(handle.read(size))
     except (OSError, ValueError, struct.error):
         return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+    return header if isinstance(header, dict) else None
+
+
+def safetensors_keys(path: Path) -> list[str] | None:
+    """The tensor names in a ``.safetensors`` file's header, read without torch; None if it
+    is not one."""
+    header = _safetensors_header(path)
+    return None if header is None else [k for k in header if k != "__metadata__"]
 
 
 def safetensors_numel(path: Path) -> int | None:
     """How many values a ``.safetensors`` file's header says it holds (None if it is not
     one, or a shape is not a list of whole numbers)."""
     import math
-    import struct
 
-    try:
-        with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > _MAX_HEADER:
-                return None
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError, struct.error):
-        return None
-    if not isinstance(header, dict):
+    header = _safetensors_header(path)
+    if header is None:
         return None
     total = 0
     for key, entry in header.items():

@@ -475,20 +475,24 @@ def t5_config(sd: dict, what: str, layout: str) -> dict:
     }
 
 
-def convert_t5(source: dict, prefix: str, what: str, layout: str):
-    """A ``T5EncoderModel`` stored under ``prefix`` in Hugging Face's layout. The token
+def convert_t5(source: dict, prefix: str, what: str, layout: str, umt5: bool = False):
+    """A ``T5EncoderModel`` (``umt5``: a ``UMT5EncoderModel``, every layer with its own
+    relative position table) stored under ``prefix`` in Hugging Face's layout. The token
     embedding is one tensor shared by ``shared`` and ``encoder.embed_tokens`` (files hold
     it once or twice)."""
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
+    config_class, model_class = (
+        (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    )
     state = {k[len(prefix) :]: v for k, v in source.items()}
-    config = T5Config(**t5_config(state, what, layout))  # refuses a file without shared.weight
+    config = config_class(**t5_config(state, what, layout))  # refuses one without shared.weight
     shared = state["shared.weight"]
     if not torch.equal(state.setdefault("encoder.embed_tokens.weight", shared), shared):
         raise UserError(f"{what}: shared.weight and encoder.embed_tokens.weight differ")
     state["encoder.embed_tokens.weight"] = shared
     with torch.device("meta"):
-        model = T5EncoderModel(config)
+        model = model_class(config)
     return load_strict(model, state, what, layout)
 
 

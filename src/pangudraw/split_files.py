@@ -173,20 +173,12 @@ def convert_wan_transformer(source: dict, what: str):
 def convert_umt5(source: dict, what: str):
     """UMT5's encoder (Wan's text encoder, ``umt5_xxl``) in Hugging Face's layout: every
     layer has its own relative position table."""
-    from transformers import UMT5Config, UMT5EncoderModel
+    from .original import convert_t5
 
-    from .original import t5_config
-
-    layout = "a UMT5 encoder"
-    state = _strip(source, "text_encoders.umt5xxl.transformer.")
-    config = UMT5Config(**t5_config(state, what, layout))
-    shared = state["shared.weight"]
-    if not torch.equal(state.setdefault("encoder.embed_tokens.weight", shared), shared):
-        raise UserError(f"{what}: shared.weight and encoder.embed_tokens.weight differ")
-    state["encoder.embed_tokens.weight"] = shared
-    with torch.device("meta"):
-        model = UMT5EncoderModel(config)
-    return load_strict(model, state, what, layout)
+    prefix = "text_encoders.umt5xxl.transformer."
+    if not any(k.startswith(prefix) for k in source):
+        source = {prefix + k: v for k, v in source.items()}
+    return convert_t5(source, prefix, what, "a UMT5 encoder", umt5=True)
 
 
 def convert_wan_vae(source: dict, what: str):
