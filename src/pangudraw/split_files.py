@@ -181,14 +181,15 @@ def convert_umt5(source: dict, what: str):
     return convert_t5(source, prefix, what, "a UMT5 encoder", umt5=True)
 
 
-def convert_wan_vae(source: dict, what: str):
-    """Wan 2.1's video VAE (``wan_2.1_vae.safetensors``; Qwen-Image's is the same) from
-    its original layout by diffusers' conversion, which knows its one block layout (four
-    levels of two residual blocks); its published latent statistics."""
-    from diffusers import AutoencoderKLWan
+def convert_wan_vae(source: dict, what: str, qwen_image: bool = False):
+    """Wan 2.1's video VAE (``wan_2.1_vae.safetensors``; ``qwen_image``: Qwen-Image's
+    ``qwen_image_vae``, the same architecture and latent statistics, as
+    ``AutoencoderKLQwenImage``) from its original layout by diffusers' conversion, which
+    knows its one block layout (four levels of two residual blocks)."""
+    from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-    layout = "Wan 2.1's VAE"
+    layout = "Qwen-Image's VAE" if qwen_image else "Wan 2.1's VAE"
     base = shape(source, "encoder.conv1.weight", what, layout)[0]
     z_dim = shape(source, "conv2.weight", what, layout)[0]
     if z_dim != 16:
@@ -197,8 +198,16 @@ def convert_wan_vae(source: dict, what: str):
     if numel(converted.values()) != numel(source.values()):
         raise UserError(f"{what}: some values were not mapped (not {layout})")
     with torch.device("meta"):
-        model = AutoencoderKLWan(base_dim=base, z_dim=z_dim)
+        model = (AutoencoderKLQwenImage if qwen_image else AutoencoderKLWan)(base, z_dim=z_dim)
     return load_strict(model, converted, what, layout)
+
+
+def check_text_width(network_takes: int, encoder_gives: int, what: str) -> None:
+    """The diffusion model and its text encoder must agree on the text's width."""
+    if network_takes != encoder_gives:
+        raise UserError(
+            f"{what} takes {network_takes}-wide text; the text encoder gives {encoder_gives}"
+        )
 
 
 # Qwen2.5-VL-7B's published values that no tensor holds (its config.json): the text model's
@@ -290,14 +299,3 @@ def convert_qwen_image_transformer(source: dict, what: str):
         model = QwenImageTransformer2DModel(**config)
     model.pos_embed = QwenEmbedRope(theta=10000, axes_dim=[16, 56, 56], scale_rope=True)
     return load_strict(model, plain, what, layout)
-
-
-def convert_qwen_image_vae(source: dict, what: str):
-    """Qwen-Image's VAE (``qwen_image_vae.safetensors``): Wan 2.1's architecture and latent
-    statistics in Wan's own names, as ``AutoencoderKLQwenImage``."""
-    from diffusers import AutoencoderKLQwenImage
-
-    wan = convert_wan_vae(source, what)
-    with torch.device("meta"):
-        model = AutoencoderKLQwenImage(base_dim=wan.config.base_dim, z_dim=wan.config.z_dim)
-    return load_strict(model, wan.state_dict(), what, "Qwen-Image's VAE")

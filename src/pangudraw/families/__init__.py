@@ -39,6 +39,7 @@ __all__ = [
     "FAMILIES",
     "Conditioning",
     "Family",
+    "family_of_component",
     "family_of_file",
     "family_of_folder",
     "model_defaults",
@@ -85,6 +86,16 @@ def family_of_file(path: str | Path) -> Family | None:
     return next((f for f in FAMILIES if f.recognise_file(keys)), None) if keys else None
 
 
+def family_of_component(path: str | Path) -> Family | None:
+    """The family whose diffusion model a ``.safetensors`` file is, as ComfyUI publishes it
+    apart from its text encoder and VAE (from the header); None for anything else."""
+    from ..files import safetensors_keys
+
+    path = Path(path)
+    keys = safetensors_keys(path) if path.suffix.lower() == ".safetensors" else None
+    return next((f for f in FAMILIES if f.recognise_component(keys)), None) if keys else None
+
+
 def model_defaults(model: str | Path) -> dict:
     """The sampling settings a model's own pipeline uses where they differ from
     pangu-draw's (steps, guidance, size, ...), for a folder, single file or model spec;
@@ -94,30 +105,25 @@ def model_defaults(model: str | Path) -> dict:
         index, config = folder_reader(path)
         family = family_of_index(index, config) if index else None
         return family.defaults(index, config) if family else {}
-    from ..files import safetensors_keys
-
     if path.suffix.lower() == ".toml":
-        denoiser = spec_denoiser(path)
+        table = _spec_table(path)
+        denoiser = _denoiser(table)
         if denoiser is None or denoiser.lower().endswith(".toml"):
             return {}  # (a spec naming a spec is refused when it loads)
-        keys = (
-            safetensors_keys(path.parent / denoiser) if denoiser.endswith(".safetensors") else None
-        )
-        family = next((f for f in FAMILIES if keys and f.recognise_component(keys)), None)
+        family = family_of_component(path.parent / denoiser)
         if family is not None:  # split files: the spec stands for the folder's index
-            return family.defaults(*_spec_reader(path))
+            return family.defaults(*_spec_reader(path, table))
         return model_defaults(path.parent / denoiser)
+    from ..files import safetensors_keys
+
     keys = safetensors_keys(path) if path.suffix.lower() == ".safetensors" else None
     variant = flux.file_variant(keys) if keys else None
     return flux.DEFAULTS[variant] if variant else {}
 
 
-def _spec_reader(path: Path):
-    """``(index, config)`` as a folder would give them, for a split-file model spec: its
-    pair and boundary, and the scheduler config it names."""
-    from ..tomlconf import read_toml
-
-    model = read_toml(path, "model spec").get("model", {})
+def _spec_reader(path: Path, model: dict):
+    """``(index, config)`` as a folder would give them, for a split-file model spec's
+    ``[model]`` table: its pair and boundary, and the scheduler config it names."""
     index = {}
     if isinstance(model.get("denoiser_2"), str):
         index["transformer_2"] = ["diffusers", "split"]
@@ -127,9 +133,8 @@ def _spec_reader(path: Path):
     return index, lambda name: scheduler if name == "scheduler" else {}
 
 
-def spec_denoiser(path: Path) -> str | None:
-    """The denoiser file a model spec (a ``.toml`` file's ``[model]`` table) names; None
-    if ``path`` is not a readable spec."""
+def _spec_table(path: Path) -> dict | None:
+    """A model spec's ``[model]`` table; None if ``path`` is not a readable spec."""
     from ..errors import UserError
     from ..tomlconf import read_toml
 
@@ -137,5 +142,15 @@ def spec_denoiser(path: Path) -> str | None:
         model = read_toml(path, "model spec").get("model")
     except UserError:
         return None
-    denoiser = model.get("denoiser") if isinstance(model, dict) else None
+    return model if isinstance(model, dict) else None
+
+
+def _denoiser(model: dict | None) -> str | None:
+    denoiser = model.get("denoiser") if model else None
     return denoiser if isinstance(denoiser, str) else None
+
+
+def spec_denoiser(path: Path) -> str | None:
+    """The denoiser file a model spec (a ``.toml`` file's ``[model]`` table) names; None
+    if ``path`` is not a readable spec."""
+    return _denoiser(_spec_table(path))

@@ -185,6 +185,24 @@ class Family:
         return {}
 
 
+class TransformerFamily(Family):
+    """A family whose denoiser is a diffusers transformer (SD3, Flux, and the 2026
+    families): patches of latent cells as tokens, no channels-last layout, its width the
+    attention heads times their width."""
+
+    network_component = "transformer"
+
+    def size_multiple(self, network, factor: int) -> int:
+        patch = network.config.patch_size
+        return factor * (patch[-1] if isinstance(patch, list | tuple) else patch)
+
+    def feature_width(self, network) -> int:
+        return network.config.num_attention_heads * network.config.attention_head_dim
+
+    def channels_last(self) -> bool:
+        return False
+
+
 # ---------------------------------------------------------------------- shared pieces
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .. import layouts
 from ..layouts import FLUX_BLOCKS, has
-from .base import Conditioning, Family, clip_states, device_of, guide, t5_states
+from .base import Conditioning, TransformerFamily, clip_states, device_of, guide, t5_states
 
 # FluxPipeline's defaults: 28 steps, distilled guidance 3.5 (schnell ignores the value
 # and is distilled to about 4 steps).
@@ -54,10 +54,9 @@ class FluxText:
         return Conditioning(embeds, guided, {"pooled": pooled.cpu()})
 
 
-class Flux(Family):
+class Flux(TransformerFamily):
     name = "flux"
     label = "FLUX.1"
-    network_component = "transformer"
     lora_pipeline = "FluxPipeline"
     true_cfg = True
     distilled_guidance = True
@@ -92,9 +91,6 @@ class Flux(Family):
     def latent_channels(self, network) -> int:
         return network.config.in_channels // 4  # 2x2 packed
 
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
     encodes_picture_at_full_strength = True  # FluxFillPipeline always encodes it
 
     def inpainting_channels(self, channels, factor):
@@ -111,9 +107,6 @@ class Flux(Family):
 
         factor = mask.shape[-1] // masked.shape[-1]
         return torch.cat([masked, F.pixel_unshuffle(mask, factor)], dim=1)
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer on 2x2 patches of ``z``, as ``FluxPipeline`` calls it; ``scale``

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .base import Conditioning, Family, chat_template, device_of, expect
+from .base import Conditioning, TransformerFamily, chat_template, device_of, expect
 
 # Flux2KleinPipeline's defaults: 50 steps at guidance 4; step-distilled models run in 4
 # steps without guidance (their model cards).
@@ -114,10 +114,9 @@ class Flux2DevText:
         return Conditioning(embeds.cpu(), False)
 
 
-class Flux2(Family):
+class Flux2(TransformerFamily):
     name = "flux2"
     label = "FLUX.2"
-    network_component = "transformer"
     lora_pipeline = "Flux2KleinPipeline"
     own_sigmas = True
 
@@ -154,15 +153,6 @@ class Flux2(Family):
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE
-
-    def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size
-
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer on the latent cells as tokens (raster order, position ids

@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .base import Conditioning, Family, device_of, expect
+from .base import Conditioning, TransformerFamily, device_of, expect
 
 # HunyuanImagePipeline's defaults: 50 steps, 2048 px (its default_sample_size 64 x 32);
 # guidance is the folder's guider's (3.5 in the published folder).
@@ -164,10 +164,9 @@ def _guider_values(guider, where: str) -> None:
         )
 
 
-class HunyuanImage(Family):
+class HunyuanImage(TransformerFamily):
     name = "hunyuan-image"
     label = "HunyuanImage"
-    network_component = "transformer"
     lora_pipeline = None  # diffusers has no LoRA loader for it
     own_sigmas = True
 
@@ -208,15 +207,6 @@ class HunyuanImage(Family):
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SAMPLE_SIZE * factor, SAMPLE_SIZE * factor
 
-    def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size[-1]
-
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
-    def channels_last(self) -> bool:
-        return False
-
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer at the scheduler's timestep ``t``, as ``HunyuanImagePipeline``
         calls it: the conditional and negative passes apart, combined by the guider."""
@@ -224,7 +214,7 @@ class HunyuanImage(Family):
 
         network, dtype = expert.network, expert.dtype
         device = device_of(network)
-        x = z.to(device, dtype)
+        x = self._network_input(z, cond).to(device, dtype)
         time = torch.full([z.shape[0]], t, device=device).to(dtype)
         guidance = end = None
         if network.config.guidance_embeds:
@@ -235,23 +225,36 @@ class HunyuanImage(Family):
             end = torch.full([z.shape[0]], at, device=device).to(dtype)
 
         def call(inputs):
+            glyphs = {}
+            if "glyphs" in inputs:  # (the refiner's text has none)
+                glyphs["encoder_hidden_states_2"] = inputs["glyphs"].to(device, dtype)
+                glyphs["encoder_attention_mask_2"] = inputs["glyph_mask"].to(device)
             return network(
                 hidden_states=x,
                 timestep=time,
                 timestep_r=end,
                 encoder_hidden_states=inputs["embeds"].to(device, dtype),
                 encoder_attention_mask=inputs["mask"].to(device),
-                encoder_hidden_states_2=inputs["glyphs"].to(device, dtype),
-                encoder_attention_mask_2=inputs["glyph_mask"].to(device),
                 guidance=guidance,
                 return_dict=False,
+                **glyphs,
             )[0]
 
         out = call(cond.added["positive"])
         if cond.guided:
             negative = call(cond.added["negative"])
-            out = _guided(cond, id(network), out, negative, scale)
-        return out.float().to(z.device)
+            out = _guided(cond, id(network), out, negative, self._guider_scale(cond, scale))
+        return self._network_output(out).float().to(z.device)
+
+    def _network_input(self, z, cond):
+        return z
+
+    def _network_output(self, out):
+        return out
+
+    def _guider_scale(self, cond, scale: float) -> float:
+        """The guider's CFG scale: ``-g``."""
+        return scale
 
 
 def _guided(cond: Conditioning, run: int, positive, negative, scale: float):
@@ -386,34 +389,18 @@ class HunyuanImageRefiner(HunyuanImage):
     def latent_channels(self, network) -> int:
         return network.config.in_channels // 2  # its latents, then the picture's
 
-    def denoise(self, expert, z, t, sigma, cond, scale, controls):
-        """The transformer on its latents beside the picture's (one frame), at the
-        scheduler's timestep with the distilled guidance ``scale``; the folder's guider, if
-        any, combines the conditional and negative passes at its own scale."""
+    def _network_input(self, z, cond):
+        """Its latents beside the picture's, as one frame."""
         import torch
 
-        network, dtype = expert.network, expert.dtype
-        device = device_of(network)
-        x = torch.cat([z, cond.extra], dim=1)[:, :, None].to(device, dtype)
-        time = torch.full([z.shape[0]], t, device=device).to(dtype)
-        guidance = torch.full([z.shape[0]], scale * 1000.0, device=device).to(dtype)
+        return torch.cat([z, cond.extra], dim=1)[:, :, None]
 
-        def call(inputs):
-            return network(
-                hidden_states=x,
-                timestep=time,
-                encoder_hidden_states=inputs["embeds"].to(device, dtype),
-                encoder_attention_mask=inputs["mask"].to(device),
-                guidance=guidance,
-                return_dict=False,
-            )[0]
+    def _network_output(self, out):
+        return out[:, :, 0]
 
-        out = call(cond.added["positive"])
-        if cond.guided:
-            negative = call(cond.added["negative"])
-            guider_scale = cond.added["guider"].config.guidance_scale
-            out = _guided(cond, id(network), out, negative, guider_scale)
-        return out[:, :, 0].float().to(z.device)
+    def _guider_scale(self, cond, scale: float) -> float:
+        """Its folder's guider guides at its own scale (``-g`` is the distilled value)."""
+        return cond.added["guider"].config.guidance_scale
 
 
 FAMILY = HunyuanImage()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Conditioning, Family, device_of, expect
+from .base import Conditioning, TransformerFamily, device_of, expect
 
 # QwenImagePipeline's defaults: 50 steps; its model card's true_cfg_scale 4 at 1328 px,
 # the pipeline's 1024 px.
@@ -82,10 +82,9 @@ _TEMPLATE = (  # QwenImagePipeline's prompt_template_encode
 )
 
 
-class QwenImage(Family):
+class QwenImage(TransformerFamily):
     name = "qwen-image"
     label = "Qwen-Image"
-    network_component = "transformer"
     lora_pipeline = "QwenImagePipeline"
     own_sigmas = True
 
@@ -107,18 +106,13 @@ class QwenImage(Family):
         from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
 
         from .. import split_files
-        from ..errors import UserError
-        from ..layouts import VAE
 
-        vae_part = {k.removeprefix(VAE): v for k, v in tensors["vae"].items()}
-        vae = split_files.convert_qwen_image_vae(vae_part, "the Qwen-Image VAE")
+        vae = split_files.convert_wan_vae(tensors["vae"], "the Qwen-Image VAE", qwen_image=True)
         network = split_files.convert_qwen_image_transformer(tensors["denoiser"], what)
         encoder = split_files.convert_qwen25_vl(tensors["text_encoder"], "the Qwen2.5-VL encoder")
-        if encoder.config.text_config.hidden_size != network.config.joint_attention_dim:
-            raise UserError(
-                f"{what} takes {network.config.joint_attention_dim}-wide text; the text "
-                f"encoder gives {encoder.config.text_config.hidden_size}"
-            )
+        split_files.check_text_width(
+            network.config.joint_attention_dim, encoder.config.text_config.hidden_size, what
+        )
         tokens = split_files.tokenizer_folder(
             spec, tokenizer, (Qwen2TokenizerFast, Qwen2Tokenizer), "Qwen2"
         )
@@ -135,17 +129,8 @@ class QwenImage(Family):
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE
 
-    def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size
-
     def latent_channels(self, network) -> int:
         return network.config.in_channels // 4  # 2x2 packed
-
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer on 2x2 patches of ``z`` at time ``u``, as ``QwenImagePipeline``

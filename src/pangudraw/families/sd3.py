@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .. import layouts
 from ..layouts import SD3_BLOCKS, has
-from .base import Conditioning, Family, clip_states, device_of, guide, t5_states
+from .base import Conditioning, TransformerFamily, clip_states, device_of, guide, t5_states
 
 
 @dataclass
@@ -55,10 +55,9 @@ class SD3Text:
         return Conditioning(embeds, guided, {"pooled": pooled})
 
 
-class SD3(Family):
+class SD3(TransformerFamily):
     name = "sd3"
     label = "SD3"
-    network_component = "transformer"
     lora_pipeline = "StableDiffusion3Pipeline"
 
     def recognise(self, index, config) -> bool:
@@ -75,15 +74,6 @@ class SD3(Family):
             component("text_encoder_3"),
             network.config.joint_attention_dim,
         )
-
-    def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size
-
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The MMDiT as ``StableDiffusion3Pipeline`` calls it (raw timestep in [0, 1000])."""

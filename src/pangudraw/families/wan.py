@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .base import Conditioning, Family, device_of, expect, guide
+from .base import Conditioning, TransformerFamily, device_of, expect, guide
 
 # WanPipeline's defaults (T2V at 480x832): 50 UniPC steps, guidance 5; prompts of up to
 # 512 tokens (__call__'s max_sequence_length).
@@ -66,10 +66,9 @@ class WanText:
         return Conditioning(embeds, guided)
 
 
-class Wan(Family):
+class Wan(TransformerFamily):
     name = "wan"
     label = "Wan"
-    network_component = "transformer"
     lora_pipeline = "WanPipeline"
     grid_timesteps = True
 
@@ -99,10 +98,8 @@ class Wan(Family):
         from transformers import T5Tokenizer, T5TokenizerFast
 
         from .. import split_files
-        from ..layouts import VAE
 
-        vae_part = {k.removeprefix(VAE): v for k, v in tensors["vae"].items()}
-        vae = split_files.convert_wan_vae(vae_part, "the Wan VAE")
+        vae = split_files.convert_wan_vae(tensors["vae"], "the Wan VAE")
         network = split_files.convert_wan_transformer(tensors["denoiser"], what)
         components = {}
         if "denoiser_2" in tensors:
@@ -111,11 +108,7 @@ class Wan(Family):
                 raise UserError(f"{what}: the two diffusion models are not one architecture")
             components["transformer_2"] = second
         encoder = split_files.convert_umt5(tensors["text_encoder"], "the UMT5 text encoder")
-        if encoder.config.d_model != network.config.text_dim:
-            raise UserError(
-                f"{what} takes {network.config.text_dim}-wide text; the text encoder gives "
-                f"{encoder.config.d_model}"
-            )
+        split_files.check_text_width(network.config.text_dim, encoder.config.d_model, what)
         components["text_encoder"] = encoder
         components["tokenizer"] = split_files.tokenizer_folder(
             spec, tokenizer, (T5TokenizerFast, T5Tokenizer), "UMT5"
@@ -129,15 +122,6 @@ class Wan(Family):
 
     def native_size(self, network, factor: int) -> tuple[int, int]:
         return SIZE
-
-    def size_multiple(self, network, factor: int) -> int:
-        return factor * network.config.patch_size[-1]
-
-    def feature_width(self, network) -> int:
-        return network.config.num_attention_heads * network.config.attention_head_dim
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer on one frame, at the integer timestep, as ``WanPipeline`` calls

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
-from .base import Conditioning, Family, chat_template, device_of, expect, guide
+from .base import Conditioning, TransformerFamily, chat_template, device_of, expect, guide
 
 # ZImagePipeline's defaults: 50 steps at its guidance 5 (our 6), 1024 px.
 DEFAULTS = {"steps": 50, "guidance_scale": 6.0}
@@ -68,10 +67,9 @@ class ZImageText:
         return Conditioning(embeds, guided)
 
 
-class ZImage(Family):
+class ZImage(TransformerFamily):
     name = "z-image"
     label = "Z-Image"
-    network_component = "transformer"
     lora_pipeline = "ZImagePipeline"
     own_sigmas = True
 
@@ -94,16 +92,14 @@ class ZImage(Family):
         from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
 
         from .. import original, split_files
+        from ..layouts import VAE
 
-        vae = original.convert_vae(tensors["vae"], 0.3611, "Flux's VAE", shift_factor=0.1159)
+        whole = {VAE + k: v for k, v in tensors["vae"].items()}  # as a whole file has it
+        vae = original.convert_vae(whole, 0.3611, "Flux's VAE", shift_factor=0.1159)
         channels = vae.config.latent_channels
         network = split_files.convert_z_image_transformer(tensors["denoiser"], channels, what)
         encoder = split_files.convert_qwen3(tensors["text_encoder"], "the Qwen3 text encoder")
-        if encoder.config.hidden_size != network.config.cap_feat_dim:
-            raise UserError(
-                f"{what} takes {network.config.cap_feat_dim}-wide text; the text encoder "
-                f"gives {encoder.config.hidden_size}"
-            )
+        split_files.check_text_width(network.config.cap_feat_dim, encoder.config.hidden_size, what)
         tokens = split_files.tokenizer_folder(
             spec, tokenizer, (Qwen2TokenizerFast, Qwen2Tokenizer), "Qwen2"
         )
@@ -124,9 +120,6 @@ class ZImage(Family):
 
     def feature_width(self, network) -> int:
         return network.config.dim
-
-    def channels_last(self) -> bool:
-        return False
 
     def denoise(self, expert, z, t, sigma, cond, scale, controls):
         """The transformer on a list of one-frame latents, as ``ZImagePipeline`` calls it:

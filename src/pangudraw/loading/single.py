@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..families import BY_NAME
+from ..families import BY_NAME, family_of_component
 from ..layouts import (
     REFINER_BIGG,
     SD1_CLIP,
@@ -237,7 +237,7 @@ def load_model_spec(path: str | Path, allow_pickle: bool = False):
         )
     reader = TableReader(str(path), table["model"], "model", set(ROLES) | set(SPLIT_ROLES))
     denoiser = reader.get("denoiser", str, required=True)
-    family = _split_family(path.parent / denoiser)
+    family = family_of_component(path.parent / denoiser)
     if family is not None:
         return _split_expert(path, reader, family, allow_pickle)
     for role in SPLIT_ROLES:
@@ -270,15 +270,6 @@ SPLIT_ROLES = (
 )  # fmt: skip
 
 
-def _split_family(denoiser: Path):
-    """The family whose ComfyUI diffusion-model file ``denoiser`` is, from its header."""
-    from ..families import FAMILIES
-    from ..files import safetensors_keys
-
-    keys = safetensors_keys(denoiser) if denoiser.suffix.lower() == ".safetensors" else None
-    return next((f for f in FAMILIES if keys and f.recognise_component(keys)), None)
-
-
 def _split_expert(path: Path, reader, family, allow_pickle: bool):
     """An expert of ``family`` from its split files: each file named in the spec, the
     tokenizer a folder, the scheduler a config file or the family's published one."""
@@ -293,8 +284,7 @@ def _split_expert(path: Path, reader, family, allow_pickle: bool):
         file = path.parent / name
         if file.suffix.lower() not in (".safetensors", ".ckpt"):
             reader.fail(role, f"expected a .safetensors file, got {name!r}")
-        part = read_tensors(file, allow_pickle)
-        tensors[role] = {VAE + k: v for k, v in part.items()} if role == "vae" else part
+        tensors[role] = read_tensors(file, allow_pickle)
     ratio = reader.get("boundary_ratio", float, required=second)
     if ratio is not None and not second:
         reader.fail("boundary_ratio", "is where a denoiser_2 takes over; name one")
