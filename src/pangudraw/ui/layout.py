@@ -104,12 +104,7 @@ def _generate_tab(app: App) -> list:
                 run = gr.Button("Generate", variant="primary", elem_id="generate-run")
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=2):
-            live = gr.Image(label="Preview", type="pil", height=192)
-            status = gr.Markdown(elem_id="generate-status")
-            gallery = gr.Gallery(label="Results", columns=4, height=256, elem_id="generate-gallery")
-            chosen = gr.State(None)
-            gallery.select(_chosen, None, chosen, queue=False)
-            send = gr.Button("Send to Edit (inpaint)", size="sm", elem_id="generate-send-edit")
+            live, status, gallery, chosen, send = _results("generate", "Send to Edit (inpaint)")
     with gr.Accordion("History", open=False) as history_box:
         history = gr.Gallery(
             columns=8,
@@ -139,24 +134,9 @@ def _generate_tab(app: App) -> list:
         height,
         num_images,
     ]
-    event = run.click(
-        app.generate,
-        [*fields, preview, last_seed],
-        [gallery, live, status, last_seed],
-        api_name="generate",
-        concurrency_id="render",
-    )
-    stop.click(app.stop, None, status, cancels=[event], queue=False)
-    # a model picked by hand brings its own steps and guidance (a PNG's record sent here
-    # keeps its own: .input, not .change)
-    gr.on(
-        [structure.input, texture.input],
-        app.model_defaults,
-        [structure, texture],
-        [steps, guidance],
-        queue=False,
-        api_name="model_defaults",
-    )
+    outputs = [gallery, live, status, last_seed]
+    _wire(app, app.generate, run, stop, [*fields, preview, last_seed], outputs, "generate")
+    _model_defaults(app, structure, texture, steps, guidance, api_name="model_defaults")
     return fields, chosen, send
 
 
@@ -211,30 +191,44 @@ def _edit_tab(app: App):
                 run = gr.Button("Generate", variant="primary", elem_id="edit-run")
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=2):
-            live = gr.Image(label="Preview", type="pil", height=192)
-            status = gr.Markdown(elem_id="edit-status")
-            gallery = gr.Gallery(label="Results", columns=4, height=256, elem_id="edit-gallery")
-            chosen = gr.State(None)
-            gallery.select(_chosen, None, chosen, queue=False)
-            send = gr.Button("Send to Edit (again)", size="sm", elem_id="edit-send-edit")
+            live, status, gallery, chosen, send = _results("edit", "Send to Edit (again)")
     inputs = [editor, prompts, negative, structure, texture, strength, blur, *margins]
     inputs += [steps, guidance, sampler, seed_mode, seed, preview, last_seed]
-    event = run.click(
-        app.edit,
-        inputs,
-        [gallery, live, status, last_seed],
-        api_name="edit",
-        concurrency_id="render",
-    )
-    stop.click(app.stop, None, status, cancels=[event], queue=False)
+    _wire(app, app.edit, run, stop, inputs, [gallery, live, status, last_seed], "edit")
+    _model_defaults(app, structure, texture, steps, guidance)
+    return editor, chosen, send
+
+
+def _results(tab: str, send_label: str):
+    """A tab's results column: the live preview, status, gallery, the clicked result and
+    its "Send to Edit" button (element ids prefixed by ``tab``)."""
+    live = gr.Image(label="Preview", type="pil", height=192)
+    status = gr.Markdown(elem_id=f"{tab}-status")
+    gallery = gr.Gallery(label="Results", columns=4, height=256, elem_id=f"{tab}-gallery")
+    chosen = gr.State(None)
+    gallery.select(_chosen, None, chosen, queue=False)
+    send = gr.Button(send_label, size="sm", elem_id=f"{tab}-send-edit")
+    return live, status, gallery, chosen, send
+
+
+def _wire(app: App, fn, run, stop, inputs: list, outputs: list, api_name: str) -> None:
+    """``run`` renders with ``fn`` in the shared render queue; ``stop`` cancels it
+    (``outputs[2]`` is the status line)."""
+    event = run.click(fn, inputs, outputs, api_name=api_name, concurrency_id="render")
+    stop.click(app.stop, None, outputs[2], cancels=[event], queue=False)
+
+
+def _model_defaults(app: App, structure, texture, steps, guidance, api_name=None) -> None:
+    """A model picked by hand brings its own steps and guidance (a PNG's record sent to
+    the tab keeps its own: .input, not .change)."""
     gr.on(
         [structure.input, texture.input],
         app.model_defaults,
         [structure, texture],
         [steps, guidance],
         queue=False,
+        api_name=api_name,
     )
-    return editor, chosen, send
 
 
 def _expert_slot(k: int, generators: list[str], controlnets: list[str], sizes: list[int]):
