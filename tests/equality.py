@@ -7,7 +7,9 @@ float rounding alone would exceed the 1e-4 tolerance there; at 2 diffusers' own
 sensitivity is below the tolerance and any real difference shows.
 """
 
+import numpy as np
 import torch
+from PIL import Image
 
 from pangudraw.coop import SAMPLERS
 from pangudraw.pipelines import generate
@@ -78,3 +80,20 @@ def lora_latents(folder, pipeline, lora, scale: float, **call) -> tuple:
     out = pipe(prompt=PROMPT, generator=generator, output_type="latent", **kwargs, **call)
     theirs = out.frames[:, :, 0] if hasattr(out, "frames") else out.images
     return ours, theirs, plain.latents
+
+
+def picture(path, size=(16, 16), seed=0):
+    """A smooth random picture (blocks upsampled), saved as PNG; returns its path."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def mask(path, size=(16, 16), box=(4, 4, 12, 12)):
+    """White (repaint) inside ``box``, black (keep) outside."""
+    array = np.zeros((size[1], size[0]), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    array[y0:y1, x0:x1] = 255
+    Image.fromarray(array).save(path)
+    return path

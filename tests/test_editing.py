@@ -11,29 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from equality import PROMPT, TOL
+from equality import PROMPT, TOL, mask, picture
 from equality import run_cli as cli
 from pangudraw.editing import EditSpec
 from pangudraw.errors import UserError
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
-
-
-def picture(path, size=(16, 16), seed=0):
-    """A smooth random picture (blocks upsampled), saved as PNG; returns its path."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(path)
-    return path
-
-
-def mask(path, size=(16, 16), box=(4, 4, 12, 12)):
-    """White (repaint) inside ``box``, black (keep) outside."""
-    array = np.zeros((size[1], size[0]), dtype=np.uint8)
-    x0, y0, x1, y1 = box
-    array[y0:y1, x0:x1] = 255
-    Image.fromarray(array).save(path)
-    return path
 
 
 def diffusers_image(pipe, **kwargs) -> torch.Tensor:
@@ -128,6 +111,30 @@ def test_flux_inpainting_equals_its_pipeline(models, tmp_path):
     assert (mine - theirs).abs().max() <= TOL
 
 
+def _inpainted_both_ways(model, pipeline, image, where, strength, steps, g, size):
+    """A dedicated inpainting model's picture by our loop and by its diffusers pipeline;
+    checks on the way that it is recognised as one and refuses to draw without a picture."""
+    expert = load_expert(model)
+    assert expert.inpainting
+    edit = EditSpec(str(image), strength, str(where))
+    mine = generate(
+        expert, None, PROMPT, seed=3, edit=edit, num_inference_steps=steps, guidance_scale=g
+    ).images
+    theirs = diffusers_image(
+        pipeline.from_pretrained(model),
+        image=Image.open(image),
+        mask_image=Image.open(where),
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=g,
+        height=size[0],
+        width=size[1],
+    )
+    with pytest.raises(UserError, match="is an inpainting model"):
+        generate(expert, None, PROMPT, seed=3, num_inference_steps=4)
+    return mine, theirs
+
+
 @pytest.fixture(scope="module")
 def fill_model(tmp_path_factory):
     from fixtures.tiny_models import tiny_flux
@@ -145,29 +152,13 @@ def test_flux_fill_equals_its_pipeline(fill_model, tmp_path, strength):
 
     from pangudraw.families import model_defaults
 
-    expert = load_expert(fill_model)
-    assert expert.inpainting
     assert model_defaults(fill_model) == {"steps": 50, "guidance_scale": 30.0}
     image = picture(tmp_path / "in.png", size=(32, 32))
     where = mask(tmp_path / "mask.png", size=(32, 32), box=(0, 8, 24, 32))
-    edit = EditSpec(str(image), strength, str(where))
-    mine = generate(
-        expert, None, PROMPT, seed=3, edit=edit, num_inference_steps=6, guidance_scale=30.0
-    ).images
-    pipe = FluxFillPipeline.from_pretrained(fill_model)
-    theirs = diffusers_image(
-        pipe,
-        image=Image.open(image),
-        mask_image=Image.open(where),
-        strength=strength,
-        num_inference_steps=6,
-        guidance_scale=30.0,
-        height=32,
-        width=32,
+    mine, theirs = _inpainted_both_ways(
+        fill_model, FluxFillPipeline, image, where, strength, 6, 30.0, (32, 32)
     )
     assert (mine - theirs).abs().max() <= TOL
-    with pytest.raises(UserError, match="is an inpainting model"):
-        generate(expert, None, PROMPT, seed=3, num_inference_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -183,27 +174,11 @@ def inpainting_model(tmp_path_factory):
 def test_a_9_channel_inpainting_model_equals_its_pipeline(inpainting_model, tmp_path, strength):
     from diffusers import StableDiffusionInpaintPipeline
 
-    expert = load_expert(inpainting_model)
-    assert expert.inpainting
     image, where = picture(tmp_path / "in.png"), mask(tmp_path / "mask.png")
-    edit = EditSpec(str(image), strength, str(where))
-    mine = generate(
-        expert, None, PROMPT, seed=3, edit=edit, num_inference_steps=8, guidance_scale=2.0
-    ).images
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(inpainting_model)
-    theirs = diffusers_image(
-        pipe,
-        image=Image.open(image),
-        mask_image=Image.open(where),
-        strength=strength,
-        num_inference_steps=8,
-        guidance_scale=2.0,
-        height=16,
-        width=16,
+    mine, theirs = _inpainted_both_ways(
+        inpainting_model, StableDiffusionInpaintPipeline, image, where, strength, 8, 2.0, (16, 16)
     )
     assert (mine - theirs).abs().max() <= TOL
-    with pytest.raises(UserError, match="is an inpainting model"):
-        generate(expert, None, PROMPT, seed=3, num_inference_steps=4)
 
 
 def test_a_strength_that_runs_no_step_is_an_error_and_the_largest_starts_at_the_top(

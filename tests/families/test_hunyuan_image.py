@@ -224,11 +224,9 @@ def refiner(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory):
-    path = tmp_path_factory.mktemp("picture") / "in.png"
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((48, 32), Image.Resampling.BICUBIC).save(path)
-    return path
+    from equality import picture
+
+    return picture(tmp_path_factory.mktemp("picture") / "in.png", size=(48, 32))
 
 
 @pytest.mark.parametrize("g", [3.25, 6.0])

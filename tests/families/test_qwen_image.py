@@ -1,12 +1,12 @@
 """Qwen-Image: our loop against diffusers' QwenImagePipeline (and its img2img and inpaint
 pipelines) on a tiny model; ``-g`` is its true CFG against the empty negative prompt."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import QwenImageImg2ImgPipeline, QwenImageInpaintPipeline, QwenImagePipeline
 from PIL import Image
 
+from equality import mask, picture
 from pangudraw.families import family_of_folder, model_defaults
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
@@ -73,21 +73,12 @@ def test_recognition_and_the_pipeline_defaults(folder):
     assert model_defaults(folder) == {"steps": 50, "guidance_scale": 4.0}
 
 
-def picture(path, size=32):
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(path)
-    return path
-
-
 @pytest.mark.parametrize("strength", [0.6, 1.0])
 def test_qwen_image_to_image_and_inpainting_equal_their_pipelines(folder, tmp_path, strength):
     from pangudraw.editing import EditSpec
 
-    image = picture(tmp_path / "in.png")
-    mask = np.zeros((32, 32), np.uint8)
-    mask[8:24, 4:28] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    image = picture(tmp_path / "in.png", size=(32, 32))
+    mask(tmp_path / "mask.png", size=(32, 32), box=(4, 8, 28, 24))
     common = {"num_inference_steps": 6, "height": 32, "width": 32}
     expert = load_expert(folder)
     i2i = generate(

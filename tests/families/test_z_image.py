@@ -4,12 +4,12 @@ model, ``-g`` as classic guidance (diffusers' ``guidance_scale`` is ``g - 1``), 
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from diffusers import ZImageImg2ImgPipeline, ZImagePipeline
 from PIL import Image
 
+from equality import mask, picture
 from pangudraw.families import family_of_folder, model_defaults
 from pangudraw.loading.models import load_expert
 from pangudraw.pipelines import generate
@@ -62,9 +62,7 @@ def test_recognition_and_the_pipeline_defaults(folder):
 def test_z_image_image_to_image_equals_its_pipeline(folder, tmp_path):
     from pangudraw.editing import EditSpec
 
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC).save(tmp_path / "in.png")
+    picture(tmp_path / "in.png", size=(32, 32))
     edit = EditSpec(str(tmp_path / "in.png"), 0.6)
     ours = generate(
         load_expert(folder),
@@ -117,12 +115,8 @@ def test_z_image_inpainting_equals_its_pipeline(folder, tmp_path, strength):
 
     from pangudraw.editing import EditSpec
 
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC).save(tmp_path / "in.png")
-    mask = np.zeros((32, 32), np.uint8)
-    mask[8:24, 0:20] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    picture(tmp_path / "in.png", size=(32, 32))
+    mask(tmp_path / "mask.png", size=(32, 32), box=(0, 8, 20, 24))
     edit = EditSpec(str(tmp_path / "in.png"), strength, str(tmp_path / "mask.png"))
     ours = generate(
         load_expert(folder),
