@@ -183,14 +183,14 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r["family"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     xs = range(len(rows))
     ax.bar(
         [x - 0.2 for x in xs], [r["ratio_ours_over_diffusers"] for r in rows], 0.4, label="sampling"
     )
     ax.bar([x + 0.2 for x in xs], [r["load_ratio"] for r in rows], 0.4, label="folder load")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks(list(xs), names)
+    ax.set_xticks(list(xs), names, rotation=20, ha="right")
     ax.set_ylabel("ours / diffusers (time)")
     ax.set_title(f"Tiny models, {rows[0]['steps']} steps, {rows[0]['image_size']} px, CPU")
     ax.legend()

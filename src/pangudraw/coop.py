@@ -354,17 +354,17 @@ def trajectory(
     scheduler: SchedulerMixin,
     num_inference_steps: int,
     latent_hw: tuple[int, int],
-    own_sigmas: bool = False,
-    generator=None,
     family=None,
+    generator=None,
 ) -> Grid:
     """The canvas trajectory a fresh scheduler gives, as the canvas expert's pipeline runs it
-    (``own_sigmas``: its family's pipeline passes its own sigma grid, as Flux.1's does;
-    ``family``: the canvas expert's, whose pipeline may have its own shift rule)."""
+    (``family``: the canvas expert's, whose pipeline may pass its own sigma grid, as
+    Flux.1's does, and have its own shift rule)."""
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         config, steps = scheduler.config, num_inference_steps
         mu = None if family is None else family.flow_mu(config, latent_hw, steps)
-        return FlowGrid(scheduler, num_inference_steps, latent_hw, own_sigmas, mu)
+        own = bool(family and family.own_sigmas)
+        return FlowGrid(scheduler, num_inference_steps, latent_hw, own, mu)
     if scheduler.config.get("use_flow_sigmas"):
         return FlowSolverGrid(scheduler, num_inference_steps)
     return SchedulerGrid(scheduler, num_inference_steps, generator)
@@ -387,9 +387,7 @@ def canvas_grid(
         return scheduler
     on = [p.expert.family for p in participants if p.site(canvas).same_as(canvas)]
     latent_hw = tuple(canvas.latent_shape(1)[-2:])
-    family = on[0] if on else None
-    own = bool(family and family.own_sigmas)
-    return trajectory(scheduler, num_inference_steps, latent_hw, own, generator, family)
+    return trajectory(scheduler, num_inference_steps, latent_hw, on[0] if on else None, generator)
 
 
 @dataclass

@@ -157,7 +157,7 @@ def _run(
     shape = canvas.latent_shape(len(seeds))
     start = None
     if edit is None:
-        _check_no_inpainting_model(participants)
+        _check_draws_from_noise(participants)
         noise = randn_tensor(shape, generator=generators)
     else:
         grid = canvas_grid(participants, scheduler, num_inference_steps, canvas, generators)
@@ -179,7 +179,9 @@ def _run(
     return GenerationOutput(images, latents, seeds, dict(policy.used))
 
 
-def _check_no_inpainting_model(participants: list[Participant]) -> None:
+def _check_draws_from_noise(participants: list[Participant]) -> None:
+    """Refuse, without a picture, the models that only work from one (a refiner that is
+    not taking over from another model, a dedicated inpainting model)."""
     for p in participants:
         if p.expert.family.picture_condition is not None and p.active(math.inf):
             raise UserError(
@@ -219,7 +221,7 @@ def _start(
         if p.expert.inpainting and p not in on_canvas:
             raise UserError(f"inpainting model {p.expert.name} must work on the canvas")
         if p.expert.inpainting and edit.mask is None:
-            _check_no_inpainting_model([p])
+            _check_draws_from_noise([p])
     full = edit.mask is not None and edit.strength == 1
     encode = canvas.space.encode
     init = None
@@ -348,9 +350,8 @@ def generate(
         sigma_split = split_sigma(structure, t_split)
         if handoff == "release":
             latent_hw = tuple(canvas.latent_shape(1)[-2:])
-            own = canvas_expert.family.own_sigmas
             family = canvas_expert.family
-            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, own, None, family)
+            scheduler = trajectory(scheduler, num_inference_steps, latent_hw, family)
             last_high = handoff_index(scheduler.timesteps, t_split) - 1
             sigma_split = scheduler.sigmas[last_high] if last_high >= 0 else math.inf
         roles = [(structure, SigmaWindow(sigma_split)), (texture, SigmaWindow(0.0, sigma_split))]
@@ -483,8 +484,7 @@ def coop_generate(
         make_scheduler(recipe.sampler, canvas_expert.scheduler_config),
         recipe.steps,
         latent_hw,
-        canvas_expert.family.own_sigmas,
-        family=canvas_expert.family,
+        canvas_expert.family,
     ).sigmas  # the trajectory the loop will run, for windows given in steps
     encode = _PromptCache()
     participants = []
